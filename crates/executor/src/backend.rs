@@ -1,0 +1,86 @@
+//! Backend selection at run time. The executor is generic; this module names the concrete
+//! backends compiled in (CPU always, `wgpu` and `cuda` by cargo feature) and dispatches to one.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::backend::Backend;
+
+/// The CPU backend: burn's flex (pure Rust gemm kernels, rayon threads).
+pub type Cpu = burn_flex::Flex;
+
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn::backend::Wgpu;
+
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda;
+
+/// A backend named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    #[default]
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this binary was built with the backend.
+    pub fn compiled_in(self) -> bool {
+        match self {
+            BackendKind::Cpu => true,
+            BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(BackendKind::Cpu),
+            "wgpu" => Ok(BackendKind::Wgpu),
+            "cuda" => Ok(BackendKind::Cuda),
+            other => Err(format!("unknown backend `{other}` (cpu, wgpu, cuda)")),
+        }
+    }
+}
+
+/// Work to run on whichever backend is selected (a generic closure, spelled as a trait).
+pub trait WithBackend {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Runs `work` on the backend `kind`, or says why it cannot.
+pub fn dispatch<W: WithBackend>(kind: BackendKind, work: W) -> Result<W::Output, String> {
+    if !kind.compiled_in() {
+        return Err(format!(
+            "this binary was built without the `{kind}` backend; rebuild with `--features {kind}`"
+        ));
+    }
+    match kind {
+        BackendKind::Cpu => Ok(work.run::<Cpu>(Default::default())),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => Ok(work.run::<Wgpu>(Default::default())),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => Ok(work.run::<Cuda>(Default::default())),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("compiled_in checked above"),
+    }
+}

@@ -1,0 +1,274 @@
+//! The CoLa executor: runs a frozen model along any chain of layers.
+//!
+//! Unrolled semantics: chain `[c0, c1, ...]` behaves exactly like a model whose layer list is
+//! `[L[c0], L[c1], ...]`; every step (not every layer index) owns its K/V cache, so a repeated
+//! layer attends over its own keys at each occurrence. The state after the first k steps
+//! ([`ChainState`]) can be kept and continued with different suffixes, which is how the search
+//! shares work between chains with a common prefix.
+//!
+//! Generic over the burn backend (CPU by default; `wgpu` and `cuda` by feature, see
+//! [`backend`]). Depends on the model crate only; knows nothing of search or benchmarks.
+
+pub mod backend;
+pub mod chain;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use cola_model::{CausalLm, KvCache, ModelConfig, ModelError, Rope, TextTokenizer};
+
+pub use chain::{Chain, ChainError, LengthBounds};
+
+/// Errors from running a chain: a bad chain, or input the model cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Input(String),
+}
+
+/// The result of running the first steps of a chain over a prompt: the hidden states of every
+/// prompt position after those steps, and each step's K/V for later decoding.
+/// Cloning is cheap (tensor handles are reference-counted).
+#[derive(Debug, Clone)]
+pub struct ChainState<B: Backend> {
+    /// Layer index of each step applied so far.
+    pub steps: Vec<usize>,
+    /// `[1, positions, hidden]`.
+    pub hidden: Tensor<B, 3>,
+    /// One entry per step, covering all positions so far.
+    pub kv: Vec<KvCache<B>>,
+    /// Token ids of all positions so far.
+    pub ids: Arc<[u32]>,
+}
+
+impl<B: Backend> ChainState<B> {
+    pub fn num_positions(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn chain(&self) -> Chain {
+        Chain::new(self.steps.clone())
+    }
+}
+
+/// A loaded model ready to run chains on one device.
+pub struct Executor<B: Backend> {
+    model: CausalLm<B>,
+    config: ModelConfig,
+    rope: Rope<B>,
+    device: B::Device,
+}
+
+/// Longest sequence the RoPE tables are built for unless the caller asks otherwise.
+pub const DEFAULT_MAX_POSITIONS: usize = 4096;
+
+impl<B: Backend> Executor<B> {
+    pub fn new(model: CausalLm<B>, config: ModelConfig, device: B::Device) -> Self {
+        let max_len = config.max_position_embeddings.min(DEFAULT_MAX_POSITIONS).max(1);
+        let rope = Rope::new(&config, max_len, &device);
+        Executor { model, config, rope, device }
+    }
+
+    /// Loads an HF-layout checkpoint directory onto `device`.
+    pub fn load(dir: &Path, device: B::Device) -> Result<Self, ExecError> {
+        let loaded = cola_model::load_model::<B>(dir, &device)?;
+        Ok(Self::new(loaded.model, loaded.config, device))
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn model(&self) -> &CausalLm<B> {
+        &self.model
+    }
+
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.config.num_layers
+    }
+
+    fn check_positions(&self, n: usize) -> Result<(), ExecError> {
+        let limit = self.rope.max_len().min(self.config.sliding_window.unwrap_or(usize::MAX));
+        if n > limit {
+            return Err(ExecError::Input(format!(
+                "sequence of {n} tokens is longer than the {limit} positions supported"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<(), ExecError> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {
+            return Err(ExecError::Input(format!(
+                "token id {bad} is out of range (vocabulary of {})",
+                self.config.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The state before any layer: token embeddings of the prompt.
+    pub fn start(&self, ids: &[u32]) -> Result<ChainState<B>, ExecError> {
+        if ids.is_empty() {
+            return Err(ExecError::Input("the prompt has no tokens".into()));
+        }
+        self.check_ids(ids)?;
+        self.check_positions(ids.len())?;
+        Ok(ChainState {
+            steps: vec![],
+            hidden: self.model.embed(ids, &self.device),
+            kv: vec![],
+            ids: ids.into(),
+        })
+    }
+
+    /// Applies further chain steps to a state (all positions, causal attention).
+    pub fn advance(&self, state: &ChainState<B>, layers: &[usize]) -> Result<ChainState<B>, ExecError> {
+        let n = self.num_layers();
+        if let Some((i, &l)) = layers.iter().enumerate().find(|(_, l)| **l >= n) {
+            return Err(ChainError::LayerOutOfRange { position: state.steps.len() + i, layer: l, num_layers: n }.into());
+        }
+        let mut hidden = state.hidden.clone();
+        let mut kv = state.kv.clone();
+        for &l in layers {
+            let (h, cache) = self.model.layers[l].forward(hidden, &self.rope, None);
+            hidden = h;
+            kv.push(cache);
+        }
+        let mut steps = state.steps.clone();
+        steps.extend_from_slice(layers);
+        Ok(ChainState { steps, hidden, kv, ids: state.ids.clone() })
+    }
+
+    /// Runs a whole chain over a prompt.
+    pub fn run(&self, chain: &Chain, ids: &[u32]) -> Result<ChainState<B>, ExecError> {
+        chain.validate(self.num_layers(), LengthBounds { min: 1, max: usize::MAX })?;
+        self.advance(&self.start(ids)?, chain.layers())
+    }
+
+    /// Next-token logits at the last position of a state (final norm and LM head applied to that
+    /// position only).
+    pub fn last_logits(&self, state: &ChainState<B>) -> Vec<f32> {
+        let t = state.hidden.dims()[1];
+        let last = state.hidden.clone().narrow(1, t - 1, 1);
+        to_vec(self.model.logits(last))
+    }
+
+    /// Logits at every position, `[positions, vocab]` flattened row-major.
+    pub fn all_logits(&self, state: &ChainState<B>) -> Vec<f32> {
+        to_vec(self.model.logits(state.hidden.clone()))
+    }
+
+    /// Feeds `new_ids` (one or more tokens) through the state's chain, using and extending each
+    /// step's K/V cache. Returns the state covering the old and new positions; its `hidden`
+    /// holds only the new positions.
+    pub fn append(&self, state: &ChainState<B>, new_ids: &[u32]) -> Result<ChainState<B>, ExecError> {
+        if new_ids.is_empty() {
+            return Ok(state.clone());
+        }
+        self.check_ids(new_ids)?;
+        self.check_positions(state.num_positions() + new_ids.len())?;
+        let mut x = self.model.embed(new_ids, &self.device);
+        let mut kv = Vec::with_capacity(state.kv.len());
+        for (&l, past) in state.steps.iter().zip(&state.kv) {
+            let (h, cache) = self.model.layers[l].forward(x, &self.rope, Some(past));
+            x = h;
+            kv.push(cache);
+        }
+        let ids: Vec<u32> = state.ids.iter().chain(new_ids).copied().collect();
+        Ok(ChainState { steps: state.steps.clone(), hidden: x, kv, ids: ids.into() })
+    }
+
+    /// Greedy decoding from a state that has run its whole chain. Stops after `max_new` tokens or
+    /// at the first id in `stop` (which is included in the result).
+    pub fn generate(&self, state: &ChainState<B>, max_new: usize, stop: &[u32]) -> Result<Vec<u32>, ExecError> {
+        let mut out = Vec::new();
+        let mut state = state.clone();
+        while out.len() < max_new {
+            let next = argmax(&self.last_logits(&state));
+            out.push(next);
+            if stop.contains(&next) || out.len() == max_new {
+                break;
+            }
+            state = self.append(&state, &[next])?;
+        }
+        Ok(out)
+    }
+
+    /// Log-probabilities of `continuation` following the state's positions: one value per token.
+    pub fn continuation_logprobs(&self, state: &ChainState<B>, continuation: &[u32]) -> Result<Vec<f32>, ExecError> {
+        if continuation.is_empty() {
+            return Ok(vec![]);
+        }
+        let vocab = self.config.vocab_size;
+        // Position t predicts token t+1: the last prompt position predicts continuation[0].
+        let mut rows = vec![self.last_logits(state)];
+        if continuation.len() > 1 {
+            let extended = self.append(state, &continuation[..continuation.len() - 1])?;
+            let all = self.all_logits(&extended);
+            rows.extend(all.chunks_exact(vocab).map(<[f32]>::to_vec));
+        }
+        Ok(rows.iter().zip(continuation).map(|(row, &tok)| log_softmax_at(row, tok as usize)).collect())
+    }
+}
+
+/// Index of the largest value; the first one on ties (as `torch.argmax`).
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// `log_softmax(row)[index]`, computed stably.
+pub fn log_softmax_at(row: &[f32], index: usize) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    (row[index] - max) - sum.ln() as f32
+}
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().into_vec::<f32>().expect("f32 tensor")
+}
+
+/// Builds a tensor from host data (helper for tests and callers that hold raw f32).
+pub fn tensor_from<B: Backend, const D: usize>(data: Vec<f32>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// A model directory's tokenizer and executor, loaded together.
+pub struct LoadedChainModel<B: Backend> {
+    pub executor: Executor<B>,
+    pub tokenizer: TextTokenizer,
+}
+
+impl<B: Backend> LoadedChainModel<B> {
+    pub fn load(dir: &Path, device: B::Device) -> Result<Self, ExecError> {
+        let tokenizer = TextTokenizer::from_dir(dir)?;
+        let executor = Executor::load(dir, device)?;
+        Ok(LoadedChainModel { executor, tokenizer })
+    }
+
+    /// Prompt ids for `text`, through the chat template when `chat` is set.
+    pub fn prompt_ids(&self, text: &str, chat: bool) -> Result<Vec<u32>, ExecError> {
+        Ok(if chat { self.tokenizer.encode_chat(text)? } else { self.tokenizer.encode(text)? })
+    }
+
+    /// Ids that end a greedy generation for this model.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        self.tokenizer.stop_ids(&self.executor.config().eos_token_ids)
+    }
+}

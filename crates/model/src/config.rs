@@ -1,0 +1,484 @@
+//! The Hugging Face `config.json` of a Llama-family checkpoint, parsed into the few numbers the
+//! architecture needs. Options that would change the computation but are not implemented are
+//! refused here, by field name, rather than ignored.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ModelError;
+
+/// Architectures that share the Llama decoder layer (pre-norm, RoPE, GQA attention, SwiGLU MLP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl Architecture {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Mistral => "mistral",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+        }
+    }
+}
+
+/// Llama 3.x frequency scaling (`rope_scaling.rope_type == "llama3"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+/// How RoPE frequencies are derived from `rope_theta`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor` (`rope_type == "linear"`).
+    Linear { factor: f64 },
+    Llama3(Llama3RopeScaling),
+}
+
+/// Everything about the architecture that the forward pass depends on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias (Qwen2; Llama with `attention_bias`).
+    pub attention_bias: bool,
+    /// Per-head RMSNorm on queries and keys before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Attention window; sequences longer than this are refused (we only implement full attention).
+    pub sliding_window: Option<usize>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn bad(field: &str, why: impl std::fmt::Display) -> ModelError {
+    ModelError::Config(format!("field `{field}`: {why}"))
+}
+
+fn get_usize(v: &Value, field: &str) -> Result<Option<usize>, ModelError> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_u64()
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| bad(field, format!("expected a non-negative integer, got {x}"))),
+    }
+}
+
+fn need_usize(v: &Value, field: &str) -> Result<usize, ModelError> {
+    let n = get_usize(v, field)?.ok_or_else(|| bad(field, "missing"))?;
+    if n == 0 {
+        return Err(bad(field, "must be positive"));
+    }
+    Ok(n)
+}
+
+fn get_f64(v: &Value, field: &str) -> Result<Option<f64>, ModelError> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| bad(field, format!("expected a number, got {x}"))),
+    }
+}
+
+fn get_bool(v: &Value, field: &str) -> Result<Option<bool>, ModelError> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| bad(field, format!("expected true or false, got {x}"))),
+    }
+}
+
+fn token_ids(v: &Value, field: &str) -> Result<Vec<u32>, ModelError> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .map(|n| n as u32)
+                    .ok_or_else(|| bad(field, format!("expected token ids, got {x}")))
+            })
+            .collect(),
+        Some(x) => Ok(vec![
+            x.as_u64()
+                .ok_or_else(|| bad(field, format!("expected a token id, got {x}")))?
+                as u32,
+        ]),
+    }
+}
+
+impl ModelConfig {
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_json_str(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// Parses the text of an HF `config.json`.
+    pub fn from_json_str(text: &str) -> Result<Self, ModelError> {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| ModelError::Config(format!("not valid JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(ModelError::Config("expected a JSON object".into()));
+        }
+        let model_type = v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("model_type", "missing"))?;
+        let architecture = match model_type {
+            "llama" => Architecture::Llama,
+            "mistral" => Architecture::Mistral,
+            "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
+            other => {
+                return Err(bad(
+                    "model_type",
+                    format!("`{other}` is not supported (supported: llama, mistral, qwen2, qwen3)"),
+                ));
+            }
+        };
+
+        let hidden_size = need_usize(&v, "hidden_size")?;
+        let num_heads = need_usize(&v, "num_attention_heads")?;
+        let num_kv_heads = get_usize(&v, "num_key_value_heads")?.unwrap_or(num_heads);
+        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(bad(
+                "num_key_value_heads",
+                format!("{num_kv_heads} does not divide num_attention_heads = {num_heads}"),
+            ));
+        }
+        let head_dim = match get_usize(&v, "head_dim")? {
+            Some(d) => d,
+            None => {
+                if hidden_size % num_heads != 0 {
+                    return Err(bad(
+                        "hidden_size",
+                        format!("{hidden_size} is not divisible by num_attention_heads = {num_heads}"),
+                    ));
+                }
+                hidden_size / num_heads
+            }
+        };
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(bad("head_dim", format!("{head_dim} must be even and positive")));
+        }
+
+        if let Some(act) = v.get("hidden_act").and_then(Value::as_str)
+            && act != "silu"
+        {
+            return Err(bad("hidden_act", format!("`{act}` is not supported (only silu)")));
+        }
+        if get_bool(&v, "mlp_bias")?.unwrap_or(false) {
+            return Err(bad("mlp_bias", "true is not supported"));
+        }
+
+        let attention_bias = match architecture {
+            Architecture::Qwen2 => true,
+            _ => get_bool(&v, "attention_bias")?.unwrap_or(false),
+        };
+        if architecture == Architecture::Qwen3 && get_bool(&v, "attention_bias")?.unwrap_or(false) {
+            return Err(bad("attention_bias", "true is not supported for qwen3"));
+        }
+
+        // transformers >= 5 writes `rope_parameters` (theta and scaling together); older
+        // checkpoints have top-level `rope_theta` and `rope_scaling`.
+        let (rope_theta, rope_scaling) = match v.get("rope_parameters").filter(|p| !p.is_null()) {
+            Some(p) => (get_f64(p, "rope_theta")?, parse_rope_scaling(Some(p))?),
+            None => (get_f64(&v, "rope_theta")?, parse_rope_scaling(v.get("rope_scaling"))?),
+        };
+        let rope_theta = rope_theta.unwrap_or(10_000.0);
+        if rope_theta <= 0.0 {
+            return Err(bad("rope_theta", "must be positive"));
+        }
+
+        let max_position_embeddings = get_usize(&v, "max_position_embeddings")?.unwrap_or(2048);
+        let sliding_window = match architecture {
+            Architecture::Qwen2 | Architecture::Qwen3 => {
+                if get_bool(&v, "use_sliding_window")?.unwrap_or(false) {
+                    get_usize(&v, "sliding_window")?
+                } else {
+                    None
+                }
+            }
+            _ => get_usize(&v, "sliding_window")?,
+        };
+
+        let eps = get_f64(&v, "rms_norm_eps")?.unwrap_or(1e-6);
+        if eps <= 0.0 {
+            return Err(bad("rms_norm_eps", "must be positive"));
+        }
+
+        Ok(ModelConfig {
+            architecture,
+            vocab_size: need_usize(&v, "vocab_size")?,
+            hidden_size,
+            intermediate_size: need_usize(&v, "intermediate_size")?,
+            num_layers: need_usize(&v, "num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: eps,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings,
+            tie_word_embeddings: get_bool(&v, "tie_word_embeddings")?.unwrap_or(false),
+            attention_bias,
+            qk_norm: architecture == Architecture::Qwen3,
+            sliding_window,
+            bos_token_id: token_ids(&v, "bos_token_id")?.first().copied(),
+            eos_token_ids: token_ids(&v, "eos_token_id")?,
+        })
+    }
+
+    /// The HF `config.json` text for this configuration (used by GGUF import and random models).
+    pub fn to_hf_json(&self) -> Value {
+        let mut v = serde_json::json!({
+            "architectures": [match self.architecture {
+                Architecture::Llama => "LlamaForCausalLM",
+                Architecture::Mistral => "MistralForCausalLM",
+                Architecture::Qwen2 => "Qwen2ForCausalLM",
+                Architecture::Qwen3 => "Qwen3ForCausalLM",
+            }],
+            "model_type": self.architecture.as_str(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias && self.architecture != Architecture::Qwen2,
+            "torch_dtype": "float32",
+        });
+        let obj = v.as_object_mut().expect("object literal");
+        match self.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => {
+                obj.insert("rope_scaling".into(), serde_json::json!({"rope_type": "linear", "factor": factor}));
+            }
+            RopeScaling::Llama3(s) => {
+                obj.insert(
+                    "rope_scaling".into(),
+                    serde_json::json!({
+                        "rope_type": "llama3",
+                        "factor": s.factor,
+                        "low_freq_factor": s.low_freq_factor,
+                        "high_freq_factor": s.high_freq_factor,
+                        "original_max_position_embeddings": s.original_max_position_embeddings,
+                    }),
+                );
+            }
+        }
+        if let Some(w) = self.sliding_window {
+            obj.insert("sliding_window".into(), w.into());
+            obj.insert("use_sliding_window".into(), true.into());
+        }
+        if let Some(b) = self.bos_token_id {
+            obj.insert("bos_token_id".into(), b.into());
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [one] => {
+                obj.insert("eos_token_id".into(), (*one).into());
+            }
+            many => {
+                obj.insert("eos_token_id".into(), many.to_vec().into());
+            }
+        }
+        v
+    }
+
+    /// Inverse RoPE frequencies, one per pair of head dimensions, with any scaling applied
+    /// (matches transformers' `_compute_default_rope_parameters` / `_compute_llama3_parameters`).
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let half = self.head_dim / 2;
+        let base: Vec<f64> = (0..half)
+            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / self.head_dim as f64))
+            .collect();
+        match self.rope_scaling {
+            RopeScaling::None => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3(s) => {
+                let old_len = s.original_max_position_embeddings as f64;
+                let low_freq_wavelen = old_len / s.low_freq_factor;
+                let high_freq_wavelen = old_len / s.high_freq_factor;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_freq_wavelen {
+                            f
+                        } else if wavelen > low_freq_wavelen {
+                            f / s.factor
+                        } else {
+                            let smooth = (old_len / wavelen - s.low_freq_factor)
+                                / (s.high_freq_factor - s.low_freq_factor);
+                            (1.0 - smooth) * f / s.factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn parse_rope_scaling(v: Option<&Value>) -> Result<RopeScaling, ModelError> {
+    let Some(v) = v else { return Ok(RopeScaling::None) };
+    if v.is_null() {
+        return Ok(RopeScaling::None);
+    }
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("rope_scaling", "has no `rope_type`"))?;
+    let factor = || {
+        get_f64(v, "factor")
+            .map_err(|_| bad("rope_scaling.factor", "expected a number"))?
+            .filter(|f| *f > 0.0)
+            .ok_or_else(|| bad("rope_scaling.factor", "missing or not positive"))
+    };
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: factor()? }),
+        "llama3" => {
+            let f = |name: &str| {
+                get_f64(v, name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| bad(&format!("rope_scaling.{name}"), "missing"))
+            };
+            let s = Llama3RopeScaling {
+                factor: factor()?,
+                low_freq_factor: f("low_freq_factor")?,
+                high_freq_factor: f("high_freq_factor")?,
+                original_max_position_embeddings: get_usize(v, "original_max_position_embeddings")
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| bad("rope_scaling.original_max_position_embeddings", "missing"))?,
+            };
+            if s.high_freq_factor <= s.low_freq_factor {
+                return Err(bad(
+                    "rope_scaling.high_freq_factor",
+                    "must be greater than low_freq_factor",
+                ));
+            }
+            Ok(RopeScaling::Llama3(s))
+        }
+        other => Err(bad(
+            "rope_scaling.rope_type",
+            format!("`{other}` is not supported (supported: default, linear, llama3)"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOL: &str = r#"{"model_type":"llama","hidden_size":576,"intermediate_size":1536,
+        "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,"vocab_size":49152,
+        "rms_norm_eps":1e-5,"rope_theta":100000.0,"tie_word_embeddings":true,"hidden_act":"silu"}"#;
+
+    #[test]
+    fn parses_smollm_shape() {
+        let c = ModelConfig::from_json_str(SMOL).unwrap();
+        assert_eq!(c.head_dim, 64);
+        assert_eq!(c.num_kv_heads, 3);
+        assert!(c.tie_word_embeddings);
+        assert!(!c.attention_bias);
+    }
+
+    #[test]
+    fn round_trips_through_hf_json() {
+        let c = ModelConfig::from_json_str(SMOL).unwrap();
+        let again = ModelConfig::from_json_str(&c.to_hf_json().to_string()).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn unknown_model_type_names_the_field() {
+        let e = ModelConfig::from_json_str(&SMOL.replace("llama", "gpt_neox")).unwrap_err();
+        assert!(e.to_string().contains("model_type"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_rope_scaling_names_the_field() {
+        let text = SMOL.replace(
+            r#""hidden_act":"silu""#,
+            r#""hidden_act":"silu","rope_scaling":{"rope_type":"yarn","factor":4.0}"#,
+        );
+        let e = ModelConfig::from_json_str(&text).unwrap_err();
+        assert!(e.to_string().contains("rope_scaling.rope_type"), "{e}");
+    }
+
+    #[test]
+    fn llama3_scaling_matches_hand_computation() {
+        let text = SMOL.replace(
+            r#""hidden_act":"silu""#,
+            r#""hidden_act":"silu","rope_scaling":{"rope_type":"llama3","factor":8.0,
+               "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}"#,
+        );
+        let c = ModelConfig::from_json_str(&text).unwrap();
+        let inv = c.rope_inv_freq();
+        let plain = ModelConfig::from_json_str(SMOL).unwrap().rope_inv_freq();
+        // Highest frequency (wavelength 2*pi < 8192/4) is untouched; the lowest is divided by 8.
+        assert_eq!(inv[0], plain[0]);
+        let last = inv.len() - 1;
+        let wavelen = 2.0 * std::f64::consts::PI / plain[last];
+        assert!(wavelen > 8192.0);
+        assert!((inv[last] - plain[last] / 8.0).abs() < 1e-18);
+    }
+
+    #[test]
+    fn reads_transformers5_rope_parameters() {
+        let text = SMOL.replace(
+            r#""rope_theta":100000.0,"#,
+            r#""rope_parameters":{"rope_theta":500000.0,"rope_type":"llama3","factor":8.0,
+               "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":64},"#,
+        );
+        let c = ModelConfig::from_json_str(&text).unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3(s) if s.original_max_position_embeddings == 64));
+    }
+
+    #[test]
+    fn qwen2_has_qkv_bias_and_qwen3_has_qk_norm() {
+        let q2 = ModelConfig::from_json_str(&SMOL.replace("llama", "qwen2")).unwrap();
+        assert!(q2.attention_bias && !q2.qk_norm);
+        let q3 = ModelConfig::from_json_str(&SMOL.replace("llama", "qwen3")).unwrap();
+        assert!(!q3.attention_bias && q3.qk_norm);
+    }
+}

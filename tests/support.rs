@@ -1,0 +1,167 @@
+//! Shared helpers for the cross-crate tests: tiny random models, and an independent plain-Rust
+//! forward pass (f64, naive loops, no burn) that the executor is checked against.
+
+use std::path::{Path, PathBuf};
+
+use cola_executor::Executor;
+use cola_executor::backend::Cpu;
+use cola_model::weights::RandomWeights;
+use cola_model::{CausalLm, ModelConfig, WeightSource};
+
+/// Root of the repository (for committed assets).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A tiny config of the given HF `model_type` (llama, qwen2, qwen3).
+pub fn tiny_config(model_type: &str, num_layers: usize) -> ModelConfig {
+    ModelConfig::from_json_str(&format!(
+        r#"{{"model_type":"{model_type}","hidden_size":32,"intermediate_size":48,
+        "num_hidden_layers":{num_layers},"num_attention_heads":4,"num_key_value_heads":2,
+        "vocab_size":61,"rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":128}}"#
+    ))
+    .expect("valid tiny config")
+}
+
+/// An executor over random weights, plus the weights themselves for the reference forward.
+pub fn tiny_executor(config: &ModelConfig, seed: u64) -> (Executor<Cpu>, RandomWeights) {
+    let weights = RandomWeights::new(config, seed);
+    let model = CausalLm::<Cpu>::from_source(config, &weights, &Default::default()).expect("random model builds");
+    (Executor::new(model, config.clone(), Default::default()), weights)
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+struct Mat {
+    rows: usize,
+    cols: usize,
+    data: Vec<f64>,
+}
+
+fn load(w: &dyn WeightSource, name: &str) -> Mat {
+    let t = w.tensor(name).unwrap_or_else(|e| panic!("{e}"));
+    let (rows, cols) = match t.shape.as_slice() {
+        [r, c] => (*r, *c),
+        [n] => (1, *n),
+        s => panic!("unexpected shape {s:?}"),
+    };
+    Mat { rows, cols, data: t.data.iter().map(|&x| x as f64).collect() }
+}
+
+/// `x @ W^T (+ b)` for PyTorch-layout `W` `[out, in]`, one row of `x` per position.
+fn linear(x: &[Vec<f64>], w: &Mat, b: Option<&Mat>) -> Vec<Vec<f64>> {
+    x.iter()
+        .map(|row| {
+            (0..w.rows)
+                .map(|o| {
+                    let s: f64 = (0..w.cols).map(|i| row[i] * w.data[o * w.cols + i]).sum();
+                    s + b.map_or(0.0, |b| b.data[o])
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn rms_norm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+    let inv = 1.0 / (ms + eps).sqrt();
+    x.iter().zip(w).map(|(v, g)| v * inv * g).collect()
+}
+
+/// Rotate-half RoPE on one head vector at position `pos`.
+fn rope(v: &mut [f64], pos: usize, inv_freq: &[f64]) {
+    let half = v.len() / 2;
+    for i in 0..half {
+        let (s, c) = (pos as f64 * inv_freq[i]).sin_cos();
+        let (a, b) = (v[i], v[i + half]);
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
+/// Logits at every position of `ids` for the model whose layer list is `chain`, computed from
+/// scratch with the HF Llama/Qwen2/Qwen3 equations in f64. Independent of burn and of the
+/// model crate's modules (it reads only the raw named tensors).
+pub fn reference_logits(config: &ModelConfig, w: &dyn WeightSource, chain: &[usize], ids: &[u32]) -> Vec<Vec<f64>> {
+    let (h, nh, nkv, hd) = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim);
+    let eps = config.rms_norm_eps;
+    let inv_freq = config.rope_inv_freq();
+    let embed = load(w, "model.embed_tokens.weight");
+    let mut x: Vec<Vec<f64>> = ids.iter().map(|&t| embed.data[t as usize * h..(t as usize + 1) * h].to_vec()).collect();
+    let n = ids.len();
+    for &l in chain {
+        let p = format!("model.layers.{l}");
+        let get = |s: &str| load(w, &format!("{p}.{s}"));
+        let bias = |s: &str| config.attention_bias.then(|| get(s));
+        let ln1 = get("input_layernorm.weight");
+        let normed: Vec<Vec<f64>> = x.iter().map(|r| rms_norm(r, &ln1.data, eps)).collect();
+        let mut q = linear(&normed, &get("self_attn.q_proj.weight"), bias("self_attn.q_proj.bias").as_ref());
+        let mut k = linear(&normed, &get("self_attn.k_proj.weight"), bias("self_attn.k_proj.bias").as_ref());
+        let v = linear(&normed, &get("self_attn.v_proj.weight"), bias("self_attn.v_proj.bias").as_ref());
+        for pos in 0..n {
+            for head in 0..nh {
+                let s = &mut q[pos][head * hd..(head + 1) * hd];
+                if config.qk_norm {
+                    let normed = rms_norm(s, &get("self_attn.q_norm.weight").data, eps);
+                    s.copy_from_slice(&normed);
+                }
+                rope(s, pos, &inv_freq);
+            }
+            for head in 0..nkv {
+                let s = &mut k[pos][head * hd..(head + 1) * hd];
+                if config.qk_norm {
+                    let normed = rms_norm(s, &get("self_attn.k_norm.weight").data, eps);
+                    s.copy_from_slice(&normed);
+                }
+                rope(s, pos, &inv_freq);
+            }
+        }
+        let mut attn = vec![vec![0.0; nh * hd]; n];
+        let scale = 1.0 / (hd as f64).sqrt();
+        for pos in 0..n {
+            for head in 0..nh {
+                let kvh = head / (nh / nkv);
+                let qv = &q[pos][head * hd..(head + 1) * hd];
+                let scores: Vec<f64> = (0..=pos)
+                    .map(|j| qv.iter().zip(&k[j][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() * scale)
+                    .collect();
+                let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for (j, ej) in e.iter().enumerate() {
+                    for d in 0..hd {
+                        attn[pos][head * hd + d] += ej / z * v[j][kvh * hd + d];
+                    }
+                }
+            }
+        }
+        let o = linear(&attn, &get("self_attn.o_proj.weight"), None);
+        for pos in 0..n {
+            for i in 0..h {
+                x[pos][i] += o[pos][i];
+            }
+        }
+        let ln2 = get("post_attention_layernorm.weight");
+        let normed: Vec<Vec<f64>> = x.iter().map(|r| rms_norm(r, &ln2.data, eps)).collect();
+        let gate = linear(&normed, &get("mlp.gate_proj.weight"), None);
+        let up = linear(&normed, &get("mlp.up_proj.weight"), None);
+        let act: Vec<Vec<f64>> = gate
+            .iter()
+            .zip(&up)
+            .map(|(g, u)| g.iter().zip(u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect())
+            .collect();
+        let down = linear(&act, &get("mlp.down_proj.weight"), None);
+        for pos in 0..n {
+            for i in 0..h {
+                x[pos][i] += down[pos][i];
+            }
+        }
+    }
+    let norm = load(w, "model.norm.weight");
+    let head = if config.tie_word_embeddings { embed } else { load(w, "lm_head.weight") };
+    let normed: Vec<Vec<f64>> = x.iter().map(|r| rms_norm(r, &norm.data, eps)).collect();
+    linear(&normed, &head, None)
+}

