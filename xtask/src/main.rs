@@ -1,6 +1,7 @@
 //! `cargo xtask ...`: the command-line entry point. Thin: parses arguments, picks the model and
 //! backend, and calls into the crates. No model, search or benchmark logic lives here.
 
+mod bench_cmd;
 mod model_cmds;
 mod test_cmd;
 
@@ -39,6 +40,8 @@ enum Command {
         /// Output directory (created; gets config.json, model.safetensors, tokenizer files).
         out_dir: PathBuf,
     },
+    /// Prefill and decode speed on the model (with --vs-torch: next to PyTorch, as ratios).
+    Bench(bench_cmd::BenchArgs),
     /// Run the test suite the way CI does (fetches what the tests need first).
     Test(test_cmd::TestArgs),
 }
@@ -104,5 +107,6 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Test(args) => test_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
     }
 }
