@@ -160,3 +160,49 @@ fn continuation_logprobs_match_full_softmax() {
         assert!((got[i] as f64 - want).abs() < 1e-3, "token {i}: {} vs {want}", got[i]);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Chains run through a prefix cache (with a budget small enough to force evictions) give
+    /// exactly the logits of running each from scratch.
+    #[test]
+    fn prefix_cache_gives_identical_results(
+        arch in arch(), family in prop::collection::vec(chain(), 1..12), ids in prompt(), tight in any::<bool>(),
+    ) {
+        let config = tiny_config(arch, NUM_LAYERS);
+        let (exec, _) = tiny_executor(&config, 21);
+        let budget = if tight { 20_000 } else { 1 << 30 };
+        let mut cache = cola_executor::PrefixCache::new(exec.start(&ids).unwrap(), budget);
+        for layers in &family {
+            let chain = Chain::new(layers.clone());
+            let cached = exec.run_cached(&mut cache, &chain).unwrap();
+            let fresh = exec.run(&chain, &ids).unwrap();
+            prop_assert_eq!(&cached.steps, layers);
+            let d = max_abs_diff(&exec.all_logits(&cached), &exec.all_logits(&fresh));
+            prop_assert!(d <= 1e-5, "cached vs fresh logits differ by {d}");
+            prop_assert_eq!(exec.generate(&cached, 3, &[]).unwrap(), exec.generate(&fresh, 3, &[]).unwrap());
+        }
+        if tight {
+            prop_assert!(cache.stats().bytes <= 20_000 || cache.len() == 1);
+        }
+    }
+
+    /// Scoring continuations as one token tree equals scoring each by appending it to the prompt.
+    #[test]
+    fn token_tree_scores_equal_one_by_one_scores(
+        arch in arch(), layers in chain(), ids in prompt(),
+        branches in prop::collection::vec(prop::collection::vec(0u32..61, 1..5), 1..5),
+    ) {
+        let config = tiny_config(arch, NUM_LAYERS);
+        let (exec, _) = tiny_executor(&config, 8);
+        let (tree, layout) = exec.start_branches(&ids, &branches).unwrap();
+        let tree = exec.advance(&tree, &layers).unwrap();
+        let got = exec.branch_logprobs(&tree, &layout).unwrap();
+        let plain = exec.run(&Chain::new(layers.clone()), &ids).unwrap();
+        for (b, g) in branches.iter().zip(&got) {
+            let want = exec.continuation_logprobs(&plain, b).unwrap();
+            prop_assert!(max_abs_diff(g, &want) < 1e-4, "{:?} vs {:?}", g, want);
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 mod bench_cmd;
 mod model_cmds;
+mod search_cmds;
 mod test_cmd;
 
 use std::path::PathBuf;
@@ -40,6 +41,13 @@ enum Command {
         /// Output directory (created; gets config.json, model.safetensors, tokenizer files).
         out_dir: PathBuf,
     },
+    /// Score a benchmark along one chain (default: the original model).
+    Eval(search_cmds::EvalArgs),
+    /// Search chains of layers per sample with MCTS and report what it found. With no
+    /// arguments: a quick run on a few ARC-Easy samples with the default model.
+    Search(search_cmds::SearchArgs),
+    /// Write report.md and figures for finished run directories (shards are merged).
+    Report(search_cmds::ReportArgs),
     /// Prefill and decode speed on the model (with --vs-torch: next to PyTorch, as ratios).
     Bench(bench_cmd::BenchArgs),
     /// Run the test suite the way CI does (fetches what the tests need first).
@@ -108,5 +116,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Test(args) => test_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Eval(args) => search_cmds::eval(args),
+        Command::Search(args) => search_cmds::search(args),
+        Command::Report(args) => search_cmds::report_cmd(args),
     }
 }

@@ -146,6 +146,27 @@ pub fn sha256_file(path: &Path) -> Result<String, AssetError> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// [`sha256_file`], remembered in a sidecar file `.<name>.sha256` next to `path` and reused
+/// while the file's size and modification time are unchanged (hashing an 8B-parameter
+/// checkpoint takes a while). Works without the sidecar when the directory is read-only.
+pub fn sha256_file_cached(path: &Path) -> Result<String, AssetError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let stamp = format!("{} {mtime}", meta.len());
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let sidecar = path.with_file_name(format!(".{name}.sha256"));
+    if let Ok(text) = fs::read_to_string(&sidecar)
+        && let Some((s, hash)) = text.trim().rsplit_once(' ')
+        && s == stamp
+        && hash.len() == 64
+    {
+        return Ok(hash.to_string());
+    }
+    let hash = sha256_file(path)?;
+    let _ = fs::write(&sidecar, format!("{stamp} {hash}\n"));
+    Ok(hash)
+}
+
 fn fetch_wheel(w: &Wheel, wheels_dir: &Path) -> Result<(), AssetError> {
     let dest = wheels_dir.join(&w.file);
     if dest.exists() {

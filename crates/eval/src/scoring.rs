@@ -28,6 +28,11 @@ pub trait LanguageModel {
     fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>, String>;
     /// `log p(continuation[i] | prompt, continuation[..i])` for each i.
     fn continuation_logprobs(&mut self, prompt: &[u32], continuation: &[u32]) -> Result<Vec<f32>, String>;
+    /// [`Self::continuation_logprobs`] for several alternative continuations of one prompt
+    /// (a model may score them together).
+    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
+        continuations.iter().map(|c| self.continuation_logprobs(prompt, c)).collect()
+    }
     /// Greedy generation of at most `max_new` tokens, ending early as `stop` says. Returns the
     /// new ids (including a final stop id, if one ended it).
     fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<u32>, String>;
@@ -174,14 +179,14 @@ pub fn score_item(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOpti
         }
         (ItemKind::MultipleChoice { question, choices, gold, .. }, ScoringMode::Loglik) => {
             let prompt = model.encode(&prompts::loglik_context(question), false).map_err(model_err)?;
-            let (mut raw, mut norm) = (Vec::new(), Vec::new());
-            for c in choices {
-                let text = prompts::loglik_continuation(c);
-                let ids = model.encode_continuation(&text).map_err(model_err)?;
-                let lp: f32 = model.continuation_logprobs(&prompt, &ids).map_err(model_err)?.iter().sum();
-                raw.push(lp);
-                norm.push(lp / text.chars().count().max(1) as f32);
+            let texts: Vec<String> = choices.iter().map(|c| prompts::loglik_continuation(c)).collect();
+            let ids = texts.iter().map(|t| model.encode_continuation(t)).collect::<Result<Vec<_>, _>>().map_err(model_err)?;
+            if let Some(i) = ids.iter().position(Vec::is_empty) {
+                return Err(EvalError::Model(format!("choice {:?} of item {} encodes to no tokens", texts[i], item.doc_id)));
             }
+            let logprobs = model.choice_logprobs(&prompt, &ids).map_err(model_err)?;
+            let raw: Vec<f32> = logprobs.iter().map(|lp| lp.iter().sum()).collect();
+            let norm: Vec<f32> = raw.iter().zip(&texts).map(|(lp, t)| lp / t.chars().count().max(1) as f32).collect();
             let (pick, pick_norm) = (argmax(&raw), argmax(&norm));
             result.prediction = Some(letter(pick).to_string());
             result.correct = pick == *gold;

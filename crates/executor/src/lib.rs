@@ -11,15 +11,17 @@
 
 pub mod backend;
 pub mod chain;
+mod prefix_cache;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
-use cola_model::{CausalLm, KvCache, ModelConfig, ModelError, Rope, TextTokenizer};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use cola_model::{CausalLm, KvCache, ModelConfig, ModelError, Rope, TextTokenizer, TokenTree};
 
 pub use chain::{Chain, ChainError, LengthBounds};
+pub use prefix_cache::{CacheStats, PrefixCache};
 
 /// Errors from running a chain: a bad chain, or input the model cannot take.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,9 @@ pub struct ChainState<B: Backend> {
     pub kv: Vec<KvCache<B>>,
     /// Token ids of all positions so far.
     pub ids: Arc<[u32]>,
+    /// Set when the positions form a token tree (several continuations of one prompt): such a
+    /// state can be scored with [`Executor::branch_logprobs`] but not extended.
+    pub tree: Option<Arc<TokenTree<B>>>,
 }
 
 impl<B: Backend> ChainState<B> {
@@ -129,7 +134,37 @@ impl<B: Backend> Executor<B> {
             hidden: self.model.embed(ids, &self.device),
             kv: vec![],
             ids: ids.into(),
+            tree: None,
         })
+    }
+
+    /// The state before any layer for a prompt followed by several alternative continuations,
+    /// laid out as one token tree so a single pass scores them all (see [`Branches`]).
+    pub fn start_branches(&self, prompt: &[u32], branches: &[Vec<u32>]) -> Result<(ChainState<B>, Branches), ExecError> {
+        if prompt.is_empty() {
+            return Err(ExecError::Input("the prompt has no tokens".into()));
+        }
+        if branches.iter().any(Vec::is_empty) {
+            return Err(ExecError::Input("a continuation has no tokens".into()));
+        }
+        let layout = Branches::new(prompt.len(), branches);
+        let mut ids = prompt.to_vec();
+        for b in branches {
+            ids.extend_from_slice(&b[..b.len() - 1]);
+        }
+        self.check_ids(&ids)?;
+        self.check_ids(&branches.iter().flatten().copied().collect::<Vec<_>>())?;
+        let longest = branches.iter().map(Vec::len).max().unwrap_or(0);
+        self.check_positions(prompt.len() + longest)?;
+        let n = ids.len();
+        let positions: Vec<i64> = layout.positions.iter().map(|&p| p as i64).collect();
+        let mask: Vec<bool> = (0..n).flat_map(|q| (0..n).map(move |k| (q, k))).map(|(q, k)| !layout.visible(q, k)).collect();
+        let tree = TokenTree {
+            positions: Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), &self.device),
+            mask: Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [1, 1, n, n]), &self.device),
+        };
+        let state = ChainState { steps: vec![], hidden: self.model.embed(&ids, &self.device), kv: vec![], ids: ids.into(), tree: Some(Arc::new(tree)) };
+        Ok((state, layout))
     }
 
     /// Applies further chain steps to a state (all positions, causal attention).
@@ -141,13 +176,13 @@ impl<B: Backend> Executor<B> {
         let mut hidden = state.hidden.clone();
         let mut kv = state.kv.clone();
         for &l in layers {
-            let (h, cache) = self.model.layers[l].forward(hidden, &self.rope, None);
+            let (h, cache) = self.model.layers[l].forward(hidden, &self.rope, None, state.tree.as_deref());
             hidden = h;
             kv.push(cache);
         }
         let mut steps = state.steps.clone();
         steps.extend_from_slice(layers);
-        Ok(ChainState { steps, hidden, kv, ids: state.ids.clone() })
+        Ok(ChainState { steps, hidden, kv, ids: state.ids.clone(), tree: state.tree.clone() })
     }
 
     /// Runs a whole chain over a prompt.
@@ -176,33 +211,79 @@ impl<B: Backend> Executor<B> {
         if new_ids.is_empty() {
             return Ok(state.clone());
         }
+        if state.tree.is_some() {
+            return Err(ExecError::Input("a token-tree state cannot be extended".into()));
+        }
         self.check_ids(new_ids)?;
         self.check_positions(state.num_positions() + new_ids.len())?;
         let mut x = self.model.embed(new_ids, &self.device);
         let mut kv = Vec::with_capacity(state.kv.len());
         for (&l, past) in state.steps.iter().zip(&state.kv) {
-            let (h, cache) = self.model.layers[l].forward(x, &self.rope, Some(past));
+            let (h, cache) = self.model.layers[l].forward(x, &self.rope, Some(past), None);
             x = h;
             kv.push(cache);
         }
         let ids: Vec<u32> = state.ids.iter().chain(new_ids).copied().collect();
-        Ok(ChainState { steps: state.steps.clone(), hidden: x, kv, ids: ids.into() })
+        Ok(ChainState { steps: state.steps.clone(), hidden: x, kv, ids: ids.into(), tree: None })
     }
 
     /// Greedy decoding from a state that has run its whole chain. Stops after `max_new` tokens or
     /// at the first id in `stop` (which is included in the result).
     pub fn generate(&self, state: &ChainState<B>, max_new: usize, stop: &[u32]) -> Result<Vec<u32>, ExecError> {
+        self.generate_until(state, max_new, |new| new.last().is_some_and(|t| stop.contains(t)))
+    }
+
+    /// Greedy decoding that ends after `max_new` tokens or when `done(new_ids)` says so.
+    pub fn generate_until(
+        &self,
+        state: &ChainState<B>,
+        max_new: usize,
+        mut done: impl FnMut(&[u32]) -> bool,
+    ) -> Result<Vec<u32>, ExecError> {
         let mut out = Vec::new();
         let mut state = state.clone();
         while out.len() < max_new {
             let next = argmax(&self.last_logits(&state));
             out.push(next);
-            if stop.contains(&next) || out.len() == max_new {
+            if out.len() == max_new || done(&out) {
                 break;
             }
             state = self.append(&state, &[next])?;
         }
         Ok(out)
+    }
+
+    /// Log-probabilities of every token of every branch of a token-tree state that has run its
+    /// whole chain: `result[i][j] = log p(branch_i[j] | prompt, branch_i[..j])`.
+    pub fn branch_logprobs(&self, state: &ChainState<B>, layout: &Branches) -> Result<Vec<Vec<f32>>, ExecError> {
+        if state.tree.is_none() || state.ids.len() != layout.positions.len() {
+            return Err(ExecError::Input("branch_logprobs needs the state made by start_branches".into()));
+        }
+        let rows: Vec<i64> = layout.predictors.iter().flatten().map(|&r| r as i64).collect();
+        let n = rows.len();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &self.device);
+        let picked = state.hidden.clone().select(1, index);
+        let logits = to_vec(self.model.logits(picked));
+        let vocab = self.config.vocab_size;
+        let mut rows = logits.chunks_exact(vocab);
+        Ok(layout
+            .targets
+            .iter()
+            .map(|targets| targets.iter().map(|&t| log_softmax_at(rows.next().expect("one row per target"), t as usize)).collect())
+            .collect())
+    }
+
+    /// Runs `chain` from the deepest state `cache` holds for one of its prefixes, storing the
+    /// states of the steps it computes.
+    pub fn run_cached(&self, cache: &mut PrefixCache<B>, chain: &Chain) -> Result<ChainState<B>, ExecError> {
+        chain.validate(self.num_layers(), LengthBounds { min: 1, max: usize::MAX })?;
+        let layers = chain.layers();
+        let (mut state, from) = cache.longest_prefix(layers);
+        for i in from..layers.len() {
+            state = self.advance(&state, &layers[i..=i])?;
+            cache.insert(&layers[..=i], state.clone());
+        }
+        Ok(state)
     }
 
     /// Log-probabilities of `continuation` following the state's positions: one value per token.
@@ -219,6 +300,48 @@ impl<B: Backend> Executor<B> {
             rows.extend(all.chunks_exact(vocab).map(<[f32]>::to_vec));
         }
         Ok(rows.iter().zip(continuation).map(|(row, &tok)| log_softmax_at(row, tok as usize)).collect())
+    }
+}
+
+/// Where each branch of a token tree sits: its tokens follow the prompt at positions
+/// `prompt_len..`, see the prompt and their own earlier tokens only. The last token of a branch
+/// is never an input (nothing is predicted from it), so it is left out of the tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Branches {
+    prompt_len: usize,
+    /// RoPE position of each flat token.
+    positions: Vec<usize>,
+    /// Branch of each flat token (None for the prompt).
+    branch_of: Vec<Option<usize>>,
+    /// Per branch: the flat rows whose logits predict its tokens.
+    predictors: Vec<Vec<usize>>,
+    /// Per branch: the token ids predicted.
+    targets: Vec<Vec<u32>>,
+}
+
+impl Branches {
+    fn new(prompt_len: usize, branches: &[Vec<u32>]) -> Self {
+        let mut positions: Vec<usize> = (0..prompt_len).collect();
+        let mut branch_of = vec![None; prompt_len];
+        let mut predictors = Vec::new();
+        for (i, b) in branches.iter().enumerate() {
+            let mut rows = vec![prompt_len - 1];
+            for j in 0..b.len() - 1 {
+                rows.push(positions.len());
+                positions.push(prompt_len + j);
+                branch_of.push(Some(i));
+            }
+            predictors.push(rows);
+        }
+        Branches { prompt_len, positions, branch_of, predictors, targets: branches.to_vec() }
+    }
+
+    /// Whether flat token `q` may attend to flat token `k`.
+    fn visible(&self, q: usize, k: usize) -> bool {
+        if k > q {
+            return false;
+        }
+        k < self.prompt_len || self.branch_of[k] == self.branch_of[q]
     }
 }
 
@@ -253,13 +376,15 @@ pub fn tensor_from<B: Backend, const D: usize>(data: Vec<f32>, shape: [usize; D]
 pub struct LoadedChainModel<B: Backend> {
     pub executor: Executor<B>,
     pub tokenizer: TextTokenizer,
+    /// The directory it was loaded from.
+    pub dir: std::path::PathBuf,
 }
 
 impl<B: Backend> LoadedChainModel<B> {
     pub fn load(dir: &Path, device: B::Device) -> Result<Self, ExecError> {
         let tokenizer = TextTokenizer::from_dir(dir)?;
         let executor = Executor::load(dir, device)?;
-        Ok(LoadedChainModel { executor, tokenizer })
+        Ok(LoadedChainModel { executor, tokenizer, dir: dir.to_path_buf() })
     }
 
     /// Prompt ids for `text`, through the chat template when `chat` is set.

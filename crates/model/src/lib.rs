@@ -16,7 +16,7 @@ pub mod weights;
 use std::path::{Path, PathBuf};
 
 pub use config::{Architecture, ModelConfig};
-pub use llama::{CausalLm, DecoderLayer, KvCache, Rope};
+pub use llama::{CausalLm, DecoderLayer, KvCache, Rope, TokenTree};
 pub use tokenizer::TextTokenizer;
 pub use weights::{HostTensor, WeightSource};
 

@@ -13,7 +13,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::weights::{HostTensor, WeightSource, expect_tensor};
 use crate::{ModelConfig, ModelError};
@@ -63,14 +63,27 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+/// Tokens laid out as a tree instead of one sequence: each token has an explicit position and
+/// attends to the tokens `mask` allows (true = hidden). Used to score several continuations of
+/// one prompt in a single pass: every branch sees the prompt and its own earlier tokens.
+#[derive(Debug, Clone)]
+pub struct TokenTree<B: Backend> {
+    /// `[tokens]` RoPE position of each token.
+    pub positions: Tensor<B, 1, Int>,
+    /// `[1, 1, tokens, tokens]`, true where attention is not allowed.
+    pub mask: Tensor<B, 4, Bool>,
+}
+
 impl<B: Backend> Attention<B> {
     /// `x`: `[batch, seq, hidden]` (already normed). `past`: K/V of earlier positions of this
-    /// same layer application. Returns the attention output and the K/V including `x`'s positions.
+    /// same layer application. `tree`: explicit positions and mask (then `past` must be None).
+    /// Returns the attention output and the K/V including `x`'s positions.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &Rope<B>,
         past: Option<&KvCache<B>>,
+        tree: Option<&TokenTree<B>>,
     ) -> (Tensor<B, 3>, KvCache<B>) {
         let [b, s, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -82,9 +95,16 @@ impl<B: Backend> Attention<B> {
             (Some(qn), Some(kn)) => (qn.forward(q), kn.forward(k)),
             _ => (q, k),
         };
-        let start = past.map_or(0, KvCache::len);
-        let q = rope.apply(q.swap_dims(1, 2), start);
-        let k = rope.apply(k.swap_dims(1, 2), start);
+        let (q, k) = match tree {
+            Some(t) => {
+                assert!(past.is_none(), "a token tree is always a fresh prefill");
+                (rope.apply_at(q.swap_dims(1, 2), &t.positions), rope.apply_at(k.swap_dims(1, 2), &t.positions))
+            }
+            None => {
+                let start = past.map_or(0, KvCache::len);
+                (rope.apply(q.swap_dims(1, 2), start), rope.apply(k.swap_dims(1, 2), start))
+            }
+        };
         let v = v.swap_dims(1, 2);
         let cache = match past {
             Some(p) => KvCache { k: Tensor::cat(vec![p.k.clone(), k], 2), v: Tensor::cat(vec![p.v.clone(), v], 2) },
@@ -92,7 +112,7 @@ impl<B: Backend> Attention<B> {
         };
         let groups = nh / nkv;
         let t = cache.len();
-        let out = if s == 1 {
+        let out = if s == 1 && tree.is_none() {
             // One query per head: fold the query heads of a group onto the sequence axis so the
             // shared K/V need not be copied. No causal mask is needed for the newest position.
             let q = q.reshape([b, nkv, groups, hd]);
@@ -106,8 +126,11 @@ impl<B: Backend> Attention<B> {
                     x.unsqueeze_dim::<5>(2).expand([b, nkv, groups, t, hd]).reshape([b, nh, t, hd])
                 }
             };
-            let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
-            attention(q, expand(cache.k.clone()), expand(cache.v.clone()), None, None, options)
+            let (mask, options) = match tree {
+                Some(t) => (Some(t.mask.clone()), AttentionModuleOptions::default()),
+                None => (None, AttentionModuleOptions { is_causal: true, ..Default::default() }),
+            };
+            attention(q, expand(cache.k.clone()), expand(cache.v.clone()), mask, None, options)
         };
         let out = out.swap_dims(1, 2).reshape([b, s, nh * hd]);
         (self.o_proj.forward(out), cache)
@@ -143,14 +166,16 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    /// Applies the layer to `x` (`[batch, seq, hidden]`) whose positions follow those in `past`.
+    /// Applies the layer to `x` (`[batch, seq, hidden]`) whose positions follow those in `past`
+    /// (or are given by `tree`).
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &Rope<B>,
         past: Option<&KvCache<B>>,
+        tree: Option<&TokenTree<B>>,
     ) -> (Tensor<B, 3>, KvCache<B>) {
-        let (attn, cache) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, past);
+        let (attn, cache) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, past, tree);
         let x = x + attn;
         let x = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
         (x, cache)
@@ -325,10 +350,23 @@ impl<B: Backend> Rope<B> {
 
     /// Rotates `x` (`[batch, heads, seq, head_dim]`) whose first position is `start`.
     pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
-        let [_, _, s, hd] = x.dims();
+        let s = x.dims()[2];
         assert!(start + s <= self.max_len, "RoPE table holds {} positions, asked for {}", self.max_len, start + s);
-        let cos = self.cos.clone().narrow(0, start, s).unsqueeze::<4>();
-        let sin = self.sin.clone().narrow(0, start, s).unsqueeze::<4>();
+        let cos = self.cos.clone().narrow(0, start, s);
+        let sin = self.sin.clone().narrow(0, start, s);
+        Self::rotate(x, cos, sin)
+    }
+
+    /// Rotates `x` whose token i sits at `positions[i]`.
+    pub fn apply_at(&self, x: Tensor<B, 4>, positions: &Tensor<B, 1, Int>) -> Tensor<B, 4> {
+        let cos = self.cos.clone().select(0, positions.clone());
+        let sin = self.sin.clone().select(0, positions.clone());
+        Self::rotate(x, cos, sin)
+    }
+
+    fn rotate(x: Tensor<B, 4>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) -> Tensor<B, 4> {
+        let hd = x.dims()[3];
+        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
         let half = hd / 2;
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.clone().narrow(3, half, half);

