@@ -165,3 +165,105 @@ pub fn reference_logits(config: &ModelConfig, w: &dyn WeightSource, chain: &[usi
     let normed: Vec<Vec<f64>> = x.iter().map(|r| rms_norm(r, &norm.data, eps)).collect();
     linear(&normed, &head, None)
 }
+
+/// GPT-2's byte -> printable character table (the byte-level BPE alphabet).
+fn byte_level_chars() -> Vec<char> {
+    let mut bs: Vec<u32> = ('!' as u32..='~' as u32).chain('¡' as u32..='¬' as u32).chain('®' as u32..='ÿ' as u32).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec!['\0'; 256];
+    for (b, c) in bs.iter().zip(cs) {
+        table[*b as usize] = char::from_u32(c).expect("valid char");
+    }
+    table
+}
+
+/// Vocabulary size of [`write_tiny_model_dir`] models: 256 bytes plus `<|endoftext|>`.
+pub const TINY_VOCAB: usize = 257;
+
+/// Writes a complete tiny model directory (config.json, model.safetensors with random weights,
+/// a byte-level tokenizer.json without merges, tokenizer_config.json with a chat template).
+pub fn write_tiny_model_dir(dir: &Path, num_layers: usize, seed: u64) -> ModelConfig {
+    let config = ModelConfig::from_json_str(&format!(
+        r#"{{"model_type":"llama","hidden_size":32,"intermediate_size":48,"num_hidden_layers":{num_layers},
+        "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":{TINY_VOCAB},"rms_norm_eps":1e-5,
+        "rope_theta":10000.0,"max_position_embeddings":512,"tie_word_embeddings":true,"eos_token_id":256}}"#
+    ))
+    .expect("valid tiny config");
+    cola_model::weights::save_checkpoint(dir, &config, &RandomWeights::new(&config, seed)).expect("save tiny model");
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        byte_level_chars().iter().enumerate().map(|(i, c)| (c.to_string(), serde_json::json!(i))).collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 256, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": []}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).expect("write tokenizer");
+    let tok_config = serde_json::json!({
+        "eos_token": "<|endoftext|>",
+        "chat_template": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tok_config.to_string()).expect("write tokenizer config");
+    config
+}
+
+/// A small multiple-choice task in the user JSONL format: `n` items, three choices each.
+pub fn write_tiny_task(path: &Path, n: usize) {
+    let colors = ["red", "green", "blue"];
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({"id": format!("q{i}"), "question": format!("Which color is item {i}?"),
+                "choices": colors, "answer": i % 3})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").expect("write task");
+}
+
+/// The search settings the end-to-end tests use on tiny models.
+pub fn tiny_search_request(data: &Path, out: &Path, num_layers: usize) -> cola_search::SearchRequest {
+    use cola_eval::{ScoringMode, ScoringOptions};
+    use cola_search::{Baseline, SearchSettings, Selection, Source};
+    cola_search::SearchRequest {
+        selection: Selection {
+            sources: vec![Source::File { path: data.to_path_buf(), name: "tiny".into() }],
+            limit: None,
+            offset: 0,
+            shard: None,
+            subject: None,
+        },
+        data_dir: out.to_path_buf(),
+        out_dir: out.to_path_buf(),
+        force: false,
+        seed: 7,
+        settings: SearchSettings {
+            actions: cola_mcts::chains::ActionPreset::Paper,
+            simulations: 25,
+            lambda: 5.0,
+            c: std::f64::consts::SQRT_2,
+            epsilon: 0.1,
+            min_len: num_layers / 2,
+            max_len: num_layers + num_layers / 2,
+            early_stop_margin: None,
+            baseline: Baseline::Random,
+            random_max_edits: 4,
+            scoring: ScoringOptions::new(ScoringMode::Loglik),
+        },
+        cache_mib: 64,
+        backend: "cpu".into(),
+    }
+}

@@ -190,10 +190,10 @@ pub fn read_samples(path: &Path) -> Result<(Vec<SampleRecord>, Option<u64>), Run
     while let Some(line) = lines.next() {
         line_no += 1;
         let is_last = lines.peek().is_none();
-        let complete = line.ends_with(b"\n");
         let parsed = std::str::from_utf8(line).ok().and_then(|t| serde_json::from_str::<SampleRecord>(t.trim_end()).ok());
         match parsed {
-            Some(r) if complete || !is_last => records.push(r),
+            // A last line that parses is whole even if its newline never reached the disk.
+            Some(r) => records.push(r),
             _ if is_last => return Ok((records, Some(offset as u64))),
             _ if line.iter().all(u8::is_ascii_whitespace) => {}
             _ => {
