@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use burn::tensor::backend::Backend;
+use cola_model::LayerOps;
 use clap::Args;
 use cola_executor::backend::{WithBackend, dispatch};
 use cola_executor::{Chain, Executor};
@@ -72,7 +72,7 @@ struct Bench {
 
 impl WithBackend for Bench {
     type Output = Result<Value>;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Value> {
+    fn run<B: LayerOps>(self, device: B::Device) -> Result<Value> {
         let exec = Executor::<B>::load(&self.dir, device)?;
         let n = exec.num_layers();
         let ids = bench_ids(512, exec.config().vocab_size);

@@ -1,7 +1,7 @@
 //! `forward`, `generate` and `tokenize`: run the model along one chain from the command line.
 
 use anyhow::{Context, Result, anyhow, bail};
-use burn::tensor::backend::Backend;
+use cola_model::LayerOps;
 use clap::Args;
 use cola_executor::backend::{WithBackend, dispatch};
 use cola_executor::{Chain, LengthBounds, LoadedChainModel};
@@ -94,7 +94,7 @@ struct Forward {
 
 impl WithBackend for Forward {
     type Output = Result<()>;
-    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+    fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
         let Forward { args, dir } = self;
         let m = LoadedChainModel::<B>::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
         let chain = chain_arg(args.chain.as_deref(), m.executor.num_layers())?;
@@ -138,7 +138,7 @@ struct Generate {
 
 impl WithBackend for Generate {
     type Output = Result<()>;
-    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+    fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
         let Generate { args, dir } = self;
         let m = LoadedChainModel::<B>::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
         let chain = chain_arg(args.chain.as_deref(), m.executor.num_layers())?;

@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
-use burn::tensor::backend::Backend;
+use cola_model::LayerOps;
 use clap::Args;
 use cola_eval::{ScoringMode, ScoringOptions, Task};
 use cola_executor::LoadedChainModel;
@@ -116,7 +116,7 @@ struct Eval {
 
 impl WithBackend for Eval {
     type Output = Result<()>;
-    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+    fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
         let Eval { args, dir } = self;
         let selection = args.items.selection(None, None)?;
         let tasks = cola_search::select_items(&data_dir()?, &selection).map_err(|e| anyhow!(e))?;
@@ -241,7 +241,7 @@ struct Search {
 
 impl WithBackend for Search {
     type Output = Result<()>;
-    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+    fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
         let Search { args, dir } = self;
         let preset = args.preset.as_deref();
         let mut items = args.items.clone();

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::backend::Backend;
+use cola_model::LayerOps;
 
 /// The CPU backend: burn's flex (pure Rust gemm kernels, rayon threads).
 pub type Cpu = burn_flex::Flex;
@@ -64,7 +64,7 @@ impl FromStr for BackendKind {
 /// Work to run on whichever backend is selected (a generic closure, spelled as a trait).
 pub trait WithBackend {
     type Output;
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+    fn run<B: LayerOps>(self, device: B::Device) -> Self::Output;
 }
 
 /// Runs `work` on the backend `kind`, or says why it cannot.

@@ -17,8 +17,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
-use cola_model::{CausalLm, KvCache, ModelConfig, ModelError, Rope, TextTokenizer, TokenTree};
+use burn::tensor::{Int, Tensor, TensorData};
+use cola_model::{CausalLm, KvCache, LayerOps, ModelConfig, ModelError, Rope, TextTokenizer, TokenTree};
 
 pub use chain::{Chain, ChainError, LengthBounds};
 pub use prefix_cache::{CacheStats, PrefixCache};
@@ -41,8 +41,8 @@ pub enum ExecError {
 pub struct ChainState<B: Backend> {
     /// Layer index of each step applied so far.
     pub steps: Vec<usize>,
-    /// `[1, positions, hidden]`.
-    pub hidden: Tensor<B, 3>,
+    /// `[positions, hidden]` (only the newest positions after [`Executor::append`]).
+    pub hidden: Tensor<B, 2>,
     /// One entry per step, covering all positions so far.
     pub kv: Vec<KvCache<B>>,
     /// Token ids of all positions so far.
@@ -63,7 +63,7 @@ impl<B: Backend> ChainState<B> {
 }
 
 /// A loaded model ready to run chains on one device.
-pub struct Executor<B: Backend> {
+pub struct Executor<B: LayerOps> {
     model: CausalLm<B>,
     config: ModelConfig,
     rope: Rope<B>,
@@ -73,7 +73,7 @@ pub struct Executor<B: Backend> {
 /// Longest sequence the RoPE tables are built for unless the caller asks otherwise.
 pub const DEFAULT_MAX_POSITIONS: usize = 4096;
 
-impl<B: Backend> Executor<B> {
+impl<B: LayerOps> Executor<B> {
     pub fn new(model: CausalLm<B>, config: ModelConfig, device: B::Device) -> Self {
         let max_len = config.max_position_embeddings.min(DEFAULT_MAX_POSITIONS).max(1);
         let rope = Rope::new(&config, max_len, &device);
@@ -157,12 +157,8 @@ impl<B: Backend> Executor<B> {
         let longest = branches.iter().map(Vec::len).max().unwrap_or(0);
         self.check_positions(prompt.len() + longest)?;
         let n = ids.len();
-        let positions: Vec<i64> = layout.positions.iter().map(|&p| p as i64).collect();
-        let mask: Vec<bool> = (0..n).flat_map(|q| (0..n).map(move |k| (q, k))).map(|(q, k)| !layout.visible(q, k)).collect();
-        let tree = TokenTree {
-            positions: Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), &self.device),
-            mask: Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [1, 1, n, n]), &self.device),
-        };
+        let hidden: Vec<bool> = (0..n).flat_map(|q| (0..n).map(move |k| (q, k))).map(|(q, k)| !layout.visible(q, k)).collect();
+        let tree = TokenTree::new(layout.positions.clone(), hidden, &self.device);
         let state = ChainState { steps: vec![], hidden: self.model.embed(&ids, &self.device), kv: vec![], ids: ids.into(), tree: Some(Arc::new(tree)) };
         Ok((state, layout))
     }
@@ -194,8 +190,8 @@ impl<B: Backend> Executor<B> {
     /// Next-token logits at the last position of a state (final norm and LM head applied to that
     /// position only).
     pub fn last_logits(&self, state: &ChainState<B>) -> Vec<f32> {
-        let t = state.hidden.dims()[1];
-        let last = state.hidden.clone().narrow(1, t - 1, 1);
+        let t = state.hidden.dims()[0];
+        let last = state.hidden.clone().narrow(0, t - 1, 1);
         to_vec(self.model.logits(last))
     }
 
@@ -262,7 +258,7 @@ impl<B: Backend> Executor<B> {
         let rows: Vec<i64> = layout.predictors.iter().flatten().map(|&r| r as i64).collect();
         let n = rows.len();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &self.device);
-        let picked = state.hidden.clone().select(1, index);
+        let picked = state.hidden.clone().select(0, index);
         let logits = to_vec(self.model.logits(picked));
         let vocab = self.config.vocab_size;
         let mut rows = logits.chunks_exact(vocab);
@@ -373,14 +369,14 @@ pub fn tensor_from<B: Backend, const D: usize>(data: Vec<f32>, shape: [usize; D]
 }
 
 /// A model directory's tokenizer and executor, loaded together.
-pub struct LoadedChainModel<B: Backend> {
+pub struct LoadedChainModel<B: LayerOps> {
     pub executor: Executor<B>,
     pub tokenizer: TextTokenizer,
     /// The directory it was loaded from.
     pub dir: std::path::PathBuf,
 }
 
-impl<B: Backend> LoadedChainModel<B> {
+impl<B: LayerOps> LoadedChainModel<B> {
     pub fn load(dir: &Path, device: B::Device) -> Result<Self, ExecError> {
         let tokenizer = TextTokenizer::from_dir(dir)?;
         let executor = Executor::load(dir, device)?;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::backend::Backend;
+use cola_model::LayerOps;
 
 use crate::ChainState;
 
@@ -24,13 +24,13 @@ pub struct CacheStats {
     pub bytes: usize,
 }
 
-struct Entry<B: Backend> {
+struct Entry<B: LayerOps> {
     state: ChainState<B>,
     bytes: usize,
     last_used: u64,
 }
 
-pub struct PrefixCache<B: Backend> {
+pub struct PrefixCache<B: LayerOps> {
     entries: HashMap<Vec<usize>, Entry<B>>,
     budget_bytes: usize,
     clock: u64,
@@ -38,13 +38,13 @@ pub struct PrefixCache<B: Backend> {
 }
 
 /// Bytes a state adds over its parent: its hidden states and its own step's K/V.
-fn state_bytes<B: Backend>(state: &ChainState<B>) -> usize {
+fn state_bytes<B: LayerOps>(state: &ChainState<B>) -> usize {
     let h: usize = state.hidden.dims().iter().product();
     let kv: usize = state.kv.last().map_or(0, |c| c.k.dims().iter().product::<usize>() * 2);
     (h + kv) * std::mem::size_of::<f32>()
 }
 
-impl<B: Backend> PrefixCache<B> {
+impl<B: LayerOps> PrefixCache<B> {
     /// A cache for one input, starting from its 0-step state (see [`crate::Executor::start`]).
     pub fn new(root: ChainState<B>, budget_bytes: usize) -> Self {
         assert!(root.steps.is_empty(), "the cache starts from the state before any layer");

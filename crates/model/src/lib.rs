@@ -8,8 +8,10 @@
 //! crate of the project.
 
 pub mod config;
+pub mod flex_ops;
 pub mod gguf;
 pub mod llama;
+pub mod ops;
 pub mod tokenizer;
 pub mod weights;
 
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::{Architecture, ModelConfig};
 pub use llama::{CausalLm, DecoderLayer, KvCache, Rope, TokenTree};
+pub use ops::{AttnMask, Heads, LayerOps, Positions};
 pub use tokenizer::TextTokenizer;
 pub use weights::{HostTensor, WeightSource};
 
@@ -53,14 +56,14 @@ impl ModelError {
 }
 
 /// A checkpoint directory in HF layout, loaded onto a device.
-pub struct LoadedModel<B: burn::tensor::backend::Backend> {
+pub struct LoadedModel<B: LayerOps> {
     pub config: ModelConfig,
     pub model: CausalLm<B>,
     pub dir: PathBuf,
 }
 
 /// Loads `config.json` and the safetensors weights of `dir` onto `device`.
-pub fn load_model<B: burn::tensor::backend::Backend>(
+pub fn load_model<B: LayerOps>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<LoadedModel<B>, ModelError> {

@@ -1,20 +1,22 @@
 //! The Llama-family decoder as burn modules: embedding, decoder layers, final norm, LM head.
 //!
-//! One layer is `x + o(attn(rope(q(n1(x))), rope(k(n1(x))), v(n1(x)))) ` followed by
+//! One layer is `x + o(attn(rope(q(n1(x))), rope(k(n1(x))), v(n1(x))))` followed by
 //! `x + down(silu(gate(n2(x))) * up(n2(x)))`. Qwen2 adds q/k/v biases, Qwen3 a per-head RMSNorm on
 //! q and k. RoPE is the rotate-half form used by HF checkpoints. q/k/v and gate/up projections
 //! are fused into one matmul each (weights concatenated on load), which the math does not see.
 //!
-//! Layers are exposed one by one: running them in any order is the executor's business.
+//! Activations are `[tokens, hidden]` (one sequence at a time). Layers are exposed one by one:
+//! running them in any order is the executor's business. The head split with RoPE, attention
+//! and the SwiGLU gate go through [`LayerOps`], which a backend may implement with fused kernels.
+
+use std::sync::Arc;
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
+use crate::ops::{AttnMask, Heads, LayerOps, Positions};
 use crate::weights::{HostTensor, WeightSource, expect_tensor};
 use crate::{ModelConfig, ModelError};
 
@@ -46,16 +48,16 @@ pub struct Attention<B: Backend> {
 }
 
 /// The K/V entries one layer application produced, for all positions so far:
-/// `[batch, kv_heads, positions, head_dim]`, keys already rotated.
+/// `[kv_heads, positions, head_dim]`, keys already rotated.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    pub k: Tensor<B, 4>,
-    pub v: Tensor<B, 4>,
+    pub k: Tensor<B, 3>,
+    pub v: Tensor<B, 3>,
 }
 
 impl<B: Backend> KvCache<B> {
     pub fn len(&self) -> usize {
-        self.k.dims()[2]
+        self.k.dims()[1]
     }
 
     pub fn is_empty(&self) -> bool {
@@ -64,75 +66,66 @@ impl<B: Backend> KvCache<B> {
 }
 
 /// Tokens laid out as a tree instead of one sequence: each token has an explicit position and
-/// attends to the tokens `mask` allows (true = hidden). Used to score several continuations of
-/// one prompt in a single pass: every branch sees the prompt and its own earlier tokens.
+/// attends to the tokens `mask` allows. Used to score several continuations of one prompt in a
+/// single pass: every branch sees the prompt and its own earlier tokens.
 #[derive(Debug, Clone)]
 pub struct TokenTree<B: Backend> {
-    /// `[tokens]` RoPE position of each token.
-    pub positions: Tensor<B, 1, Int>,
-    /// `[1, 1, tokens, tokens]`, true where attention is not allowed.
-    pub mask: Tensor<B, 4, Bool>,
+    pub positions: Positions<B>,
+    pub mask: AttnMask<B>,
 }
 
-impl<B: Backend> Attention<B> {
-    /// `x`: `[batch, seq, hidden]` (already normed). `past`: K/V of earlier positions of this
-    /// same layer application. `tree`: explicit positions and mask (then `past` must be None).
+impl<B: Backend> TokenTree<B> {
+    /// `positions[i]` of each token; `hidden[q * n + k]` true where token q may not see token k.
+    pub fn new(positions: Vec<usize>, hidden: Vec<bool>, device: &B::Device) -> Self {
+        let n = positions.len();
+        assert_eq!(hidden.len(), n * n, "mask must be tokens x tokens");
+        let pos_dev: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+        TokenTree {
+            positions: Positions::Given {
+                device: Tensor::<B, 1, Int>::from_data(TensorData::new(pos_dev, [n]), device),
+                host: positions.into(),
+            },
+            mask: AttnMask::Given {
+                device: Tensor::<B, 2, Bool>::from_data(TensorData::new(hidden.clone(), [n, n]), device),
+                host: Arc::from(hidden),
+            },
+        }
+    }
+}
+
+impl<B: LayerOps> Attention<B> {
+    fn heads(&self) -> Heads {
+        Heads { q: self.num_heads, kv: self.num_kv_heads, dim: self.head_dim }
+    }
+
+    /// `x`: `[tokens, hidden]` (already normed). `past`: K/V of earlier positions of this same
+    /// layer application. `tree`: explicit positions and mask (then `past` must be None).
     /// Returns the attention output and the K/V including `x`'s positions.
     pub fn forward(
         &self,
-        x: Tensor<B, 3>,
+        x: Tensor<B, 2>,
         rope: &Rope<B>,
         past: Option<&KvCache<B>>,
         tree: Option<&TokenTree<B>>,
-    ) -> (Tensor<B, 3>, KvCache<B>) {
-        let [b, s, _] = x.dims();
-        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+    ) -> (Tensor<B, 2>, KvCache<B>) {
+        let heads = self.heads();
         let qkv = self.qkv_proj.forward(x);
-        let q = qkv.clone().narrow(2, 0, nh * hd).reshape([b, s, nh, hd]);
-        let k = qkv.clone().narrow(2, nh * hd, nkv * hd).reshape([b, s, nkv, hd]);
-        let v = qkv.narrow(2, (nh + nkv) * hd, nkv * hd).reshape([b, s, nkv, hd]);
-        let (q, k) = match (&self.q_norm, &self.k_norm) {
-            (Some(qn), Some(kn)) => (qn.forward(q), kn.forward(k)),
-            _ => (q, k),
-        };
-        let (q, k) = match tree {
+        let causal_from = Positions::From(past.map_or(0, KvCache::len));
+        let positions = match tree {
             Some(t) => {
                 assert!(past.is_none(), "a token tree is always a fresh prefill");
-                (rope.apply_at(q.swap_dims(1, 2), &t.positions), rope.apply_at(k.swap_dims(1, 2), &t.positions))
+                &t.positions
             }
-            None => {
-                let start = past.map_or(0, KvCache::len);
-                (rope.apply(q.swap_dims(1, 2), start), rope.apply(k.swap_dims(1, 2), start))
-            }
+            None => &causal_from,
         };
-        let v = v.swap_dims(1, 2);
+        let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
+        let (q, k, v) = B::split_heads_rope(qkv, heads, rope, positions, norms);
         let cache = match past {
-            Some(p) => KvCache { k: Tensor::cat(vec![p.k.clone(), k], 2), v: Tensor::cat(vec![p.v.clone(), v], 2) },
+            Some(p) => KvCache { k: Tensor::cat(vec![p.k.clone(), k], 1), v: Tensor::cat(vec![p.v.clone(), v], 1) },
             None => KvCache { k, v },
         };
-        let groups = nh / nkv;
-        let t = cache.len();
-        let out = if s == 1 && tree.is_none() {
-            // One query per head: fold the query heads of a group onto the sequence axis so the
-            // shared K/V need not be copied. No causal mask is needed for the newest position.
-            let q = q.reshape([b, nkv, groups, hd]);
-            let o = attention(q, cache.k.clone(), cache.v.clone(), None, None, AttentionModuleOptions::default());
-            o.reshape([b, nh, 1, hd])
-        } else {
-            let expand = |x: Tensor<B, 4>| {
-                if groups == 1 {
-                    x
-                } else {
-                    x.unsqueeze_dim::<5>(2).expand([b, nkv, groups, t, hd]).reshape([b, nh, t, hd])
-                }
-            };
-            let (mask, options) = match tree {
-                Some(t) => (Some(t.mask.clone()), AttentionModuleOptions::default()),
-                None => (None, AttentionModuleOptions { is_causal: true, ..Default::default() }),
-            };
-            attention(q, expand(cache.k.clone()), expand(cache.v.clone()), mask, None, options)
-        };
-        let out = out.swap_dims(1, 2).reshape([b, s, nh * hd]);
+        let mask = tree.map_or(AttnMask::Causal, |t| t.mask.clone());
+        let out = B::attend(q, cache.k.clone(), cache.v.clone(), heads, &mask);
         (self.o_proj.forward(out), cache)
     }
 }
@@ -146,13 +139,10 @@ pub struct Mlp<B: Backend> {
     pub intermediate_size: usize,
 }
 
-impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+impl<B: LayerOps> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let gu = self.gate_up_proj.forward(x);
-        let f = self.intermediate_size;
-        let gate = gu.clone().narrow(2, 0, f);
-        let up = gu.narrow(2, f, f);
-        self.down_proj.forward(silu(gate) * up)
+        self.down_proj.forward(B::swiglu(gu, self.intermediate_size))
     }
 }
 
@@ -165,16 +155,16 @@ pub struct DecoderLayer<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
-impl<B: Backend> DecoderLayer<B> {
-    /// Applies the layer to `x` (`[batch, seq, hidden]`) whose positions follow those in `past`
+impl<B: LayerOps> DecoderLayer<B> {
+    /// Applies the layer to `x` (`[tokens, hidden]`) whose positions follow those in `past`
     /// (or are given by `tree`).
     pub fn forward(
         &self,
-        x: Tensor<B, 3>,
+        x: Tensor<B, 2>,
         rope: &Rope<B>,
         past: Option<&KvCache<B>>,
         tree: Option<&TokenTree<B>>,
-    ) -> (Tensor<B, 3>, KvCache<B>) {
+    ) -> (Tensor<B, 2>, KvCache<B>) {
         let (attn, cache) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, past, tree);
         let x = x + attn;
         let x = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
@@ -192,25 +182,21 @@ pub struct CausalLm<B: Backend> {
 }
 
 impl<B: Backend> CausalLm<B> {
-    /// Token embeddings `[1, seq, hidden]` for one sequence of ids.
-    pub fn embed(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 3> {
+    /// Token embeddings `[tokens, hidden]` for one sequence of ids.
+    pub fn embed(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 2> {
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let n = ids.len();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), device);
-        self.embed_tokens.forward(ids)
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
+        self.embed_tokens.weight.val().select(0, index)
     }
 
-    /// Final norm and LM head: `[batch, seq, hidden]` -> `[batch, seq, vocab]`.
-    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// Final norm and LM head: `[tokens, hidden]` -> `[tokens, vocab]`.
+    pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = self.norm.forward(hidden);
         match &self.lm_head {
             Some(head) => head.forward(h),
-            None => {
-                let [b, s, d] = h.dims();
-                let w = self.embed_tokens.weight.val(); // [vocab, hidden]
-                let vocab = w.dims()[0];
-                h.reshape([b * s, d]).matmul(w.transpose()).reshape([b, s, vocab])
-            }
+            // Tied: the embedding matrix `[vocab, hidden]`, used transposed (a strided view).
+            None => h.matmul(self.embed_tokens.weight.val().transpose()),
         }
     }
 
@@ -271,7 +257,7 @@ impl<B: Backend> CausalLm<B> {
                     num_heads: nh,
                     num_kv_heads: nkv,
                     head_dim: hd,
-                },
+                        },
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
                 mlp: Mlp {
                     gate_up_proj: linear(concat_rows(&[gate, up]), None, device),
@@ -313,11 +299,14 @@ fn tensor2<B: Backend>(t: HostTensor, device: &B::Device) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1]]), device)
 }
 
-/// Rotate-half RoPE tables, `[max_len, head_dim]`, with each frequency repeated for both halves.
+/// Rotate-half RoPE tables, `[max_len, head_dim]`, with each frequency repeated for both halves,
+/// on the device and on the host (for CPU kernels).
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
+    pub(crate) cos_host: Arc<[f32]>,
+    pub(crate) sin_host: Arc<[f32]>,
     max_len: usize,
 }
 
@@ -338,39 +327,26 @@ impl<B: Backend> Rope<B> {
             }
         }
         Rope {
-            cos: Tensor::from_data(TensorData::new(cos, [max_len, hd]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [max_len, hd]), device),
+            cos: Tensor::from_data(TensorData::new(cos.clone(), [max_len, hd]), device),
+            sin: Tensor::from_data(TensorData::new(sin.clone(), [max_len, hd]), device),
+            cos_host: cos.into(),
+            sin_host: sin.into(),
             max_len,
+        }
+    }
+
+    /// The `[s, head_dim]` cos and sin rows for `s` tokens at `positions`.
+    pub fn tables(&self, positions: &Positions<B>, s: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        match positions {
+            Positions::From(start) => {
+                assert!(start + s <= self.max_len, "RoPE table holds {} positions, asked for {}", self.max_len, start + s);
+                (self.cos.clone().narrow(0, *start, s), self.sin.clone().narrow(0, *start, s))
+            }
+            Positions::Given { device, .. } => (self.cos.clone().select(0, device.clone()), self.sin.clone().select(0, device.clone())),
         }
     }
 
     pub fn max_len(&self) -> usize {
         self.max_len
-    }
-
-    /// Rotates `x` (`[batch, heads, seq, head_dim]`) whose first position is `start`.
-    pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
-        let s = x.dims()[2];
-        assert!(start + s <= self.max_len, "RoPE table holds {} positions, asked for {}", self.max_len, start + s);
-        let cos = self.cos.clone().narrow(0, start, s);
-        let sin = self.sin.clone().narrow(0, start, s);
-        Self::rotate(x, cos, sin)
-    }
-
-    /// Rotates `x` whose token i sits at `positions[i]`.
-    pub fn apply_at(&self, x: Tensor<B, 4>, positions: &Tensor<B, 1, Int>) -> Tensor<B, 4> {
-        let cos = self.cos.clone().select(0, positions.clone());
-        let sin = self.sin.clone().select(0, positions.clone());
-        Self::rotate(x, cos, sin)
-    }
-
-    fn rotate(x: Tensor<B, 4>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) -> Tensor<B, 4> {
-        let hd = x.dims()[3];
-        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
-        let half = hd / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * cos + rotated * sin
     }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use burn::tensor::backend::Backend;
+use cola_model::LayerOps;
 use cola_eval::{Item, ItemResult, LoadReport, ScoringOptions, Summary, Task, load_task, load_user_jsonl, score_item};
 use cola_executor::{Chain, LoadedChainModel};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -112,7 +112,7 @@ fn hashed(p: &Path) -> Result<HashedFile, String> {
 }
 
 /// Runs (or resumes) a search and writes the report. Returns the report and the run directory.
-pub fn run_search<B: Backend>(req: &SearchRequest, model: &LoadedChainModel<B>) -> Result<(Report, RunDir), String> {
+pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>) -> Result<(Report, RunDir), String> {
     let tasks = select_items(&req.data_dir, &req.selection)?;
     let num_layers = model.executor.num_layers();
     let mut data = Vec::new();
@@ -170,14 +170,14 @@ pub fn run_search<B: Backend>(req: &SearchRequest, model: &LoadedChainModel<B>) 
 }
 
 /// Re-scores recorded chains: the prediction each chain gives now (used to check records).
-pub fn rescore<B: Backend>(model: &LoadedChainModel<B>, item: &Item, chain: &Chain, scoring: &ScoringOptions) -> Result<ItemResult, String> {
+pub fn rescore<B: LayerOps>(model: &LoadedChainModel<B>, item: &Item, chain: &Chain, scoring: &ScoringOptions) -> Result<ItemResult, String> {
     let mut m = ChainModel::new(model, chain.clone()).with_caching(false);
     score_item(&mut m, item, scoring).map_err(|e| e.to_string())
 }
 
 /// Scores items along one chain (`cargo xtask eval`); each result goes to `on_result` as it is
 /// ready. Returns one summary per source.
-pub fn run_eval<B: Backend>(
+pub fn run_eval<B: LayerOps>(
     model: &LoadedChainModel<B>,
     tasks: &[TaskItems],
     chain: &Chain,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::backend::Backend;
+use cola_model::LayerOps;
 use cola_eval::{LanguageModel, StopRule};
 use cola_executor::{Chain, ExecError, LoadedChainModel, PrefixCache};
 
@@ -14,7 +14,7 @@ pub const DEFAULT_CACHE_MIB: usize = 1024;
 /// A loaded model run along a settable chain. With caching on, every input (a prompt, or a
 /// prompt with its answer choices) gets a [`PrefixCache`]; [`ChainModel::clear_cache`] frees
 /// them (call it between samples).
-pub struct ChainModel<'m, B: Backend> {
+pub struct ChainModel<'m, B: LayerOps> {
     model: &'m LoadedChainModel<B>,
     chain: Chain,
     caching: bool,
@@ -28,7 +28,7 @@ pub struct ChainModel<'m, B: Backend> {
 /// Separates parts of a cache key (not a token id any vocabulary uses).
 const KEY_SEPARATOR: u32 = u32::MAX;
 
-impl<'m, B: Backend> ChainModel<'m, B> {
+impl<'m, B: LayerOps> ChainModel<'m, B> {
     pub fn new(model: &'m LoadedChainModel<B>, chain: Chain) -> Self {
         ChainModel {
             model,
@@ -101,7 +101,7 @@ impl<'m, B: Backend> ChainModel<'m, B> {
     }
 }
 
-impl<B: Backend> LanguageModel for ChainModel<'_, B> {
+impl<B: LayerOps> LanguageModel for ChainModel<'_, B> {
     fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, String> {
         self.model.prompt_ids(text, chat).map_err(|e| e.to_string())
     }

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
+use cola_model::LayerOps;
 use cola_eval::{EvalError, Item, ItemResult, ScoringOptions, score_item};
 use cola_executor::Chain;
 use cola_mcts::chains::{ActionPreset, ChainProblem, ChainSpace};
@@ -115,7 +115,7 @@ fn shortest_correct(result: &SearchResult<Vec<usize>, ItemResult>) -> Option<(St
 }
 
 /// Searches chains for one item. The model's prefix caches are cleared before and after.
-pub fn search_item<B: Backend>(
+pub fn search_item<B: LayerOps>(
     model: &mut ChainModel<'_, B>,
     item: &Item,
     settings: &SearchSettings,

@@ -1,0 +1,346 @@
+//! Fused CPU kernels for [`LayerOps`] on burn's flex backend.
+//!
+//! burn's CPU elementwise ops are fast on contiguous tensors but walk permuted views element by
+//! element, and its attention copies its inputs to a head-major layout and runs heads one after
+//! another. These kernels read the projection outputs as they are, write head-major q/k/v in one
+//! pass (RoPE included), run attention per head in parallel with gemm for the two products, and
+//! write the attention output straight into the token-major layout the output projection reads.
+//! The arithmetic is the same as the reference implementation in [`crate::ops::reference`]
+//! (tests compare the two), except `exp`, computed by a polynomial accurate to about 2 ulp.
+
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+use crate::llama::{RmsNorm, Rope};
+use crate::ops::{AttnMask, Heads, LayerOps, Positions, reference};
+
+thread_local! {
+    static USE_REFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the flex backend using the reference (burn-op) implementations instead of the
+/// fused kernels, on this thread. Tests use it to compare the two.
+pub fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
+    let before = USE_REFERENCE.with(|c| c.replace(true));
+    let out = f();
+    USE_REFERENCE.with(|c| c.set(before));
+    out
+}
+
+fn reference_forced() -> bool {
+    USE_REFERENCE.with(|c| c.get())
+}
+
+/// The f32 data of a flex tensor, contiguous.
+fn host<const D: usize>(t: Tensor<Flex, D>) -> (FlexTensor, [usize; D]) {
+    let dims = t.dims();
+    let flex = t.into_primitive().tensor().to_contiguous();
+    (flex, dims)
+}
+
+fn data(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 tensor")
+}
+
+fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(TensorData::new(values, shape))))
+}
+
+/// `e^x` for f32: range reduction to `r` in [-ln2/2, ln2/2], degree-7 polynomial, exponent by
+/// bit manipulation (rounding with the 1.5 * 2^23 trick, so no float-to-int conversion). Relative
+/// error below 3e-7 for x in [-87, 88] (inputs are clamped to it). Branch-free so the loops that
+/// call it vectorize.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    let x = x.max(-87.0).min(88.0);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let i = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    p * f32::from_bits((i.wrapping_add(127) as u32) << 23)
+}
+
+/// Largest element (8 lanes, so it vectorizes; float `max` does not reassociate on its own).
+#[inline(always)]
+fn max_lanes(xs: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+        }
+    }
+    rest.iter().chain(&m).copied().fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
+}
+
+/// Sum in 8 lanes (vectorizes; the result differs from a sequential sum by rounding only).
+#[inline(always)]
+fn sum_lanes(xs: &[f32]) -> f32 {
+    let mut s = [0.0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            s[l] += c[l];
+        }
+    }
+    s.iter().chain(rest).sum()
+}
+
+/// Declares `$name` that runs `$body` compiled for AVX2+FMA when the CPU has it, else generic.
+macro_rules! simd_dispatch {
+    (fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) { imp($($arg),*) }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the features were just detected on this CPU.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
+simd_dispatch! {
+    fn swiglu_rows(gu: &[f32], out: &mut [f32], f: usize) {
+        for (row, o) in gu.chunks_exact(2 * f).zip(out.chunks_exact_mut(f)) {
+            let (g, u) = row.split_at(f);
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + exp_f32(-g)) * u;
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    fn softmax_row(row: &mut [f32], visible: usize) {
+        // Keys `visible..` are hidden (causal tail); other hidden keys hold -inf.
+        let (live, dead) = row.split_at_mut(visible);
+        let max = max_lanes(live);
+        for x in live.iter_mut() {
+            // exp(-inf) through the clamp is ~1e-38, far below anything that matters.
+            *x = exp_f32(*x - max);
+        }
+        let inv = 1.0 / sum_lanes(live);
+        for x in live.iter_mut() {
+            *x *= inv;
+        }
+        dead.fill(0.0);
+    }
+}
+
+simd_dispatch! {
+    fn dot_rows(q: &[f32], keys: &[f32], hd: usize, scale: f32, out: &mut [f32]) {
+        for (o, k) in out.iter_mut().zip(keys.chunks_exact(hd)) {
+            let mut acc = 0.0f32;
+            for (a, b) in q.iter().zip(k) {
+                acc += a * b;
+            }
+            *o = acc * scale;
+        }
+    }
+}
+
+simd_dispatch! {
+    fn weighted_sum(p: &[f32], values: &[f32], hd: usize, out: &mut [f32]) {
+        out.fill(0.0);
+        for (&w, v) in p.iter().zip(values.chunks_exact(hd)) {
+            if w != 0.0 {
+                for (o, x) in out.iter_mut().zip(v) {
+                    *o += w * x;
+                }
+            }
+        }
+    }
+}
+
+/// A raw output pointer shared by parallel workers that write disjoint parts.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: workers write disjoint index sets (one head's columns each), never read others'.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl LayerOps for Flex {
+    fn split_heads_rope(
+        qkv: Tensor<Self, 2>,
+        heads: Heads,
+        rope: &Rope<Self>,
+        positions: &Positions<Self>,
+        norms: Option<(&RmsNorm<Self>, &RmsNorm<Self>)>,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>, Tensor<Self, 3>) {
+        if reference_forced() {
+            return reference::split_heads_rope(qkv, heads, rope, positions, norms);
+        }
+        let Heads { q: nh, kv: nkv, dim: hd } = heads;
+        let (qkv, [s, width]) = host(qkv);
+        let src = data(&qkv);
+        let half = hd / 2;
+        let norm_weights = norms.map(|(qn, kn)| {
+            let w = |n: &RmsNorm<Flex>| (n.weight.val().into_data().into_vec::<f32>().expect("f32 weights"), n.eps as f32);
+            (w(qn), w(kn))
+        });
+        let pos = |i: usize| match positions {
+            Positions::From(start) => start + i,
+            Positions::Given { host, .. } => host[i],
+        };
+        assert!(s == 0 || pos(s - 1) < rope.max_len() || matches!(positions, Positions::Given { .. }), "RoPE table too short");
+        let mut q = vec![0.0f32; nh * s * hd];
+        let mut k = vec![0.0f32; nkv * s * hd];
+        let mut v = vec![0.0f32; nkv * s * hd];
+        let mut buf = vec![0.0f32; hd];
+        for i in 0..s {
+            let row = &src[i * width..(i + 1) * width];
+            let p = pos(i);
+            let cos = &rope.cos_host[p * hd..(p + 1) * hd];
+            let sin = &rope.sin_host[p * hd..(p + 1) * hd];
+            let mut rotate_into = |x: &[f32], norm: Option<&(Vec<f32>, f32)>, dst: &mut [f32]| {
+                buf.copy_from_slice(x);
+                if let Some((w, eps)) = norm {
+                    let ms = buf.iter().map(|a| a * a).sum::<f32>() / hd as f32;
+                    let inv = 1.0 / (ms + eps).sqrt();
+                    for (a, g) in buf.iter_mut().zip(w) {
+                        *a = *a * inv * g;
+                    }
+                }
+                for d in 0..half {
+                    dst[d] = buf[d] * cos[d] - buf[d + half] * sin[d];
+                    dst[d + half] = buf[d + half] * cos[d + half] + buf[d] * sin[d + half];
+                }
+            };
+            for h in 0..nh {
+                let dst = &mut q[(h * s + i) * hd..(h * s + i + 1) * hd];
+                rotate_into(&row[h * hd..(h + 1) * hd], norm_weights.as_ref().map(|n| &n.0), dst);
+            }
+            for h in 0..nkv {
+                let off = (nh + h) * hd;
+                let dst = &mut k[(h * s + i) * hd..(h * s + i + 1) * hd];
+                rotate_into(&row[off..off + hd], norm_weights.as_ref().map(|n| &n.1), dst);
+                let off = (nh + nkv + h) * hd;
+                v[(h * s + i) * hd..(h * s + i + 1) * hd].copy_from_slice(&row[off..off + hd]);
+            }
+        }
+        (tensor(q, [nh, s, hd]), tensor(k, [nkv, s, hd]), tensor(v, [nkv, s, hd]))
+    }
+
+    fn attend(q: Tensor<Self, 3>, k: Tensor<Self, 3>, v: Tensor<Self, 3>, heads: Heads, mask: &AttnMask<Self>) -> Tensor<Self, 2> {
+        if reference_forced() {
+            return reference::attend(q, k, v, heads, mask);
+        }
+        let (q, [nh, s, hd]) = host(q);
+        let (k, [_, t, _]) = host(k);
+        let (v, _) = host(v);
+        let (q, k, v) = (data(&q), data(&k), data(&v));
+        let g = heads.group();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let width = nh * hd;
+        let mut out = vec![0.0f32; s * width];
+        let shared = SharedOut(out.as_mut_ptr());
+        let hidden = match mask {
+            AttnMask::Causal => None,
+            AttnMask::Given { host, .. } => {
+                assert_eq!(t, s, "an explicit mask needs as many keys as queries");
+                Some(host.as_ref())
+            }
+        };
+        let work = |h: usize| {
+            let shared = shared;
+            let kvh = h / g;
+            let qh = &q[h * s * hd..(h + 1) * s * hd];
+            let kh = &k[kvh * t * hd..(kvh + 1) * t * hd];
+            let vh = &v[kvh * t * hd..(kvh + 1) * t * hd];
+            let mut scores = vec![0.0f32; s * t];
+            if s >= 8 {
+                // SAFETY: slices are in bounds; gemm reads q/k and writes the scores buffer.
+                unsafe {
+                    gemm::gemm(s, t, hd, scores.as_mut_ptr(), 1, t as isize, false, qh.as_ptr(), 1, hd as isize, kh.as_ptr(), hd as isize, 1, 0.0, scale, false, false, false, gemm::Parallelism::None);
+                }
+            } else {
+                for i in 0..s {
+                    dot_rows(&qh[i * hd..(i + 1) * hd], kh, hd, scale, &mut scores[i * t..(i + 1) * t]);
+                }
+            }
+            for i in 0..s {
+                let row = &mut scores[i * t..(i + 1) * t];
+                let visible = match hidden {
+                    None => i + 1 + (t - s),
+                    Some(m) => {
+                        for (j, x) in row.iter_mut().enumerate() {
+                            if m[i * s + j] {
+                                *x = f32::NEG_INFINITY;
+                            }
+                        }
+                        t
+                    }
+                };
+                softmax_row(row, visible);
+            }
+            if s >= 8 {
+                // SAFETY: this head writes only columns h*hd..(h+1)*hd of `out`.
+                unsafe {
+                    gemm::gemm(s, hd, t, shared.0.add(h * hd), 1, width as isize, false, scores.as_ptr(), 1, t as isize, vh.as_ptr(), 1, hd as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+                }
+            } else {
+                let mut row_out = vec![0.0f32; hd];
+                for i in 0..s {
+                    weighted_sum(&scores[i * t..(i + 1) * t], vh, hd, &mut row_out);
+                    // SAFETY: as above, only this head's columns.
+                    unsafe { std::ptr::copy_nonoverlapping(row_out.as_ptr(), shared.0.add(i * width + h * hd), hd) };
+                }
+            }
+        };
+        if s * t * nh >= 4096 {
+            (0..nh).into_par_iter().for_each(work);
+        } else {
+            (0..nh).for_each(work);
+        }
+        tensor(out, [s, width])
+    }
+
+    fn swiglu(gate_up: Tensor<Self, 2>, f: usize) -> Tensor<Self, 2> {
+        if reference_forced() {
+            return reference::swiglu(gate_up, f);
+        }
+        let (gu, [s, _]) = host(gate_up);
+        let gu = data(&gu);
+        let mut out = vec![0.0f32; s * f];
+        // Rows in parallel chunks big enough to amortize the dispatch.
+        let rows_per_chunk = (16384 / f).max(1);
+        out.par_chunks_mut(rows_per_chunk * f).zip(gu.par_chunks(rows_per_chunk * 2 * f)).for_each(|(o, g)| swiglu_rows(g, o, f));
+        tensor(out, [s, f])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate_over_the_range() {
+        let mut worst = 0.0f64;
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let want = (x as f64).exp();
+            let got = exp_f32(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(-1000.0) < 1e-37);
+        assert!(exp_f32(f32::NEG_INFINITY) < 1e-37);
+    }
+}
