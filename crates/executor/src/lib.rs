@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod chain;
+pub mod parity;
 mod prefix_cache;
 
 use std::path::Path;
