@@ -7,11 +7,13 @@ mod model_cmds;
 mod search_cmds;
 mod test_cmd;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand};
-use cola_executor::backend::BackendKind;
+use cola_executor::LoadedChainModel;
+use cola_executor::backend::{BackendKind, WithBackend, dispatch};
+use cola_model::LayerOps;
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +85,17 @@ impl ModelArgs {
             None => Ok(cola_assets::ensure()?.model_dir),
         }
     }
+
+    /// Runs the command `work(model_dir)` on the chosen backend.
+    pub fn dispatch<W: WithBackend<Output = Result<()>>>(&self, work: impl FnOnce(PathBuf) -> W) -> Result<()> {
+        let dir = self.model_dir()?;
+        dispatch(self.backend, work(dir)).map_err(|e| anyhow!(e))?
+    }
+}
+
+/// Loads the model (tokenizer and weights) of `dir` onto `device`.
+pub fn load_model<B: LayerOps>(dir: &Path, device: B::Device) -> Result<LoadedChainModel<B>> {
+    LoadedChainModel::load(dir, device).with_context(|| format!("loading the model in {}", dir.display()))
 }
 
 fn main() {

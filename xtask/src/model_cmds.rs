@@ -3,8 +3,8 @@
 use anyhow::{Context, Result, anyhow, bail};
 use cola_model::LayerOps;
 use clap::Args;
-use cola_executor::backend::{WithBackend, dispatch};
-use cola_executor::{Chain, LengthBounds, LoadedChainModel};
+use cola_executor::backend::WithBackend;
+use cola_executor::{Chain, LengthBounds};
 use cola_model::TextTokenizer;
 use serde_json::json;
 
@@ -82,9 +82,8 @@ fn parse_ids(text: &str) -> Result<Vec<u32>> {
 }
 
 pub fn forward(args: ForwardArgs) -> Result<()> {
-    let dir = args.model.model_dir()?;
-    let backend = args.model.backend;
-    dispatch(backend, Forward { args, dir }).map_err(|e| anyhow!(e))?
+    let model = args.model.clone();
+    model.dispatch(|dir| Forward { args, dir })
 }
 
 struct Forward {
@@ -96,7 +95,7 @@ impl WithBackend for Forward {
     type Output = Result<()>;
     fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
         let Forward { args, dir } = self;
-        let m = LoadedChainModel::<B>::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
+        let m = crate::load_model::<B>(&dir, device)?;
         let chain = chain_arg(args.chain.as_deref(), m.executor.num_layers())?;
         let ids = match (&args.ids, &args.prompt) {
             (Some(ids), _) => parse_ids(ids)?,
@@ -126,9 +125,8 @@ impl WithBackend for Forward {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
-    let dir = args.model.model_dir()?;
-    let backend = args.model.backend;
-    dispatch(backend, Generate { args, dir }).map_err(|e| anyhow!(e))?
+    let model = args.model.clone();
+    model.dispatch(|dir| Generate { args, dir })
 }
 
 struct Generate {
@@ -140,7 +138,7 @@ impl WithBackend for Generate {
     type Output = Result<()>;
     fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
         let Generate { args, dir } = self;
-        let m = LoadedChainModel::<B>::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
+        let m = crate::load_model::<B>(&dir, device)?;
         let chain = chain_arg(args.chain.as_deref(), m.executor.num_layers())?;
         let ids = m.prompt_ids(&args.prompt, args.chat)?;
         let state = m.executor.run(&chain, &ids)?;

@@ -9,8 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use cola_model::LayerOps;
 use clap::Args;
 use cola_eval::{ScoringMode, ScoringOptions, Task};
-use cola_executor::LoadedChainModel;
-use cola_executor::backend::{WithBackend, dispatch};
+use cola_executor::backend::WithBackend;
 use cola_mcts::chains::ActionPreset;
 use cola_search::run::{Shard, merge_runs};
 use cola_search::{Baseline, SearchRequest, SearchSettings, Selection, Source, report};
@@ -104,9 +103,8 @@ fn parse_mode(s: &str) -> Result<ScoringMode, String> {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let dir = args.model.model_dir()?;
-    let backend = args.model.backend;
-    dispatch(backend, Eval { args, dir }).map_err(|e| anyhow!(e))?
+    let model = args.model.clone();
+    model.dispatch(|dir| Eval { args, dir })
 }
 
 struct Eval {
@@ -120,7 +118,7 @@ impl WithBackend for Eval {
         let Eval { args, dir } = self;
         let selection = args.items.selection(None, None)?;
         let tasks = cola_search::select_items(&data_dir()?, &selection).map_err(|e| anyhow!(e))?;
-        let model = LoadedChainModel::<B>::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
+        let model = crate::load_model::<B>(&dir, device)?;
         let chain = chain_arg(args.chain.as_deref(), model.executor.num_layers())?;
         let mode = args.scoring.unwrap_or(if args.items.all_multiple_choice() { ScoringMode::Letter } else { ScoringMode::Generate });
         let scoring = ScoringOptions { mode, chat: args.chat, max_new_tokens: args.max_new_tokens };
@@ -229,9 +227,8 @@ const DEFAULT_LIMIT: usize = 6;
 const DEFAULT_SIMS: usize = 60;
 
 pub fn search(args: SearchArgs) -> Result<()> {
-    let dir = args.model.model_dir()?;
-    let backend = args.model.backend;
-    dispatch(backend, Search { args, dir }).map_err(|e| anyhow!(e))?
+    let model = args.model.clone();
+    model.dispatch(|dir| Search { args, dir })
 }
 
 struct Search {
@@ -250,7 +247,7 @@ impl WithBackend for Search {
         }
         let selection = items.selection(Some(Task::ArcEasy), args.shard)?;
         let data_dir = data_dir()?;
-        let model = LoadedChainModel::<B>::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
+        let model = crate::load_model::<B>(&dir, device)?;
         let n = model.executor.num_layers();
         let has_chat = model.tokenizer.config.get("chat_template").is_some();
         let multiple_choice = items.all_multiple_choice();

@@ -149,8 +149,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
     move |source| EvalError::Io { path: path.display().to_string(), source }
 }
 
-/// Reads a `.jsonl` or `.jsonl.gz` file: (line number, parsed object or why not).
-fn read_jsonl(path: &Path) -> Result<Vec<(usize, Result<Value, String>)>, EvalError> {
+/// The JSON objects of a `.jsonl` or `.jsonl.gz` file with their line numbers; lines that are not
+/// JSON objects are recorded in `report.skipped` with file, line and reason.
+fn read_objects(path: &Path, report: &mut LoadReport) -> Result<Vec<(usize, Value)>, EvalError> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(BufReader::new(flate2::read::GzDecoder::new(file)))
@@ -163,10 +164,11 @@ fn read_jsonl(path: &Path) -> Result<Vec<(usize, Result<Value, String>)>, EvalEr
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<Value>(&line)
-            .map_err(|e| format!("not valid JSON ({e})"))
-            .and_then(|v| if v.is_object() { Ok(v) } else { Err("not a JSON object".into()) });
-        out.push((i + 1, parsed));
+        match serde_json::from_str::<Value>(&line) {
+            Ok(v) if v.is_object() => out.push((i + 1, v)),
+            Ok(_) => report.skipped.push(format!("{}:{}: not a JSON object", path.display(), i + 1)),
+            Err(e) => report.skipped.push(format!("{}:{}: not valid JSON ({e})", path.display(), i + 1)),
+        }
     }
     Ok(out)
 }
@@ -181,15 +183,8 @@ fn olmo_docs(path: &Path, report: &mut LoadReport) -> Result<BTreeMap<u64, Value
     }
     report.files.push(path.to_path_buf());
     let mut docs = BTreeMap::new();
-    for (line, parsed) in read_jsonl(path)? {
+    for (line, v) in read_objects(path, report)? {
         let where_ = format!("{}:{line}", path.display());
-        let v = match parsed {
-            Ok(v) => v,
-            Err(why) => {
-                report.skipped.push(format!("{where_}: {why}"));
-                continue;
-            }
-        };
         let (Some(id), Some(doc)) = (v.get("doc_id").and_then(Value::as_u64), v.get("doc")) else {
             report.skipped.push(format!("{where_}: no `doc_id` or `doc`"));
             continue;
@@ -338,15 +333,8 @@ pub fn load_user_jsonl(path: &Path, task: &str) -> Result<LoadReport, EvalError>
     }
     let mut report = LoadReport { files: vec![path.to_path_buf()], ..Default::default() };
     let mut seen = std::collections::HashSet::new();
-    for (line, parsed) in read_jsonl(path)? {
+    for (line, v) in read_objects(path, &mut report)? {
         let where_ = format!("{}:{line}", path.display());
-        let v = match parsed {
-            Ok(v) => v,
-            Err(why) => {
-                report.skipped.push(format!("{where_}: {why}"));
-                continue;
-            }
-        };
         let id = match v.get("id") {
             None | Some(Value::Null) => line.to_string(),
             Some(Value::String(s)) => s.clone(),

@@ -67,7 +67,9 @@ pub trait WithBackend {
     fn run<B: LayerOps>(self, device: B::Device) -> Self::Output;
 }
 
-/// Runs `work` on the backend `kind`, or says why it cannot.
+/// Runs `work` on the backend `kind`, or says why it cannot (not compiled in, or no usable
+/// device: the GPU runtimes panic when they find none, so a first tiny operation is tried under
+/// `catch_unwind` and its panic turned into an error).
 pub fn dispatch<W: WithBackend>(kind: BackendKind, work: W) -> Result<W::Output, String> {
     if !kind.compiled_in() {
         return Err(format!(
@@ -77,10 +79,38 @@ pub fn dispatch<W: WithBackend>(kind: BackendKind, work: W) -> Result<W::Output,
     match kind {
         BackendKind::Cpu => Ok(work.run::<Cpu>(Default::default())),
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => Ok(work.run::<Wgpu>(Default::default())),
+        BackendKind::Wgpu => {
+            probe::<Wgpu>(kind)?;
+            Ok(work.run::<Wgpu>(Default::default()))
+        }
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => Ok(work.run::<Cuda>(Default::default())),
+        BackendKind::Cuda => {
+            probe::<Cuda>(kind)?;
+            Ok(work.run::<Cuda>(Default::default()))
+        }
         #[allow(unreachable_patterns)]
         _ => unreachable!("compiled_in checked above"),
+    }
+}
+
+/// Creates and reads back a one-element tensor on the default device of `B`.
+#[allow(dead_code)]
+fn probe<B: LayerOps>(kind: BackendKind) -> Result<(), String> {
+    let result = std::panic::catch_unwind(|| {
+        let device = B::Device::default();
+        let t = burn::tensor::Tensor::<B, 1>::from_floats([1.0f32], &device);
+        t.into_data().into_vec::<f32>().map(|v| v[0])
+    });
+    match result {
+        Ok(Ok(v)) if v == 1.0 => Ok(()),
+        Ok(other) => Err(format!("the {kind} device returned {other:?} for a one-element test tensor")),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown error".into());
+            Err(format!("no usable {kind} device: {msg}"))
+        }
     }
 }

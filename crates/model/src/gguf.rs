@@ -784,6 +784,38 @@ mod tests {
         assert!(GgufFile::open(&write(dir.path(), b"")).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Any corruption of a valid file (overwritten bytes, truncation) is an error or a
+        /// parse, never a panic or a huge allocation.
+        #[test]
+        fn corrupted_files_never_panic(
+            edits in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 1..8),
+            cut in 0usize..400,
+        ) {
+            let vals: Vec<u8> = (0..24u8).collect();
+            let mut bytes = Builder::new()
+                .kv_str("general.architecture", "llama")
+                .kv_u32("llama.block_count", 1)
+                .tensor("w", &[3, 2], 0, &vals)
+                .tensor("q", &[32], 8, &[7u8; 34])
+                .build();
+            for (at, b) in edits {
+                let i = at % bytes.len();
+                bytes[i] = b;
+            }
+            bytes.truncate(bytes.len() - cut % bytes.len());
+            let dir = tempfile::tempdir().unwrap();
+            if let Ok(f) = GgufFile::open(&write(dir.path(), &bytes)) {
+                for t in f.tensors.values() {
+                    let _ = f.dequantize(t);
+                }
+                let _ = f.model_config();
+            }
+        }
+    }
+
     #[test]
     fn unsupported_quantization_is_named() {
         let dir = tempfile::tempdir().unwrap();
