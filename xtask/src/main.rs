@@ -18,6 +18,7 @@ use cola_model::LayerOps;
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
     about = "Chains of layers (CoLa): run a frozen LLM along any chain of its layers, search chains per sample with MCTS, evaluate on benchmarks",
     long_about = None
 )]

@@ -197,7 +197,8 @@ pub struct SearchArgs {
     /// Length penalty λ in the UCB score.
     #[arg(long)]
     lambda: Option<f64>,
-    /// Stop a sample once a correct chain at least M layers shorter is found.
+    /// Stop a sample once a correct chain at least M layers shorter than the original is found
+    /// (default: off; 2 with `--actions drllm`).
     #[arg(long, value_name = "M")]
     early_stop: Option<usize>,
     /// Seed for all random choices (each sample gets its own stream derived from it).
@@ -265,7 +266,9 @@ impl WithBackend for Search {
             epsilon: 0.1,
             min_len,
             max_len,
-            early_stop_margin: args.early_stop,
+            // drllm's rule includes early stop: once a correct chain 2 layers shorter is found
+            // (the authors' `best_length + 2 <= N`).
+            early_stop_margin: args.early_stop.or((args.actions == Some(ActionPreset::Drllm)).then_some(2)),
             baseline: if args.baseline == "none" { Baseline::None } else { Baseline::Random },
             random_max_edits: 8,
             scoring: ScoringOptions { mode: args.scoring.unwrap_or(mode), chat: args.chat || chat, max_new_tokens: args.max_new_tokens },

@@ -138,7 +138,8 @@ pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>)
     };
     let run = RunDir::open(&req.out_dir, &config, req.force).map_err(|e| e.to_string())?;
     let done = run.finished_keys().map_err(|e| e.to_string())?;
-    let mut chain_model = ChainModel::new(model, Chain::identity(num_layers)).with_cache_budget_mib(req.cache_mib);
+    let mut chain_model =
+        ChainModel::new(model, Chain::identity(num_layers)).with_cache_budget_mib(req.cache_mib).with_caching(req.cache_mib > 0);
     for t in &tasks {
         if !t.load.skipped.is_empty() {
             eprintln!("{}: {} items skipped while loading:", t.name, t.load.skipped.len());
