@@ -35,10 +35,8 @@ pub fn last_boxed(text: &str) -> Option<String> {
                     }
                 }
                 end.map(|e| inner[..e].to_string())
-            } else if let Some(inner) = rest.strip_prefix(' ') {
-                Some(inner.split(['$', '\n']).next().unwrap_or("").trim().to_string())
             } else {
-                None
+                rest.strip_prefix(' ').map(|inner| inner.split(['$', '\n']).next().unwrap_or("").trim().to_string())
             };
             if let Some(c) = content
                 && best.as_ref().is_none_or(|(s, _)| start > *s)

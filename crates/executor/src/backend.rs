@@ -102,7 +102,7 @@ fn probe<B: LayerOps>(kind: BackendKind) -> Result<(), String> {
         t.into_data().into_vec::<f32>().map(|v| v[0])
     });
     match result {
-        Ok(Ok(v)) if v == 1.0 => Ok(()),
+        Ok(Ok(1.0)) => Ok(()),
         Ok(other) => Err(format!("the {kind} device returned {other:?} for a one-element test tensor")),
         Err(panic) => {
             let msg = panic

@@ -76,7 +76,7 @@ pub const DEFAULT_MAX_POSITIONS: usize = 4096;
 
 impl<B: LayerOps> Executor<B> {
     pub fn new(model: CausalLm<B>, config: ModelConfig, device: B::Device) -> Self {
-        let max_len = config.max_position_embeddings.min(DEFAULT_MAX_POSITIONS).max(1);
+        let max_len = config.max_position_embeddings.clamp(1, DEFAULT_MAX_POSITIONS);
         let rope = Rope::new(&config, max_len, &device);
         Executor { model, config, rope, device }
     }
@@ -362,11 +362,6 @@ pub fn log_softmax_at(row: &[f32], index: usize) -> f32 {
 
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().expect("f32 tensor")
-}
-
-/// Builds a tensor from host data (helper for tests and callers that hold raw f32).
-pub fn tensor_from<B: Backend, const D: usize>(data: Vec<f32>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(data, shape), device)
 }
 
 /// A model directory's tokenizer and executor, loaded together.

@@ -226,11 +226,12 @@ pub fn search<P: Problem>(problem: &mut P, config: &MctsConfig, rng: &mut Search
                 }
                 let open_children = nodes[node].children.iter().any(|&c| !nodes[c].exhausted);
                 let can_expand = nodes[node].untried.as_ref().is_some_and(|u| !u.is_empty());
-                if can_expand && (!open_children || rng.random::<f64>() < config.epsilon) {
-                    if let Some(child) = expand_one(&mut nodes, node, &mut ev, simulations + 1) {
-                        path.push(child);
-                        break 'walk (path, child);
-                    }
+                if can_expand
+                    && (!open_children || rng.random::<f64>() < config.epsilon)
+                    && let Some(child) = expand_one(&mut nodes, node, &mut ev, simulations + 1)
+                {
+                    path.push(child);
+                    break 'walk (path, child);
                 }
                 if !open_children {
                     if nodes[node].untried.as_ref().is_some_and(Vec::is_empty) {

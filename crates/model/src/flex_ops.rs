@@ -57,7 +57,7 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
-    let x = x.max(-87.0).min(88.0);
+    let x = x.clamp(-87.0, 88.0);
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
@@ -257,6 +257,8 @@ impl LayerOps for Flex {
             }
         };
         let work = |h: usize| {
+            // Capture the whole wrapper (closures would otherwise capture the raw pointer field).
+            #[allow(clippy::redundant_locals)]
             let shared = shared;
             let kvh = h / g;
             let qh = &q[h * s * hd..(h + 1) * s * hd];

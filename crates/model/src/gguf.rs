@@ -672,7 +672,7 @@ mod tests {
             self.infos.extend(ty.to_le_bytes());
             self.infos.extend((self.data.len() as u64).to_le_bytes());
             self.data.extend(bytes);
-            while self.data.len() % 32 != 0 {
+            while !self.data.len().is_multiple_of(32) {
                 self.data.push(0);
             }
             self.n_tensors += 1;
@@ -685,7 +685,7 @@ mod tests {
             out.extend(self.n_kv.to_le_bytes());
             out.extend(&self.kv);
             out.extend(&self.infos);
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
             out.extend(&self.data);

@@ -224,7 +224,7 @@ fn decode_floats(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
         }),
         other => return Err(format!("dtype {other:?} is not supported (f32, f16, bf16, f64)")),
     };
-    if bytes.len() % width != 0 {
+    if !bytes.len().is_multiple_of(width) {
         return Err(format!("{} bytes is not a whole number of {dtype:?} values", bytes.len()));
     }
     Ok(bytes.chunks_exact(width).map(conv).collect())

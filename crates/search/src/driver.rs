@@ -166,7 +166,7 @@ pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>)
     }
     let records = run.finished().map_err(|e| e.to_string())?;
     let report = build_report(&records, num_layers);
-    write_report(&run.dir, &report, &[config], &[run.dir.clone()]).map_err(|e| e.to_string())?;
+    write_report(&run.dir, &report, &[config], std::slice::from_ref(&run.dir)).map_err(|e| e.to_string())?;
     Ok((report, run))
 }
 
