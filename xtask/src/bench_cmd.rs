@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// MCTS simulations per sample in the search measurement (`paper` preset otherwise).
     #[arg(long, default_value_t = 60)]
     search_sims: usize,
+    /// Scoring in the search measurement: generate (the `paper` preset, with the chat template)
+    /// or loglik (the quick default of `cargo xtask search`).
+    #[arg(long, value_parser = crate::search_cmds::parse_mode, default_value = "generate")]
+    search_scoring: cola_eval::ScoringMode,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -76,6 +80,7 @@ struct Bench {
     decode_tokens: usize,
     search_samples: usize,
     search_sims: usize,
+    search_scoring: cola_eval::ScoringMode,
 }
 
 impl WithBackend for Bench {
@@ -107,7 +112,7 @@ impl WithBackend for Bench {
         });
         drop(exec);
         if self.search_samples > 0 {
-            let search = search_throughput::<B>(&self.dir, device_of::<B>(), self.search_samples, self.search_sims)?;
+            let search = search_throughput::<B>(&self.dir, device_of::<B>(), self.search_samples, self.search_sims, self.search_scoring)?;
             merge(&mut out, &search);
         }
         Ok(out)
@@ -118,9 +123,9 @@ fn device_of<B: LayerOps>() -> B::Device {
     Default::default()
 }
 
-/// Evaluations per second of the `paper` search setting on ARC-Easy, with the prefix cache on
+/// Evaluations per second of a search with `paper` actions on ARC-Easy, with the prefix cache on
 /// and off; the two runs must record the same chains and predictions.
-fn search_throughput<B: LayerOps>(dir: &Path, device: B::Device, samples: usize, sims: usize) -> Result<Value> {
+fn search_throughput<B: LayerOps>(dir: &Path, device: B::Device, samples: usize, sims: usize, mode: cola_eval::ScoringMode) -> Result<Value> {
     use cola_eval::{ScoringMode, ScoringOptions, Task};
     use cola_search::{Baseline, ChainModel, SearchSettings, Selection, Source};
     let model = cola_executor::LoadedChainModel::<B>::load(dir, device)?;
@@ -140,7 +145,8 @@ fn search_throughput<B: LayerOps>(dir: &Path, device: B::Device, samples: usize,
         early_stop_margin: None,
         baseline: Baseline::None,
         random_max_edits: 8,
-        scoring: ScoringOptions { mode: ScoringMode::Generate, chat: model.tokenizer.config.get("chat_template").is_some(), max_new_tokens: None },
+        // Chat only for generation, as the `paper` preset does.
+        scoring: ScoringOptions { mode, chat: mode == ScoringMode::Generate && model.tokenizer.config.get("chat_template").is_some(), max_new_tokens: None },
     };
     let mut per_mode = Vec::new();
     for caching in [true, false] {
@@ -167,6 +173,7 @@ fn search_throughput<B: LayerOps>(dir: &Path, device: B::Device, samples: usize,
         "search_seconds_per_sample_uncached": per_mode[1].1,
         "search_samples": items.len(),
         "search_sims": sims,
+        "search_scoring": mode.name(),
     }))
 }
 
@@ -182,6 +189,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         decode_tokens: args.decode_tokens,
         search_samples: args.search_samples,
         search_sims: args.search_sims,
+        search_scoring: args.search_scoring,
     };
     let ours = dispatch(args.model.backend, work).map_err(|e| anyhow!(e))??;
     let mut result = json!({ "backend": args.model.backend.name(), "model": dir.display().to_string() });

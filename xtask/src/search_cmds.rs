@@ -98,7 +98,7 @@ pub struct EvalArgs {
     json: bool,
 }
 
-fn parse_mode(s: &str) -> Result<ScoringMode, String> {
+pub(crate) fn parse_mode(s: &str) -> Result<ScoringMode, String> {
     s.parse()
 }
 
