@@ -160,7 +160,11 @@ fn search_throughput<B: LayerOps>(dir: &Path, device: B::Device, samples: usize,
             records.push(r.chains.iter().map(|c| (c.chain.clone(), c.prediction.clone())).collect::<Vec<_>>());
         }
         let secs = started.elapsed().as_secs_f64();
-        eprintln!("search ({}): {evals} evaluations in {secs:.1} s", if caching { "prefix cache on" } else { "prefix cache off" });
+        let (reused, computed) = m.step_counts();
+        eprintln!(
+            "search ({}): {evals} evaluations in {secs:.1} s, {computed} layer steps computed, {reused} reused",
+            if caching { "prefix cache on" } else { "prefix cache off" }
+        );
         per_mode.push((evals as f64 / secs, secs / items.len() as f64, records));
     }
     if per_mode[0].2 != per_mode[1].2 {
