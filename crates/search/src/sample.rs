@@ -39,6 +39,27 @@ pub struct SearchSettings {
 }
 
 impl SearchSettings {
+    /// The paper's setting for a model of `num_layers` layers: paper actions, 200 simulations,
+    /// the engine's UCB constants (λ = 5, c = √2, ε = 0.1), [`Self::paper_bounds`], no early
+    /// stop, random baseline.
+    pub fn paper(num_layers: usize, scoring: ScoringOptions) -> Self {
+        let (min_len, max_len) = Self::paper_bounds(num_layers);
+        let mcts = MctsConfig::new(num_layers, min_len, max_len);
+        SearchSettings {
+            actions: ActionPreset::Paper,
+            simulations: mcts.simulations,
+            lambda: mcts.lambda,
+            c: mcts.c,
+            epsilon: mcts.epsilon,
+            min_len,
+            max_len,
+            early_stop_margin: None,
+            baseline: Baseline::Random,
+            random_max_edits: 8,
+            scoring,
+        }
+    }
+
     /// Length bounds scaled from the authors' presets (16..32 for 28 layers, 24..44 for 36):
     /// about 0.57 N to 1.15 N.
     pub fn paper_bounds(num_layers: usize) -> (usize, usize) {
