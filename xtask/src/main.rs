@@ -9,7 +9,7 @@ mod test_cmd;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use cola_executor::LoadedChainModel;
 use cola_executor::backend::{BackendKind, WithBackend, dispatch};
@@ -82,6 +82,7 @@ impl ModelArgs {
     /// The model directory to use, fetching the default one if none was given.
     pub fn model_dir(&self) -> Result<PathBuf> {
         match &self.model {
+            Some(dir) if !dir.is_dir() => bail!("--model {}: no such directory (a model directory in HF layout; see `import-gguf` for GGUF files)", dir.display()),
             Some(dir) => Ok(dir.clone()),
             None => Ok(cola_assets::ensure()?.model_dir),
         }

@@ -407,6 +407,11 @@ pub fn load_user_jsonl(path: &Path, task: &str) -> Result<LoadReport, EvalError>
         };
         report.items.push(Item { task: task.to_string(), doc_id: id, kind });
     }
+    // A file with nothing usable would otherwise score as 0/0 and look like a result.
+    if report.items.is_empty() {
+        let first = report.skipped.first().map_or("the file has no JSON lines".to_string(), |s| format!("first problem: {s}"));
+        return Err(EvalError::Invalid(format!("{}: no usable items ({} lines skipped; {first})", path.display(), report.skipped.len())));
+    }
     Ok(report)
 }
 
@@ -451,6 +456,14 @@ mod tests {
         assert!(r.skipped[2].contains(":6") && r.skipped[2].contains("duplicate"));
         assert!(r.skipped[3].contains(":7") && r.skipped[3].contains("question"));
         assert!(load_user_jsonl(&dir.path().join("missing.jsonl"), "x").unwrap_err().to_string().contains("missing.jsonl"));
+
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(&bad, "{\"question\": \"x\"\n").unwrap();
+        let err = load_user_jsonl(&bad, "bad").unwrap_err().to_string();
+        assert!(err.contains("bad.jsonl: no usable items") && err.contains("bad.jsonl:1: not valid JSON"), "{err}");
+        let empty = dir.path().join("empty.jsonl");
+        std::fs::write(&empty, "\n").unwrap();
+        assert!(load_user_jsonl(&empty, "empty").unwrap_err().to_string().contains("no usable items"));
     }
 
     #[test]
