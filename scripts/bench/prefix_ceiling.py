@@ -30,7 +30,10 @@ def expand(spec):
 def main(run_dirs):
     total = computed = 0
     for run in run_dirs:
-        for line in (Path(run) / "samples.jsonl").open():
+        samples = Path(run) / "samples.jsonl"
+        if not samples.is_file():
+            sys.exit(f"{samples}: not found (pass run directories made by `cargo xtask search`)")
+        for line in samples.open():
             record = json.loads(line)
             seen = set()
             for entry in sorted(record["chains"], key=lambda c: c["simulation"]):
@@ -41,6 +44,8 @@ def main(run_dirs):
                 seen.update(chain[:i] for i in range(1, len(chain) + 1))
                 total += len(chain)
                 computed += len(chain) - shared
+    if computed == 0:
+        sys.exit("no chains in the given runs")
     print(f"layer steps without sharing {total}, with an unbounded prefix cache {computed}: ceiling {total / computed:.2f}x")
 
 
