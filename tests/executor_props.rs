@@ -235,3 +235,99 @@ fn reference_ops_match_fused_cpu_kernels() {
         }
     }
 }
+
+/// A family of chains as a search tree holds them: a base chain and edits of it (skips,
+/// repeats, swapped neighbours), so that many share prefixes.
+fn chain_family() -> impl Strategy<Value = Vec<Vec<usize>>> {
+    (chain(), prop::collection::vec((0usize..3, 0usize..10, 1usize..3), 1..10)).prop_map(|(base, edits)| {
+        let mut family = vec![base.clone()];
+        for (kind, at, len) in edits {
+            let mut c = base.clone();
+            let at = at % c.len();
+            match kind {
+                0 if c.len() > len => {
+                    c.drain(at..(at + len).min(c.len()));
+                }
+                1 => {
+                    let block: Vec<usize> = c[at..(at + len).min(c.len())].to_vec();
+                    let end = (at + len).min(c.len());
+                    c.splice(end..end, block);
+                }
+                _ if at + 1 < c.len() => c.swap(at, at + 1),
+                _ => {}
+            }
+            if !c.is_empty() {
+                family.push(c);
+            }
+        }
+        family
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Chains run in batches of K (smaller or larger than the family) through a prefix cache
+    /// (tight enough to evict, or ample) equal each chain run alone: logits within 1e-5, the same
+    /// greedy ids when decoding in lockstep, the same token-tree scores.
+    #[test]
+    fn batched_chains_equal_chains_run_alone(
+        arch in arch(), family in chain_family(), ids in prompt(), k in 1usize..8, tight in any::<bool>(),
+        branches in prop::collection::vec(prop::collection::vec(0u32..61, 1..4), 1..4),
+    ) {
+        let config = tiny_config(arch, NUM_LAYERS);
+        let (exec, _) = tiny_executor(&config, 31);
+        let budget = if tight { 20_000 } else { 1 << 30 };
+        let mut cache = cola_executor::PrefixCache::new(exec.start(&ids).unwrap(), budget);
+        let (tree_root, layout) = exec.start_branches(&ids, &branches).unwrap();
+        let mut tree_cache = cola_executor::PrefixCache::new(tree_root, budget);
+        for batch in family.chunks(k) {
+            let chains: Vec<Chain> = batch.iter().cloned().map(Chain::new).collect();
+            let states = exec.run_batch_cached(&mut cache, &chains).unwrap();
+            let lockstep = exec.generate_batch(&states, 4, |_, _| false).unwrap();
+            let trees = exec.run_batch_cached(&mut tree_cache, &chains).unwrap();
+            let scores = exec.branch_logprobs_batch(&trees.iter().collect::<Vec<_>>(), &layout).unwrap();
+            let last = exec.last_logits_batch(&states.iter().collect::<Vec<_>>());
+            for (i, chain) in chains.iter().enumerate() {
+                let alone = exec.run(chain, &ids).unwrap();
+                prop_assert_eq!(&states[i].steps, &chain.layers().to_vec());
+                let d = max_abs_diff(&exec.all_logits(&states[i]), &exec.all_logits(&alone));
+                prop_assert!(d <= 1e-5, "{chain}: batched logits differ by {d}");
+                prop_assert!(max_abs_diff(&last[i], &exec.last_logits(&alone)) <= 1e-5);
+                prop_assert_eq!(&lockstep[i], &exec.generate(&alone, 4, &[]).unwrap(), "{}: greedy ids", chain);
+                let (t, _) = exec.start_branches(&ids, &branches).unwrap();
+                let want = exec.branch_logprobs(&exec.advance(&t, chain.layers()).unwrap(), &layout).unwrap();
+                prop_assert!(max_abs_diff(&scores[i].concat(), &want.concat()) <= 1e-5, "{chain}: token-tree scores");
+            }
+        }
+    }
+
+    /// Decoding in lockstep with per-chain stops: each chain leaves at its own stop and its ids
+    /// are those of decoding it alone to that stop.
+    #[test]
+    fn lockstep_decoding_stops_each_chain_on_its_own(arch in arch(), family in chain_family(), ids in prompt(), stops in prop::collection::vec(1usize..6, 10)) {
+        let config = tiny_config(arch, NUM_LAYERS);
+        let (exec, _) = tiny_executor(&config, 5);
+        let states: Vec<_> = family.iter().map(|c| exec.run(&Chain::new(c.clone()), &ids).unwrap()).collect();
+        let got = exec.generate_batch(&states, 6, |i, new| new.len() >= stops[i % stops.len()]).unwrap();
+        for (i, s) in states.iter().enumerate() {
+            let alone = exec.generate_until(s, 6, |new| new.len() >= stops[i % stops.len()]).unwrap();
+            prop_assert_eq!(alone.len(), stops[i % stops.len()].min(6));
+            prop_assert_eq!(&got[i], &alone);
+        }
+    }
+}
+
+/// A batch of chains that share long prefixes needs about as many layer calls as one chain:
+/// counted through the cache (each computed step is stored once).
+#[test]
+fn shared_prefixes_in_a_batch_are_computed_once() {
+    let config = tiny_config("llama", NUM_LAYERS);
+    let (exec, _) = tiny_executor(&config, 2);
+    let ids = [5u32, 9, 13, 2];
+    let mut cache = cola_executor::PrefixCache::new(exec.start(&ids).unwrap(), 1 << 30);
+    let chains: Vec<Chain> = [vec![0, 1, 2, 3], vec![0, 1, 2, 2, 3], vec![0, 1, 3], vec![0, 1, 2, 3, 3]].into_iter().map(Chain::new).collect();
+    exec.run_batch_cached(&mut cache, &chains).unwrap();
+    // Distinct non-empty prefixes: [0], [0,1], [0,1,2], [0,1,2,3], [0,1,2,2], [0,1,2,2,3], [0,1,3], [0,1,2,3,3].
+    assert_eq!(cache.stats().computed_steps, 8);
+}

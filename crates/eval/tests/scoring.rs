@@ -42,24 +42,27 @@ impl LanguageModel for FakeModel {
     fn stop_ids(&self) -> Vec<u32> {
         vec![EOS]
     }
-    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>, String> {
+    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<Vec<f32>>, String> {
         let p = self.text(prompt);
         let want = (self.answer_for)(&p);
         self.seen.push(p);
         let mut logits = vec![0.0; 1100];
         logits[(LABEL_BASE + (want.as_bytes()[0] - b'A') as u32) as usize] = 5.0;
-        Ok(logits)
+        Ok(vec![logits])
     }
-    fn continuation_logprobs(&mut self, prompt: &[u32], continuation: &[u32]) -> Result<Vec<f32>, String> {
+    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>, String> {
         let p = self.text(prompt);
         let want = (self.answer_for)(&p);
         self.seen.push(p);
-        let good = self.text(continuation) == format!(" {want}");
         // The right answer is likely per token; a long wrong answer gets a higher raw sum only
         // through being short (used below to separate raw from length-normalised accuracy).
-        Ok(continuation.iter().map(|_| if good { -0.1 } else { -1.0 }).collect())
+        let score = |c: &Vec<u32>| {
+            let good = self.text(c) == format!(" {want}");
+            c.iter().map(|_| if good { -0.1 } else { -1.0 }).collect()
+        };
+        Ok(vec![continuations.iter().map(score).collect()])
     }
-    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<u32>, String> {
+    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<Vec<u32>>, String> {
         let p = self.text(prompt);
         let want = (self.answer_for)(&p);
         self.seen.push(p);
@@ -73,7 +76,7 @@ impl LanguageModel for FakeModel {
                 break;
             }
         }
-        Ok(out)
+        Ok(vec![out])
     }
 }
 

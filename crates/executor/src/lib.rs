@@ -10,6 +10,7 @@
 //! [`backend`]). Depends on the model crate only; knows nothing of search or benchmarks.
 
 pub mod backend;
+mod batch;
 pub mod chain;
 pub mod parity;
 mod prefix_cache;
@@ -18,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use cola_model::{CausalLm, KvCache, LayerOps, ModelConfig, ModelError, Rope, TextTokenizer, TokenTree};
 
 pub use chain::{Chain, ChainError, LengthBounds};
@@ -164,24 +165,6 @@ impl<B: LayerOps> Executor<B> {
         Ok((state, layout))
     }
 
-    /// Applies further chain steps to a state (all positions, causal attention).
-    pub fn advance(&self, state: &ChainState<B>, layers: &[usize]) -> Result<ChainState<B>, ExecError> {
-        let n = self.num_layers();
-        if let Some((i, &l)) = layers.iter().enumerate().find(|(_, l)| **l >= n) {
-            return Err(ChainError::LayerOutOfRange { position: state.steps.len() + i, layer: l, num_layers: n }.into());
-        }
-        let mut hidden = state.hidden.clone();
-        let mut kv = state.kv.clone();
-        for &l in layers {
-            let (h, cache) = self.model.layers[l].forward(hidden, &self.rope, None, state.tree.as_deref());
-            hidden = h;
-            kv.push(cache);
-        }
-        let mut steps = state.steps.clone();
-        steps.extend_from_slice(layers);
-        Ok(ChainState { steps, hidden, kv, ids: state.ids.clone(), tree: state.tree.clone() })
-    }
-
     /// Runs a whole chain over a prompt.
     pub fn run(&self, chain: &Chain, ids: &[u32]) -> Result<ChainState<B>, ExecError> {
         chain.validate(self.num_layers(), LengthBounds { min: 1, max: usize::MAX })?;
@@ -191,9 +174,7 @@ impl<B: LayerOps> Executor<B> {
     /// Next-token logits at the last position of a state (final norm and LM head applied to that
     /// position only).
     pub fn last_logits(&self, state: &ChainState<B>) -> Vec<f32> {
-        let t = state.hidden.dims()[0];
-        let last = state.hidden.clone().narrow(0, t - 1, 1);
-        to_vec(self.model.logits(last))
+        self.last_logits_batch(&[state]).remove(0)
     }
 
     /// Logits at every position, `[positions, vocab]` flattened row-major.
@@ -208,20 +189,7 @@ impl<B: LayerOps> Executor<B> {
         if new_ids.is_empty() {
             return Ok(state.clone());
         }
-        if state.tree.is_some() {
-            return Err(ExecError::Input("a token-tree state cannot be extended".into()));
-        }
-        self.check_ids(new_ids)?;
-        self.check_positions(state.num_positions() + new_ids.len())?;
-        let mut x = self.model.embed(new_ids, &self.device);
-        let mut kv = Vec::with_capacity(state.kv.len());
-        for (&l, past) in state.steps.iter().zip(&state.kv) {
-            let (h, cache) = self.model.layers[l].forward(x, &self.rope, Some(past), None);
-            x = h;
-            kv.push(cache);
-        }
-        let ids: Vec<u32> = state.ids.iter().chain(new_ids).copied().collect();
-        Ok(ChainState { steps: state.steps.clone(), hidden: x, kv, ids: ids.into(), tree: None })
+        Ok(self.append_batch(&[state], &[new_ids])?.remove(0))
     }
 
     /// Greedy decoding from a state that has run its whole chain. Stops after `max_new` tokens or
@@ -237,50 +205,13 @@ impl<B: LayerOps> Executor<B> {
         max_new: usize,
         mut done: impl FnMut(&[u32]) -> bool,
     ) -> Result<Vec<u32>, ExecError> {
-        let mut out = Vec::new();
-        let mut state = state.clone();
-        while out.len() < max_new {
-            let next = argmax(&self.last_logits(&state));
-            out.push(next);
-            if out.len() == max_new || done(&out) {
-                break;
-            }
-            state = self.append(&state, &[next])?;
-        }
-        Ok(out)
+        Ok(self.generate_batch(std::slice::from_ref(state), max_new, |_, new| done(new))?.remove(0))
     }
 
     /// Log-probabilities of every token of every branch of a token-tree state that has run its
     /// whole chain: `result[i][j] = log p(branch_i[j] | prompt, branch_i[..j])`.
     pub fn branch_logprobs(&self, state: &ChainState<B>, layout: &Branches) -> Result<Vec<Vec<f32>>, ExecError> {
-        if state.tree.is_none() || state.ids.len() != layout.positions.len() {
-            return Err(ExecError::Input("branch_logprobs needs the state made by start_branches".into()));
-        }
-        let rows: Vec<i64> = layout.predictors.iter().flatten().map(|&r| r as i64).collect();
-        let n = rows.len();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &self.device);
-        let picked = state.hidden.clone().select(0, index);
-        let logits = to_vec(self.model.logits(picked));
-        let vocab = self.config.vocab_size;
-        let mut rows = logits.chunks_exact(vocab);
-        Ok(layout
-            .targets
-            .iter()
-            .map(|targets| targets.iter().map(|&t| log_softmax_at(rows.next().expect("one row per target"), t as usize)).collect())
-            .collect())
-    }
-
-    /// Runs `chain` from the deepest state `cache` holds for one of its prefixes, storing the
-    /// states of the steps it computes.
-    pub fn run_cached(&self, cache: &mut PrefixCache<B>, chain: &Chain) -> Result<ChainState<B>, ExecError> {
-        chain.validate(self.num_layers(), LengthBounds { min: 1, max: usize::MAX })?;
-        let layers = chain.layers();
-        let (mut state, from) = cache.longest_prefix(layers);
-        for i in from..layers.len() {
-            state = self.advance(&state, &layers[i..=i])?;
-            cache.insert(&layers[..=i], state.clone());
-        }
-        Ok(state)
+        Ok(self.branch_logprobs_batch(&[state], layout)?.remove(0))
     }
 
     /// Log-probabilities of `continuation` following the state's positions: one value per token.

@@ -5,7 +5,7 @@
 use cola_model::weights::RandomWeights;
 use cola_model::{CausalLm, LayerOps, ModelConfig};
 
-use crate::{Chain, ExecError, Executor};
+use crate::{Chain, ExecError, Executor, PrefixCache};
 
 /// One compared measurement.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +36,8 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Runs prefill logits, cached greedy decode and token-tree scoring along skip, repeat and
-/// reorder chains on backends `A` and `B`; returns one line per comparison.
+/// reorder chains on backends `A` and `B`, each chain alone and all of them as one batch;
+/// returns one line per comparison.
 pub fn compare_backends<A: LayerOps, B: LayerOps>(layers: usize, da: A::Device, db: B::Device) -> Result<Vec<ParityLine>, ExecError> {
     let config = parity_config(layers);
     let (ea, eb) = (executor::<A>(&config, da)?, executor::<B>(&config, db)?);
@@ -73,6 +74,31 @@ pub fn compare_backends<A: LayerOps, B: LayerOps>(layers: usize, da: A::Device, 
         let (pa, pb) = (ea.branch_logprobs(&ta, &la)?, eb.branch_logprobs(&tb, &lb)?);
         let (pa, pb): (Vec<f32>, Vec<f32>) = (pa.concat(), pb.concat());
         lines.push(ParityLine { what: format!("token-tree log-probs, chain {chain}"), max_abs_diff: max_abs_diff(&pa, &pb), max_abs: pa.iter().fold(0.0f32, |m, x| m.max(x.abs())) });
+    }
+    // All chains as one batch on B against each chain alone on A: prefill through a prefix
+    // cache, lockstep decoding (logits of every step), token-tree scores.
+    let mut cache = PrefixCache::new(eb.start(&prompt)?, 1 << 30);
+    let batch = eb.run_batch_cached(&mut cache, &chains)?;
+    let batch_refs: Vec<_> = batch.iter().collect();
+    let toks: Vec<[u32; 1]> = (0..chains.len() as u32).map(|i| [(i * 11 + 4) % 97]).collect();
+    let tok_refs: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
+    let appended = eb.append_batch(&batch_refs, &tok_refs)?;
+    let decoded = eb.last_logits_batch(&appended.iter().collect::<Vec<_>>());
+    let branches = vec![vec![1, 2, 3], vec![4, 5]];
+    let (tree, layout) = eb.start_branches(&prompt, &branches)?;
+    let mut tree_cache = PrefixCache::new(tree, 1 << 30);
+    let trees = eb.run_batch_cached(&mut tree_cache, &chains)?;
+    let scores = eb.branch_logprobs_batch(&trees.iter().collect::<Vec<_>>(), &layout)?;
+    for (i, chain) in chains.iter().enumerate() {
+        let alone = ea.run(chain, &prompt)?;
+        let (x, y) = (ea.all_logits(&alone), eb.all_logits(&batch[i]));
+        lines.push(ParityLine { what: format!("batched prefill logits, chain {chain}"), max_abs_diff: max_abs_diff(&x, &y), max_abs: x.iter().fold(0.0f32, |m, v| m.max(v.abs())) });
+        let x = ea.last_logits(&ea.append(&alone, &toks[i])?);
+        lines.push(ParityLine { what: format!("lockstep decode logits, chain {chain}"), max_abs_diff: max_abs_diff(&x, &decoded[i]), max_abs: x.iter().fold(0.0f32, |m, v| m.max(v.abs())) });
+        let (t, l) = ea.start_branches(&prompt, &branches)?;
+        let x = ea.branch_logprobs(&ea.advance(&t, chain.layers())?, &l)?.concat();
+        let y = scores[i].concat();
+        lines.push(ParityLine { what: format!("batched token-tree log-probs, chain {chain}"), max_abs_diff: max_abs_diff(&x, &y), max_abs: x.iter().fold(0.0f32, |m, v| m.max(v.abs())) });
     }
     Ok(lines)
 }

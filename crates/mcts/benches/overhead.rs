@@ -17,7 +17,9 @@ fn main() {
                 // Cheap, deterministic reward: short chains that keep the first layer score 1.
                 let mut problem = ChainProblem {
                     space: ChainSpace::new(n, preset),
-                    evaluate: |c: &[usize]| Evaluation { reward: if c[0] == 0 && c.len() < n { 1.0 } else { 0.0 }, payload: () },
+                    evaluate: |batch: &[Vec<usize>]| {
+                        batch.iter().map(|c| Evaluation { reward: if c[0] == 0 && c.len() < n { 1.0 } else { 0.0 }, payload: () }).collect()
+                    },
                 };
                 let r = search(&mut problem, &config, &mut sample_rng(1, &rep.to_string()));
                 sims += r.simulations;

@@ -173,7 +173,8 @@ impl ChainSpace {
     }
 }
 
-/// A chain search: the space plus an evaluation function.
+/// A chain search: the space plus an evaluation function over a batch of chains (one
+/// evaluation per chain, in order).
 pub struct ChainProblem<F> {
     pub space: ChainSpace,
     pub evaluate: F,
@@ -181,7 +182,7 @@ pub struct ChainProblem<F> {
 
 impl<F, P> Problem for ChainProblem<F>
 where
-    F: FnMut(&[usize]) -> Evaluation<P>,
+    F: FnMut(&[Vec<usize>]) -> Vec<Evaluation<P>>,
     P: Clone,
 {
     type State = Vec<usize>;
@@ -203,8 +204,8 @@ where
     fn is_valid(&self, state: &Vec<usize>) -> bool {
         !state.is_empty() && state.iter().all(|&l| l < self.space.num_layers)
     }
-    fn evaluate(&mut self, state: &Vec<usize>) -> Evaluation<P> {
-        (self.evaluate)(state)
+    fn evaluate(&mut self, states: &[Vec<usize>]) -> Vec<Evaluation<P>> {
+        (self.evaluate)(states)
     }
 }
 

@@ -42,8 +42,9 @@ pub trait Problem {
     fn is_valid(&self, _state: &Self::State) -> bool {
         true
     }
-    /// The expensive part. Called at most once per distinct state.
-    fn evaluate(&mut self, state: &Self::State) -> Evaluation<Self::Payload>;
+    /// The expensive part: one evaluation per state, in order. Each distinct state is passed
+    /// at most once over a whole search; a batch holds up to [`MctsConfig::batch`] states.
+    fn evaluate(&mut self, states: &[Self::State]) -> Vec<Evaluation<Self::Payload>>;
 }
 
 /// Search settings. Defaults are the authors' (λ = 5, c = √2, ε = 0.1, 200 simulations).
@@ -59,6 +60,14 @@ pub struct MctsConfig {
     pub max_len: usize,
     /// Stop once a state with reward 1 and length ≤ N − m is found (Some(m)).
     pub early_stop_margin: Option<usize>,
+    /// Walks per round whose new states are evaluated together (see the module docs); 1 is the
+    /// one-at-a-time search.
+    #[serde(default = "one")]
+    pub batch: usize,
+}
+
+pub(crate) fn one() -> usize {
+    1
 }
 
 impl MctsConfig {
@@ -72,6 +81,7 @@ impl MctsConfig {
             min_len,
             max_len,
             early_stop_margin: None,
+            batch: 1,
         }
     }
 }
@@ -156,18 +166,29 @@ struct Node<A> {
     exhausted: bool,
 }
 
-/// Cache of evaluations plus the bookkeeping shared with the random baseline.
+/// A state known to the search: queued for evaluation, or evaluated (`outcome` set).
+pub(crate) struct Entry<S, P> {
+    pub state: S,
+    pub length: usize,
+    pub first_simulation: usize,
+    pub outcome: Option<(f64, P)>,
+}
+
+/// Cache of evaluations plus the bookkeeping shared with the random baseline. New states are
+/// queued and evaluated together by [`Evaluator::flush`].
 pub(crate) struct Evaluator<'p, P: Problem> {
     pub problem: &'p mut P,
     pub index: HashMap<P::State, usize>,
-    pub evaluated: Vec<EvaluatedState<P::State, P::Payload>>,
+    pub entries: Vec<Entry<P::State, P::Payload>>,
+    /// Entries waiting for evaluation, in the order they were queued.
+    pending: Vec<usize>,
     pub min_len: usize,
     pub max_len: usize,
 }
 
 impl<'p, P: Problem> Evaluator<'p, P> {
     pub fn new(problem: &'p mut P, min_len: usize, max_len: usize) -> Self {
-        Evaluator { problem, index: HashMap::new(), evaluated: Vec::new(), min_len, max_len }
+        Evaluator { problem, index: HashMap::new(), entries: Vec::new(), pending: Vec::new(), min_len, max_len }
     }
 
     pub fn admissible(&self, state: &P::State) -> bool {
@@ -175,23 +196,52 @@ impl<'p, P: Problem> Evaluator<'p, P> {
         len >= self.min_len && len <= self.max_len && self.problem.is_valid(state)
     }
 
-    /// The evaluation index of `state`, evaluating it if new. `state` must be admissible.
-    pub fn get(&mut self, state: &P::State, simulation: usize) -> (usize, bool) {
+    /// The entry index of `state`, queuing it for evaluation if new. `state` must be admissible.
+    pub fn get(&mut self, state: &P::State, simulation: usize) -> usize {
         if let Some(&i) = self.index.get(state) {
-            return (i, false);
+            return i;
         }
-        let e = self.problem.evaluate(state);
-        let i = self.evaluated.len();
-        self.evaluated.push(EvaluatedState {
-            state: state.clone(),
-            reward: e.reward.clamp(0.0, 1.0),
-            payload: e.payload,
-            length: self.problem.length(state),
-            visits: 0,
-            first_simulation: simulation,
-        });
+        let i = self.entries.len();
+        let length = self.problem.length(state);
+        self.entries.push(Entry { state: state.clone(), length, first_simulation: simulation, outcome: None });
         self.index.insert(state.clone(), i);
-        (i, true)
+        self.pending.push(i);
+        i
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Evaluates every queued state in one call.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let states: Vec<P::State> = self.pending.iter().map(|&i| self.entries[i].state.clone()).collect();
+        let results = self.problem.evaluate(&states);
+        assert_eq!(results.len(), states.len(), "Problem::evaluate must return one evaluation per state");
+        for (i, e) in self.pending.drain(..).zip(results) {
+            self.entries[i].outcome = Some((e.reward.clamp(0.0, 1.0), e.payload));
+        }
+    }
+
+    /// The reward of an evaluated entry.
+    pub fn reward(&self, i: usize) -> f64 {
+        self.entries[i].outcome.as_ref().expect("evaluated before use").0
+    }
+
+    /// The evaluated states in order of first evaluation, with `visits[i]` visits each.
+    pub fn finish(mut self, visits: impl Fn(usize) -> usize) -> Vec<EvaluatedState<P::State, P::Payload>> {
+        self.flush();
+        self.entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let (reward, payload) = e.outcome.expect("flushed");
+                EvaluatedState { state: e.state, reward, payload, length: e.length, visits: visits(i), first_simulation: e.first_simulation }
+            })
+            .collect()
     }
 }
 
@@ -200,65 +250,83 @@ impl<'p, P: Problem> Evaluator<'p, P> {
 pub fn search<P: Problem>(problem: &mut P, config: &MctsConfig, rng: &mut SearchRng) -> SearchResult<P::State, P::Payload> {
     let root_state = problem.root();
     let mut ev = Evaluator::new(problem, config.min_len, config.max_len);
-    let (root_eval, _) = ev.get(&root_state, 0);
-    let root_reward = ev.evaluated[root_eval].reward;
+    let root_eval = ev.get(&root_state, 0);
+    ev.flush();
+    let root_reward = ev.reward(root_eval);
     let mut nodes: Vec<Node<P::Action>> =
         vec![Node { eval: root_eval, visits: 1, total_reward: root_reward, children: vec![], untried: None, exhausted: false }];
     let early_stop_len = config.early_stop_margin.map(|m| (config.length_norm as usize).saturating_sub(m));
-    let stop_now = |e: &EvaluatedState<P::State, P::Payload>| early_stop_len.is_some_and(|l| e.reward >= 1.0 && e.length <= l);
-    let mut stopped_early = stop_now(&ev.evaluated[root_eval]);
+    let stop_now = |ev: &Evaluator<'_, P>, i: usize| early_stop_len.is_some_and(|l| ev.reward(i) >= 1.0 && ev.entries[i].length <= l);
+    let mut stopped_early = stop_now(&ev, root_eval);
     let mut simulations = 0;
+    let mut exhausted = false;
 
-    'sims: while simulations < config.simulations && !stopped_early {
-        // Walk down until a child is expanded. A walk that ends in a node with nothing left marks
-        // it exhausted and starts over; it does not count as a simulation.
-        let (path, leaf) = 'walk: loop {
-            if nodes[0].exhausted {
-                break 'sims;
-            }
-            let mut path = vec![0usize];
-            let mut node = 0usize;
-            loop {
-                if nodes[node].untried.is_none() {
-                    let mut actions = ev.problem.actions(&ev.evaluated[nodes[node].eval].state);
-                    actions.shuffle(rng);
-                    nodes[node].untried = Some(actions);
+    while simulations < config.simulations && !stopped_early && !exhausted {
+        // A round: up to `batch` walks, each ending in a newly expanded child, with virtual loss.
+        let mut round: Vec<(Vec<usize>, usize)> = Vec::new();
+        while round.len() < config.batch.max(1) && simulations < config.simulations {
+            // Walk down until a child is expanded. A walk that ends in a node with nothing left
+            // marks it exhausted and starts over; it does not count as a simulation.
+            let walked = 'walk: loop {
+                if nodes[0].exhausted {
+                    break 'walk None;
                 }
-                let open_children = nodes[node].children.iter().any(|&c| !nodes[c].exhausted);
-                let can_expand = nodes[node].untried.as_ref().is_some_and(|u| !u.is_empty());
-                if can_expand
-                    && (!open_children || rng.random::<f64>() < config.epsilon)
-                    && let Some(child) = expand_one(&mut nodes, node, &mut ev, simulations + 1)
-                {
-                    path.push(child);
-                    break 'walk (path, child);
-                }
-                if !open_children {
-                    if nodes[node].untried.as_ref().is_some_and(Vec::is_empty) {
-                        nodes[node].exhausted = true;
+                let mut path = vec![0usize];
+                let mut node = 0usize;
+                loop {
+                    if nodes[node].untried.is_none() {
+                        let mut actions = ev.problem.actions(&ev.entries[nodes[node].eval].state);
+                        actions.shuffle(rng);
+                        nodes[node].untried = Some(actions);
                     }
-                    continue 'walk;
+                    let open_children = nodes[node].children.iter().any(|&c| !nodes[c].exhausted);
+                    let can_expand = nodes[node].untried.as_ref().is_some_and(|u| !u.is_empty());
+                    if can_expand
+                        && (!open_children || rng.random::<f64>() < config.epsilon)
+                        && let Some(child) = expand_one(&mut nodes, node, &mut ev, simulations + 1)
+                    {
+                        path.push(child);
+                        break 'walk Some((path, child));
+                    }
+                    if !open_children {
+                        if nodes[node].untried.as_ref().is_some_and(Vec::is_empty) {
+                            nodes[node].exhausted = true;
+                        }
+                        continue 'walk;
+                    }
+                    node = select_child(&nodes, node, &ev.entries, config);
+                    path.push(node);
                 }
-                node = select_child(&nodes, node, &ev.evaluated, config);
-                path.push(node);
+            };
+            let Some((path, leaf)) = walked else {
+                exhausted = true;
+                break;
+            };
+            simulations += 1;
+            for &p in &path {
+                nodes[p].visits += 1; // the virtual loss: a visit whose reward comes after the batch
             }
-        };
-        simulations += 1;
-        let reward = ev.evaluated[nodes[leaf].eval].reward;
-        for &p in &path {
-            nodes[p].visits += 1;
-            nodes[p].total_reward += reward;
+            round.push((path, leaf));
         }
-        stopped_early = stop_now(&ev.evaluated[nodes[leaf].eval]);
+        ev.flush();
+        for (path, leaf) in round {
+            let eval = nodes[leaf].eval;
+            let reward = ev.reward(eval);
+            for &p in &path {
+                nodes[p].total_reward += reward;
+            }
+            stopped_early |= stop_now(&ev, eval);
+        }
     }
+    let mut visits = vec![0; ev.entries.len()];
     for n in &nodes {
-        ev.evaluated[n.eval].visits += n.visits;
+        visits[n.eval] += n.visits;
     }
-    SearchResult { evaluated: ev.evaluated, simulations, stopped_early }
+    SearchResult { evaluated: ev.finish(|i| visits[i]), simulations, stopped_early }
 }
 
 /// The open child of `node` with the highest UCB score (first one on ties).
-fn select_child<A, S, P>(nodes: &[Node<A>], node: usize, evaluated: &[EvaluatedState<S, P>], config: &MctsConfig) -> usize {
+fn select_child<A, S, P>(nodes: &[Node<A>], node: usize, entries: &[Entry<S, P>], config: &MctsConfig) -> usize {
     let n = &nodes[node];
     let ln_v = (n.visits.max(1) as f64).ln();
     let mut best = usize::MAX;
@@ -269,7 +337,7 @@ fn select_child<A, S, P>(nodes: &[Node<A>], node: usize, evaluated: &[EvaluatedS
             continue;
         }
         let mean = c.total_reward / c.visits as f64;
-        let len = evaluated[c.eval].length as f64;
+        let len = entries[c.eval].length as f64;
         let score = mean - config.lambda * len / config.length_norm + config.c * (ln_v / c.visits as f64).sqrt();
         if best == usize::MAX || score > best_score {
             best_score = score;
@@ -280,7 +348,8 @@ fn select_child<A, S, P>(nodes: &[Node<A>], node: usize, evaluated: &[EvaluatedS
 }
 
 /// Pops untried actions of `node` until one yields an admissible state that is not already a
-/// child; creates that child (evaluating its state if new). None if the actions run out.
+/// child; creates that child (queuing its state for evaluation if new). None if the actions run
+/// out.
 fn expand_one<P: Problem>(
     nodes: &mut Vec<Node<P::Action>>,
     node: usize,
@@ -289,7 +358,7 @@ fn expand_one<P: Problem>(
 ) -> Option<usize> {
     loop {
         let action = nodes[node].untried.as_mut().expect("actions computed").pop()?;
-        let parent_state = &ev.evaluated[nodes[node].eval].state;
+        let parent_state = &ev.entries[nodes[node].eval].state;
         let state = ev.problem.apply(parent_state, &action);
         if !ev.admissible(&state) {
             continue;
@@ -299,7 +368,7 @@ fn expand_one<P: Problem>(
         {
             continue;
         }
-        let (eval, _) = ev.get(&state, simulation);
+        let eval = ev.get(&state, simulation);
         let child = nodes.len();
         nodes.push(Node { eval, visits: 0, total_reward: 0.0, children: vec![], untried: None, exhausted: false });
         nodes[node].children.push(child);

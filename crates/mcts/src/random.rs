@@ -15,17 +15,23 @@ pub struct RandomConfig {
     pub max_edits: usize,
     pub min_len: usize,
     pub max_len: usize,
+    /// New chains evaluated together per [`Problem::evaluate`] call (1: one at a time; the
+    /// draws, and so the chains, do not depend on it).
+    #[serde(default = "crate::engine::one")]
+    pub batch: usize,
 }
 
 /// Draws random edit sequences from the root until `config.evaluations` distinct admissible
-/// states are evaluated (or 100 draws in a row find nothing new: the reachable space is used up).
+/// states are evaluated (or 100 draws in a row find nothing new: the reachable space is used up),
+/// evaluating them in batches of `config.batch`.
 pub fn random_search<P: Problem>(problem: &mut P, config: &RandomConfig, rng: &mut SearchRng) -> SearchResult<P::State, P::Payload> {
     let root = problem.root();
     let mut ev = Evaluator::new(problem, config.min_len, config.max_len);
     ev.get(&root, 0);
+    ev.flush();
     let mut draws = 0usize;
     let mut fruitless = 0usize;
-    while ev.evaluated.len() < config.evaluations && fruitless < 100 {
+    while ev.entries.len() < config.evaluations && fruitless < 100 {
         draws += 1;
         let depth = rng.random_range(1..=config.max_edits.max(1));
         let mut state = root.clone();
@@ -41,12 +47,12 @@ pub fn random_search<P: Problem>(problem: &mut P, config: &RandomConfig, rng: &m
         if state != root && ev.admissible(&state) && !ev.index.contains_key(&state) {
             ev.get(&state, draws);
             fruitless = 0;
+            if ev.pending() >= config.batch.max(1) {
+                ev.flush();
+            }
         } else {
             fruitless += 1;
         }
     }
-    for e in &mut ev.evaluated {
-        e.visits = 1;
-    }
-    SearchResult { evaluated: ev.evaluated, simulations: draws, stopped_early: false }
+    SearchResult { evaluated: ev.finish(|_| 1), simulations: draws, stopped_early: false }
 }

@@ -10,14 +10,14 @@ use proptest::prelude::*;
 type Calls = std::rc::Rc<std::cell::RefCell<Vec<Vec<usize>>>>;
 
 /// A chain problem that records every evaluation call.
-fn recording(n: usize, preset: ActionPreset, reward: impl Fn(&[usize]) -> f64) -> (ChainProblem<impl FnMut(&[usize]) -> Evaluation<usize>>, Calls) {
+fn recording(n: usize, preset: ActionPreset, reward: impl Fn(&[usize]) -> f64) -> (ChainProblem<impl FnMut(&[Vec<usize>]) -> Vec<Evaluation<usize>>>, Calls) {
     let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let log = calls.clone();
     let problem = ChainProblem {
         space: ChainSpace::new(n, preset),
-        evaluate: move |c: &[usize]| {
-            log.borrow_mut().push(c.to_vec());
-            Evaluation { reward: reward(c), payload: c.len() }
+        evaluate: move |batch: &[Vec<usize>]| {
+            log.borrow_mut().extend(batch.iter().cloned());
+            batch.iter().map(|c| Evaluation { reward: reward(c), payload: c.len() }).collect()
         },
     };
     (problem, calls)
@@ -89,7 +89,7 @@ proptest! {
     #[test]
     fn random_baseline_spends_exactly_the_evaluation_budget(n in 8usize..14, preset in preset(), seed in 0u64..500, budget in 2usize..60) {
         let (mut p, calls) = recording(n, preset, |_| 0.0);
-        let cfg = RandomConfig { evaluations: budget, max_edits: 6, min_len: n / 2, max_len: n + 4 };
+        let cfg = RandomConfig { evaluations: budget, max_edits: 6, min_len: n / 2, max_len: n + 4, batch: 1 };
         let r = random_search(&mut p, &cfg, &mut sample_rng(seed, "r"));
         let calls = calls.borrow();
         prop_assert_eq!(calls.iter().collect::<HashSet<_>>().len(), calls.len());
@@ -211,7 +211,7 @@ fn mcts_finds_the_hidden_optimum_more_often_than_random_search() {
         let best = &r.evaluated[r.best().unwrap()];
         mcts_hits += (best.reward == 1.0) as usize;
         let (mut p, _) = recording(n, ActionPreset::Drllm, hidden_target);
-        let cfg = RandomConfig { evaluations: r.evaluations(), max_edits: 4, min_len: 6, max_len: 12 };
+        let cfg = RandomConfig { evaluations: r.evaluations(), max_edits: 4, min_len: 6, max_len: 12, batch: 1 };
         let rr = random_search(&mut p, &cfg, &mut sample_rng(seed, "hidden"));
         assert_eq!(rr.evaluations(), r.evaluations(), "equal budgets");
         random_hits += (rr.evaluated[rr.best().unwrap()].reward == 1.0) as usize;
@@ -220,3 +220,73 @@ fn mcts_finds_the_hidden_optimum_more_often_than_random_search() {
     assert!(mcts_hits >= random_hits + seeds as usize / 4, "MCTS {mcts_hits} vs random {random_hits} of {seeds}");
 }
 
+
+/// A chain problem that records the size of every evaluation batch and every state evaluated.
+fn batch_recording(n: usize, preset: ActionPreset, reward: fn(&[usize]) -> f64) -> (ChainProblem<impl FnMut(&[Vec<usize>]) -> Vec<Evaluation<usize>>>, Calls, std::rc::Rc<std::cell::RefCell<Vec<usize>>>) {
+    let sizes = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let calls: Calls = Default::default();
+    let (log_sizes, log_calls) = (sizes.clone(), calls.clone());
+    let problem = ChainProblem {
+        space: ChainSpace::new(n, preset),
+        evaluate: move |batch: &[Vec<usize>]| {
+            log_sizes.borrow_mut().push(batch.len());
+            log_calls.borrow_mut().extend(batch.iter().cloned());
+            batch.iter().map(|c| Evaluation { reward: reward(c), payload: c.len() }).collect()
+        },
+    };
+    (problem, calls, sizes)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Batched MCTS and random search: batches of at most K states, each state evaluated once,
+    /// within the bounds and the budget, and the same result for the same seed.
+    #[test]
+    fn batched_search_keeps_the_evaluation_discipline(n in 6usize..12, preset in preset(), seed in 0u64..500, k in 2usize..9, budget in 1usize..60) {
+        let reward = |c: &[usize]| if c.len() % 3 == 0 { 1.0 } else { 0.0 };
+        let config = MctsConfig { simulations: budget, batch: k, ..MctsConfig::new(n, n / 2, n + 3) };
+        let (mut p, calls, sizes) = batch_recording(n, preset, reward);
+        let r = search(&mut p, &config, &mut sample_rng(seed, "k"));
+        let calls = calls.borrow();
+        prop_assert_eq!(calls.iter().collect::<HashSet<_>>().len(), calls.len(), "a state was evaluated twice");
+        prop_assert_eq!(calls.len(), r.evaluations());
+        prop_assert!(sizes.borrow().iter().all(|&s| s >= 1 && s <= k), "batch sizes {:?}", sizes.borrow());
+        prop_assert!(calls.iter().skip(1).all(|c| c.len() >= n / 2 && c.len() <= n + 3));
+        prop_assert!(r.simulations <= budget && r.evaluations() <= budget + 1);
+        let (mut p2, _, _) = batch_recording(n, preset, reward);
+        prop_assert_eq!(&search(&mut p2, &config, &mut sample_rng(seed, "k")), &r);
+
+        let cfg = RandomConfig { evaluations: budget, max_edits: 5, min_len: n / 2, max_len: n + 3, batch: k };
+        let (mut p, calls, sizes) = batch_recording(n, preset, reward);
+        let rr = random_search(&mut p, &cfg, &mut sample_rng(seed, "r"));
+        prop_assert!(sizes.borrow().iter().all(|&s| s >= 1 && s <= k));
+        prop_assert_eq!(calls.borrow().iter().collect::<HashSet<_>>().len(), rr.evaluations());
+        // The random baseline's draws do not depend on the batch size.
+        let (mut p1, _, _) = batch_recording(n, preset, reward);
+        let one = random_search(&mut p1, &RandomConfig { batch: 1, ..cfg.clone() }, &mut sample_rng(seed, "r"));
+        prop_assert_eq!(one, rr);
+    }
+}
+
+#[test]
+fn batched_mcts_finds_the_hidden_optimum_about_as_often_as_one_at_a_time() {
+    let n = 10;
+    // 120 seeds: over 300 seeds K = 1, 2, 4, 8, 16 found it 116, 130, 121, 115, 119 times.
+    let seeds = 120u64;
+    let mut hits = [0usize; 2];
+    let mut evaluations = [0usize; 2];
+    for seed in 0..seeds {
+        for (i, k) in [1usize, 8].into_iter().enumerate() {
+            let config = MctsConfig { simulations: 200, batch: k, ..MctsConfig::new(n, 6, 12) };
+            let (mut p, _) = recording(n, ActionPreset::Drllm, hidden_target);
+            let r = search(&mut p, &config, &mut sample_rng(seed, "hidden"));
+            hits[i] += (r.evaluated[r.best().unwrap()].reward == 1.0) as usize;
+            evaluations[i] += r.evaluations();
+        }
+    }
+    eprintln!("hidden optimum found: K = 1 {}/{seeds} ({} evaluations), K = 8 {}/{seeds} ({} evaluations)", hits[0], evaluations[0], hits[1], evaluations[1]);
+    assert!(hits[1] + seeds as usize / 10 >= hits[0], "K = 8 found it {} times, K = 1 {} times", hits[1], hits[0]);
+    // Same budget: within 10% of the evaluations.
+    assert!(evaluations[1] * 10 >= evaluations[0] * 9 && evaluations[1] * 10 <= evaluations[0] * 11);
+}

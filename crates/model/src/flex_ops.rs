@@ -167,6 +167,91 @@ simd_dispatch! {
     }
 }
 
+// `acc[i][..bw] = sum_l x[i][l] * w[l][j0..j0 + bw]` for the rows of `x` (`[m, k]`) and one
+// column block of `w` (`[k, n]`): four weight row chunks at a time are read once and used by
+// every row of `x` while they are in L1 (the sums of a row chunk stay in L1 too).
+simd_dispatch! {
+    fn stream_columns(x: &[f32], k: usize, w: &[f32], n: usize, j0: usize, acc: &mut [f32], bw: usize) {
+        acc.fill(0.0);
+        let row = |l: usize| &w[l * n + j0..l * n + j0 + bw];
+        let mut l = 0;
+        while l + 4 <= k {
+            let (w0, w1, w2, w3) = (row(l), row(l + 1), row(l + 2), row(l + 3));
+            for (i, out) in acc.chunks_exact_mut(bw).enumerate() {
+                let a = &x[i * k + l..i * k + l + 4];
+                for c in 0..bw {
+                    out[c] += a[0] * w0[c] + a[1] * w1[c] + a[2] * w2[c] + a[3] * w3[c];
+                }
+            }
+            l += 4;
+        }
+        for l in l..k {
+            let wl = row(l);
+            for (i, out) in acc.chunks_exact_mut(bw).enumerate() {
+                let a = x[i * k + l];
+                for (o, &wv) in out.iter_mut().zip(wl) {
+                    *o += a * wv;
+                }
+            }
+        }
+    }
+}
+
+// `acc[i][r] = dot(x[i], e[r0 + r])` for the rows of `x` (`[m, k]`) and `rows` rows of `e`
+// (`[_, k]`), 8 lanes per dot so the reduction vectorizes.
+simd_dispatch! {
+    fn stream_dots(x: &[f32], k: usize, e: &[f32], r0: usize, acc: &mut [f32], rows: usize) {
+        for r in 0..rows {
+            let erow = &e[(r0 + r) * k..(r0 + r + 1) * k];
+            for (i, xi) in x.chunks_exact(k).enumerate() {
+                let mut lanes = [0.0f32; 8];
+                let (xc, ec) = (xi.chunks_exact(8), erow.chunks_exact(8));
+                let tail: f32 = xc.remainder().iter().zip(ec.remainder()).map(|(a, b)| a * b).sum();
+                for (a, b) in xc.zip(ec) {
+                    for l in 0..8 {
+                        lanes[l] += a[l] * b[l];
+                    }
+                }
+                acc[i * rows + r] = sum_lanes(&lanes) + tail;
+            }
+        }
+    }
+}
+
+/// Row counts up to which the projections stream their weights ([`stream_columns`],
+/// [`stream_dots`]) instead of calling gemm: gemm packs the whole weight on every call, which
+/// for a few rows (decoding, lockstep batches, token-tree heads) costs more than the product.
+const STREAM_MAX_ROWS: usize = 16;
+
+/// `x [m, k] · w` with `w` `[k, n]` (`transposed`: `w` is `[n, k]` and the product is with its
+/// transpose), for `m <= STREAM_MAX_ROWS`; column (or row) blocks of `w` in parallel.
+fn stream_matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, transposed: bool) -> Vec<f32> {
+    const BLOCK: usize = 256;
+    let mut out = vec![0.0f32; m * n];
+    let shared = SharedOut(out.as_mut_ptr());
+    (0..n.div_ceil(BLOCK)).into_par_iter().for_each(|b| {
+        #[allow(clippy::redundant_locals)]
+        let shared = shared;
+        let j0 = b * BLOCK;
+        let bw = BLOCK.min(n - j0);
+        // At most 8 rows per pass keeps the column kernel's sums in L1.
+        for (chunk, xs) in x.chunks(8 * k).enumerate() {
+            let rows = xs.len() / k;
+            let mut acc = vec![0.0f32; rows * bw];
+            if transposed {
+                stream_dots(xs, k, w, j0, &mut acc, bw);
+            } else {
+                stream_columns(xs, k, w, n, j0, &mut acc, bw);
+            }
+            for (i, row) in acc.chunks_exact(bw).enumerate() {
+                // SAFETY: this block writes only columns j0..j0 + bw of each output row.
+                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), shared.0.add((chunk * 8 + i) * n + j0), bw) };
+            }
+        }
+    });
+    out
+}
+
 /// A raw output pointer shared by parallel workers that write disjoint parts.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
@@ -175,6 +260,26 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl LayerOps for Flex {
+    fn matmul_weight(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let [m, k] = x.dims();
+        if reference_forced() || m == 1 || m > STREAM_MAX_ROWS {
+            return x.matmul(w);
+        }
+        let n = w.dims()[1];
+        let ((x, _), (w, _)) = (host(x), host(w));
+        tensor(stream_matmul(data(&x), m, k, data(&w), n, false), [m, n])
+    }
+
+    fn matmul_weight_t(x: Tensor<Self, 2>, e: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let [m, k] = x.dims();
+        if reference_forced() || m == 1 || m > STREAM_MAX_ROWS {
+            return x.matmul(e.transpose());
+        }
+        let n = e.dims()[0];
+        let ((x, _), (e, _)) = (host(x), host(e));
+        tensor(stream_matmul(data(&x), m, k, data(&e), n, true), [m, n])
+    }
+
     fn split_heads_rope(
         qkv: Tensor<Self, 2>,
         heads: Heads,
@@ -329,6 +434,28 @@ impl LayerOps for Flex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The weight-streaming products equal a plain f64 triple loop, for row counts up to the
+    /// limit (several passes of 8), column counts that leave partial blocks, and inner sizes
+    /// that leave a tail after the unrolled steps.
+    #[test]
+    fn streamed_products_match_a_plain_product() {
+        for (m, k, n) in [(2, 7, 5), (3, 64, 300), (8, 129, 257), (11, 33, 513), (16, 576, 40)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let w: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let got = stream_matmul(&x, m, k, &w, n, false);
+            // The same numbers read as `e` `[n, k]` (the transposed layout).
+            let e: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+            let got_t = stream_matmul(&x, m, k, &e, n, true);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|l| x[i * k + l] as f64 * w[l * n + j] as f64).sum();
+                    assert!((got[i * n + j] as f64 - want).abs() < 1e-4, "{m}x{k}x{n} at ({i}, {j}): {} vs {want}", got[i * n + j]);
+                    assert!((got_t[i * n + j] as f64 - want).abs() < 1e-4, "transposed {m}x{k}x{n} at ({i}, {j})");
+                }
+            }
+        }
+    }
 
     #[test]
     fn exp_is_accurate_over_the_range() {

@@ -18,7 +18,7 @@ pub mod weights;
 use std::path::{Path, PathBuf};
 
 pub use config::{Architecture, ModelConfig};
-pub use llama::{CausalLm, DecoderLayer, KvCache, Rope, TokenTree};
+pub use llama::{CausalLm, DecoderLayer, KvCache, Rope, Segment, TokenTree};
 pub use ops::{AttnMask, Heads, LayerOps, Positions};
 pub use tokenizer::TextTokenizer;
 pub use weights::{HostTensor, WeightSource};

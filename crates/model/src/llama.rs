@@ -5,8 +5,9 @@
 //! q and k. RoPE is the rotate-half form used by HF checkpoints. q/k/v and gate/up projections
 //! are fused into one matmul each (weights concatenated on load), which the math does not see.
 //!
-//! Activations are `[tokens, hidden]` (one sequence at a time). Layers are exposed one by one:
-//! running them in any order is the executor's business. The head split with RoPE, attention
+//! Activations are `[tokens, hidden]`; a layer call may stack the rows of several sequences
+//! ([`Segment`]), which share the projections and the MLP and attend each over its own K/V.
+//! Layers are exposed one by one: running them in any order is the executor's business. The head split with RoPE, attention
 //! and the SwiGLU gate go through [`LayerOps`], which a backend may implement with fused kernels.
 
 use std::sync::Arc;
@@ -93,40 +94,72 @@ impl<B: Backend> TokenTree<B> {
     }
 }
 
+/// One sequence's rows in a batched layer call: several sequences (chains at the same layer,
+/// each over its own input and K/V) are stacked row-wise so the projections and the MLP run as
+/// one matmul; only RoPE and attention run per segment.
+#[derive(Debug)]
+pub struct Segment<'a, B: Backend> {
+    /// How many consecutive rows of the stacked input belong to this sequence.
+    pub rows: usize,
+    /// K/V of this sequence's earlier positions at this step.
+    pub past: Option<&'a KvCache<B>>,
+    /// Explicit positions and mask (then `past` must be None).
+    pub tree: Option<&'a TokenTree<B>>,
+}
+
+impl<B: Backend> Clone for Segment<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for Segment<'_, B> {}
+
+impl<'a, B: Backend> Segment<'a, B> {
+    /// A whole sequence processed alone.
+    pub fn whole(rows: usize, past: Option<&'a KvCache<B>>, tree: Option<&'a TokenTree<B>>) -> Self {
+        Segment { rows, past, tree }
+    }
+}
+
 impl<B: LayerOps> Attention<B> {
     fn heads(&self) -> Heads {
         Heads { q: self.num_heads, kv: self.num_kv_heads, dim: self.head_dim }
     }
 
-    /// `x`: `[tokens, hidden]` (already normed). `past`: K/V of earlier positions of this same
-    /// layer application. `tree`: explicit positions and mask (then `past` must be None).
-    /// Returns the attention output and the K/V including `x`'s positions.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        rope: &Rope<B>,
-        past: Option<&KvCache<B>>,
-        tree: Option<&TokenTree<B>>,
-    ) -> (Tensor<B, 2>, KvCache<B>) {
+    /// `x`: `[rows, hidden]` (already normed), the rows of `segments` stacked in order.
+    /// Returns the attention output `[rows, hidden]` and, per segment, the K/V including its new
+    /// positions.
+    pub fn forward(&self, x: Tensor<B, 2>, rope: &Rope<B>, segments: &[Segment<'_, B>]) -> (Tensor<B, 2>, Vec<KvCache<B>>) {
         let heads = self.heads();
-        let qkv = self.qkv_proj.forward(x);
-        let causal_from = Positions::From(past.map_or(0, KvCache::len));
-        let positions = match tree {
-            Some(t) => {
-                assert!(past.is_none(), "a token tree is always a fresh prefill");
-                &t.positions
-            }
-            None => &causal_from,
-        };
-        let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
-        let (q, k, v) = B::split_heads_rope(qkv, heads, rope, positions, norms);
-        let cache = match past {
-            Some(p) => KvCache { k: Tensor::cat(vec![p.k.clone(), k], 1), v: Tensor::cat(vec![p.v.clone(), v], 1) },
-            None => KvCache { k, v },
-        };
-        let mask = tree.map_or(AttnMask::Causal, |t| t.mask.clone());
-        let out = B::attend(q, cache.k.clone(), cache.v.clone(), heads, &mask);
-        (self.o_proj.forward(out), cache)
+        let qkv = project(&self.qkv_proj, x);
+        let single = segments.len() == 1;
+        let mut outs = Vec::with_capacity(segments.len());
+        let mut caches = Vec::with_capacity(segments.len());
+        let mut row = 0;
+        for seg in segments {
+            let part = if single { qkv.clone() } else { qkv.clone().narrow(0, row, seg.rows) };
+            row += seg.rows;
+            let causal_from = Positions::From(seg.past.map_or(0, KvCache::len));
+            let positions = match seg.tree {
+                Some(t) => {
+                    assert!(seg.past.is_none(), "a token tree is always a fresh prefill");
+                    &t.positions
+                }
+                None => &causal_from,
+            };
+            let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
+            let (q, k, v) = B::split_heads_rope(part, heads, rope, positions, norms);
+            let cache = match seg.past {
+                Some(p) => KvCache { k: Tensor::cat(vec![p.k.clone(), k], 1), v: Tensor::cat(vec![p.v.clone(), v], 1) },
+                None => KvCache { k, v },
+            };
+            let mask = seg.tree.map_or(AttnMask::Causal, |t| t.mask.clone());
+            outs.push(B::attend(q, cache.k.clone(), cache.v.clone(), heads, &mask));
+            caches.push(cache);
+        }
+        let out = if single { outs.pop().expect("one segment") } else { Tensor::cat(outs, 0) };
+        (project(&self.o_proj, out), caches)
     }
 }
 
@@ -141,8 +174,8 @@ pub struct Mlp<B: Backend> {
 
 impl<B: LayerOps> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let gu = self.gate_up_proj.forward(x);
-        self.down_proj.forward(B::swiglu(gu, self.intermediate_size))
+        let gu = project(&self.gate_up_proj, x);
+        project(&self.down_proj, B::swiglu(gu, self.intermediate_size))
     }
 }
 
@@ -156,19 +189,14 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: LayerOps> DecoderLayer<B> {
-    /// Applies the layer to `x` (`[tokens, hidden]`) whose positions follow those in `past`
-    /// (or are given by `tree`).
-    pub fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        rope: &Rope<B>,
-        past: Option<&KvCache<B>>,
-        tree: Option<&TokenTree<B>>,
-    ) -> (Tensor<B, 2>, KvCache<B>) {
-        let (attn, cache) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, past, tree);
+    /// Applies the layer to `x` (`[rows, hidden]`): the rows of `segments` stacked in order, each
+    /// segment's positions following its `past` (or given by its `tree`). Returns the new
+    /// hidden rows and each segment's K/V.
+    pub fn forward(&self, x: Tensor<B, 2>, rope: &Rope<B>, segments: &[Segment<'_, B>]) -> (Tensor<B, 2>, Vec<KvCache<B>>) {
+        let (attn, caches) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, segments);
         let x = x + attn;
         let x = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
-        (x, cache)
+        (x, caches)
     }
 }
 
@@ -181,6 +209,16 @@ pub struct CausalLm<B: Backend> {
     pub lm_head: Option<Linear<B>>,
 }
 
+/// A linear layer through [`LayerOps::matmul_weight`] (burn's `Linear::forward` computes the
+/// same, always with a general matmul).
+fn project<B: LayerOps>(linear: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let y = B::matmul_weight(x, linear.weight.val());
+    match &linear.bias {
+        Some(b) => y + b.val().unsqueeze::<2>(),
+        None => y,
+    }
+}
+
 impl<B: Backend> CausalLm<B> {
     /// Token embeddings `[tokens, hidden]` for one sequence of ids.
     pub fn embed(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 2> {
@@ -190,18 +228,21 @@ impl<B: Backend> CausalLm<B> {
         self.embed_tokens.weight.val().select(0, index)
     }
 
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+}
+
+impl<B: LayerOps> CausalLm<B> {
     /// Final norm and LM head: `[tokens, hidden]` -> `[tokens, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = self.norm.forward(hidden);
         match &self.lm_head {
-            Some(head) => head.forward(h),
-            // Tied: the embedding matrix `[vocab, hidden]`, used transposed (a strided view).
-            None => h.matmul(self.embed_tokens.weight.val().transpose()),
+            Some(head) => project(head, h),
+            // Tied: the embedding matrix `[vocab, hidden]`, used transposed.
+            None => B::matmul_weight_t(h, self.embed_tokens.weight.val()),
         }
-    }
-
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
     }
 
     /// Builds the model from named HF tensors, checking every shape against `config`.

@@ -1,6 +1,6 @@
-//! The three steps of a decoder layer that a backend may implement better than burn's composed
-//! tensor ops: splitting the fused q/k/v projection into heads with RoPE, attention, and the
-//! SwiGLU gate. The trait's provided methods are the reference implementation in plain burn ops
+//! The steps of a decoder layer that a backend may implement better than burn's composed
+//! tensor ops: the weight projections, splitting the fused q/k/v projection into heads with
+//! RoPE, attention, and the SwiGLU gate. The trait's provided methods are the reference implementation in plain burn ops
 //! (used by the GPU backends); the CPU backend overrides them with fused kernels
 //! ([`crate::flex_ops`]) because burn's CPU elementwise ops on permuted views are slow.
 
@@ -48,6 +48,16 @@ pub enum AttnMask<B: Backend> {
 
 /// Per-layer operations with reference implementations in burn ops.
 pub trait LayerOps: Backend {
+    /// `x [s, k] · w [k, n]`: a projection by a weight matrix.
+    fn matmul_weight(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        x.matmul(w)
+    }
+
+    /// `x [s, k] · eᵀ` for `e` `[n, k]` (the LM head tied to the embedding matrix).
+    fn matmul_weight_t(x: Tensor<Self, 2>, e: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        x.matmul(e.transpose())
+    }
+
     /// `qkv`: `[s, (q + 2 kv) * dim]` (q, k and v projections side by side) ->
     /// (`q [q, s, dim]`, `k [kv, s, dim]`, `v [kv, s, dim]`), with the optional per-head RMSNorm
     /// and rotate-half RoPE applied to q and k.

@@ -14,4 +14,4 @@ pub mod sample;
 
 pub use driver::{SearchRequest, Selection, Source, run_eval, run_search, select_items};
 pub use model::ChainModel;
-pub use sample::{Baseline, SampleRecord, SearchSettings, search_item};
+pub use sample::{Baseline, SampleRecord, SearchSettings, default_batch, oracle_reward, search_item};

@@ -1,22 +1,22 @@
 //! The executor seen as an evaluation model: [`ChainModel`] answers the evaluation crate's
-//! questions along one chain of layers, reusing the states of chain prefixes it has already
-//! computed for the same input.
+//! questions along a set of chains of layers at once (one variant per chain, run as one batch),
+//! reusing the states of chain prefixes it has already computed for the same input.
 
 use std::collections::HashMap;
 
 use cola_model::LayerOps;
 use cola_eval::{LanguageModel, StopRule};
-use cola_executor::{Chain, ExecError, LoadedChainModel, PrefixCache};
+use cola_executor::{Chain, ChainState, ExecError, LoadedChainModel, PrefixCache};
 
 /// Default memory budget of the prefix caches, per model view.
 pub const DEFAULT_CACHE_MIB: usize = 1024;
 
-/// A loaded model run along a settable chain. With caching on, every input (a prompt, or a
-/// prompt with its answer choices) gets a [`PrefixCache`]; [`ChainModel::clear_cache`] frees
-/// them (call it between samples).
+/// A loaded model run along a settable set of chains (its variants, answered as one batch).
+/// With caching on, every input (a prompt, or a prompt with its answer choices) gets a
+/// [`PrefixCache`]; [`ChainModel::clear_cache`] frees them (call it between samples).
 pub struct ChainModel<'m, B: LayerOps> {
     model: &'m LoadedChainModel<B>,
-    chain: Chain,
+    chains: Vec<Chain>,
     caching: bool,
     budget_bytes: usize,
     caches: HashMap<Vec<u32>, PrefixCache<B>>,
@@ -32,7 +32,7 @@ impl<'m, B: LayerOps> ChainModel<'m, B> {
     pub fn new(model: &'m LoadedChainModel<B>, chain: Chain) -> Self {
         ChainModel {
             model,
-            chain,
+            chains: vec![chain],
             caching: true,
             budget_bytes: DEFAULT_CACHE_MIB << 20,
             caches: HashMap::new(),
@@ -53,12 +53,14 @@ impl<'m, B: LayerOps> ChainModel<'m, B> {
         self
     }
 
-    pub fn set_chain(&mut self, chain: Chain) {
-        self.chain = chain;
+    /// The chains the next requests run along (at least one).
+    pub fn set_chains(&mut self, chains: Vec<Chain>) {
+        assert!(!chains.is_empty(), "a ChainModel runs at least one chain");
+        self.chains = chains;
     }
 
-    pub fn chain(&self) -> &Chain {
-        &self.chain
+    pub fn chains(&self) -> &[Chain] {
+        &self.chains
     }
 
     pub fn loaded(&self) -> &LoadedChainModel<B> {
@@ -83,13 +85,16 @@ impl<'m, B: LayerOps> ChainModel<'m, B> {
         })
     }
 
-    /// Runs the current chain over the input `key`, starting from what the cache holds.
-    fn run(&mut self, key: Vec<u32>, start: impl FnOnce() -> Result<cola_executor::ChainState<B>, ExecError>) -> Result<cola_executor::ChainState<B>, String> {
+    /// Runs the current chains over the input `key` as one batch, starting from what the
+    /// cache holds (without caching: from a cache that lives for this call only, so prefixes
+    /// shared inside the batch are still computed once).
+    fn run(&mut self, key: Vec<u32>, start: impl FnOnce() -> Result<ChainState<B>, ExecError>) -> Result<Vec<ChainState<B>>, String> {
         let exec = &self.model.executor;
         if !self.caching {
-            let s = start().map_err(|e| e.to_string())?;
-            self.computed_steps += self.chain.len() as u64;
-            return exec.advance(&s, self.chain.layers()).map_err(|e| e.to_string());
+            let mut cache = PrefixCache::new(start().map_err(|e| e.to_string())?, 0);
+            let states = exec.run_batch_cached(&mut cache, &self.chains).map_err(|e| e.to_string())?;
+            self.computed_steps += cache.stats().computed_steps;
+            return Ok(states);
         }
         // Several inputs per sample (loglik prompts, say) share the budget.
         let per_input = self.budget_bytes / (self.caches.len() + 1).max(1);
@@ -97,7 +102,7 @@ impl<'m, B: LayerOps> ChainModel<'m, B> {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => v.insert(PrefixCache::new(start().map_err(|e| e.to_string())?, per_input.max(1 << 20))),
         };
-        exec.run_cached(cache, &self.chain).map_err(|e| e.to_string())
+        exec.run_batch_cached(cache, &self.chains).map_err(|e| e.to_string())
     }
 }
 
@@ -119,17 +124,17 @@ impl<B: LayerOps> LanguageModel for ChainModel<'_, B> {
         self.model.stop_ids()
     }
 
-    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>, String> {
+    fn variants(&self) -> usize {
+        self.chains.len()
+    }
+
+    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<Vec<f32>>, String> {
         let exec = &self.model.executor;
-        let state = self.run(prompt.to_vec(), || exec.start(prompt))?;
-        Ok(self.model.executor.last_logits(&state))
+        let states = self.run(prompt.to_vec(), || exec.start(prompt))?;
+        Ok(exec.last_logits_batch(&states.iter().collect::<Vec<_>>()))
     }
 
-    fn continuation_logprobs(&mut self, prompt: &[u32], continuation: &[u32]) -> Result<Vec<f32>, String> {
-        Ok(self.choice_logprobs(prompt, &[continuation.to_vec()])?.remove(0))
-    }
-
-    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
+    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>, String> {
         let exec = &self.model.executor;
         let mut key = prompt.to_vec();
         for c in continuations {
@@ -137,17 +142,15 @@ impl<B: LayerOps> LanguageModel for ChainModel<'_, B> {
             key.extend_from_slice(c);
         }
         let (root, layout) = exec.start_branches(prompt, continuations).map_err(|e| e.to_string())?;
-        let state = self.run(key, || Ok(root))?;
-        self.model.executor.branch_logprobs(&state, &layout).map_err(|e| e.to_string())
+        let states = self.run(key, || Ok(root))?;
+        exec.branch_logprobs_batch(&states.iter().collect::<Vec<_>>(), &layout).map_err(|e| e.to_string())
     }
 
-    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<u32>, String> {
+    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<Vec<u32>>, String> {
         let exec = &self.model.executor;
-        let state = self.run(prompt.to_vec(), || exec.start(prompt))?;
+        let states = self.run(prompt.to_vec(), || exec.start(prompt))?;
         let tokenizer = &self.model.tokenizer;
-        self.model
-            .executor
-            .generate_until(&state, max_new, |new| stop.should_stop(new, |ids| tokenizer.decode(ids).unwrap_or_default()))
+        exec.generate_batch(&states, max_new, |_, new| stop.should_stop(new, |ids| tokenizer.decode(ids).unwrap_or_default()))
             .map_err(|e| e.to_string())
     }
 }

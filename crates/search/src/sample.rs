@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use cola_model::LayerOps;
-use cola_eval::{EvalError, Item, ItemResult, ScoringOptions, score_item};
+use cola_eval::{EvalError, Item, ItemResult, ScoringOptions, score_item_variants};
 use cola_executor::Chain;
 use cola_mcts::chains::{ActionPreset, ChainProblem, ChainSpace};
 use cola_mcts::{Evaluation, MctsConfig, RandomConfig, SearchResult, random_search, sample_rng, search};
@@ -36,6 +36,19 @@ pub struct SearchSettings {
     /// The random baseline draws 1..=this many edits per chain.
     pub random_max_edits: usize,
     pub scoring: ScoringOptions,
+    /// Chains evaluated together per batch (MCTS walks per round with virtual loss, random
+    /// chains per batch). 1 is the one-at-a-time search; left out of config.json when 1, so runs
+    /// made before batching resume unchanged.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub batch: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(k: &usize) -> bool {
+    *k == 1
 }
 
 impl SearchSettings {
@@ -57,6 +70,7 @@ impl SearchSettings {
             baseline: Baseline::Random,
             random_max_edits: 8,
             scoring,
+            batch: 1,
         }
     }
 
@@ -74,6 +88,7 @@ impl SearchSettings {
             c: self.c,
             epsilon: self.epsilon,
             early_stop_margin: self.early_stop_margin,
+            batch: self.batch,
             ..MctsConfig::new(num_layers, self.min_len, self.max_len)
         }
     }
@@ -135,6 +150,20 @@ fn shortest_correct(result: &SearchResult<Vec<usize>, ItemResult>) -> Option<(St
         .map(|e| (chain_text(&e.state), e.length, e.payload.prediction.clone()))
 }
 
+/// The batch size `search` and `bench` use on a backend unless told otherwise, chosen by
+/// measurement (`cargo xtask bench`, see the README's performance section).
+pub fn default_batch(backend: &str) -> usize {
+    match backend {
+        "cpu" => 8,
+        _ => 16,
+    }
+}
+
+/// The search reward, the paper's oracle: 1 when the chain's answer is the gold answer.
+pub fn oracle_reward(result: &ItemResult) -> f64 {
+    if result.correct { 1.0 } else { 0.0 }
+}
+
 /// Searches chains for one item. The model's prefix caches are cleared before and after.
 pub fn search_item<B: LayerOps>(
     model: &mut ChainModel<'_, B>,
@@ -147,18 +176,19 @@ pub fn search_item<B: LayerOps>(
     let sample_id = format!("{}/{}", item.task, item.doc_id);
     model.clear_cache();
     let mut failure: Option<EvalError> = None;
-    let mut run = |model: &mut ChainModel<'_, B>, layers: &[usize]| -> Evaluation<ItemResult> {
-        model.set_chain(Chain::new(layers.to_vec()));
-        match score_item(model, item, &settings.scoring) {
-            Ok(r) => Evaluation { reward: if r.correct { 1.0 } else { 0.0 }, payload: r },
+    let mut evaluate = |model: &mut ChainModel<'_, B>, chains: &[Vec<usize>]| -> Vec<Evaluation<ItemResult>> {
+        model.set_chains(chains.iter().map(|c| Chain::new(c.clone())).collect());
+        match score_item_variants(model, item, &settings.scoring) {
+            Ok(results) => results.into_iter().map(|r| Evaluation { reward: oracle_reward(&r), payload: r }).collect(),
             Err(e) => {
                 failure.get_or_insert(e);
-                Evaluation { reward: 0.0, payload: ItemResult { doc_id: item.doc_id.clone(), gold: item.gold_text(), prediction: None, correct: false, correct_norm: None, generated: None } }
+                let failed = ItemResult { doc_id: item.doc_id.clone(), gold: item.gold_text(), prediction: None, correct: false, correct_norm: None, generated: None };
+                chains.iter().map(|_| Evaluation { reward: 0.0, payload: failed.clone() }).collect()
             }
         }
     };
     let mcts = {
-        let mut problem = ChainProblem { space: ChainSpace::new(n, settings.actions), evaluate: |c: &[usize]| run(model, c) };
+        let mut problem = ChainProblem { space: ChainSpace::new(n, settings.actions), evaluate: |c: &[Vec<usize>]| evaluate(model, c) };
         search(&mut problem, &settings.mcts_config(n), &mut sample_rng(seed, &sample_id))
     };
     let random = match settings.baseline {
@@ -169,8 +199,9 @@ pub fn search_item<B: LayerOps>(
                 max_edits: settings.random_max_edits,
                 min_len: settings.min_len,
                 max_len: settings.max_len,
+                batch: settings.batch,
             };
-            let mut problem = ChainProblem { space: ChainSpace::new(n, settings.actions), evaluate: |c: &[usize]| run(model, c) };
+            let mut problem = ChainProblem { space: ChainSpace::new(n, settings.actions), evaluate: |c: &[Vec<usize>]| evaluate(model, c) };
             Some(random_search(&mut problem, &cfg, &mut sample_rng(seed, &format!("random/{sample_id}"))))
         }
     };
