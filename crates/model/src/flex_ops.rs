@@ -178,9 +178,11 @@ simd_dispatch! {
         while l + 4 <= k {
             let (w0, w1, w2, w3) = (row(l), row(l + 1), row(l + 2), row(l + 3));
             for (i, out) in acc.chunks_exact_mut(bw).enumerate() {
-                let a = &x[i * k + l..i * k + l + 4];
-                for c in 0..bw {
-                    out[c] += a[0] * w0[c] + a[1] * w1[c] + a[2] * w2[c] + a[3] * w3[c];
+                let (a0, a1, a2, a3) = (x[i * k + l], x[i * k + l + 1], x[i * k + l + 2], x[i * k + l + 3]);
+                // Zipped iterators, not indices: no bounds checks, so the loop vectorizes.
+                for ((((o, &v0), &v1), &v2), &v3) in out.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
+                    // Fused multiply-adds (this runs compiled for FMA; see `simd_dispatch`).
+                    *o = a3.mul_add(v3, a2.mul_add(v2, a1.mul_add(v1, a0.mul_add(v0, *o))));
                 }
             }
             l += 4;
@@ -190,29 +192,50 @@ simd_dispatch! {
             for (i, out) in acc.chunks_exact_mut(bw).enumerate() {
                 let a = x[i * k + l];
                 for (o, &wv) in out.iter_mut().zip(wl) {
-                    *o += a * wv;
+                    *o = a.mul_add(wv, *o);
                 }
             }
         }
     }
 }
 
+/// The dots of four rows of `x` with one row `e` (8 lanes each, fused multiply-adds).
+#[inline(always)]
+fn dots4(x: [&[f32]; 4], e: &[f32]) -> [f32; 4] {
+    let mut lanes = [[0.0f32; 8]; 4];
+    let chunks = e.len() / 8;
+    for c in 0..chunks {
+        let ec: &[f32; 8] = e[c * 8..c * 8 + 8].try_into().expect("8 lanes");
+        for (lane, xr) in lanes.iter_mut().zip(x) {
+            let xc: &[f32; 8] = xr[c * 8..c * 8 + 8].try_into().expect("8 lanes");
+            for l in 0..8 {
+                lane[l] = xc[l].mul_add(ec[l], lane[l]);
+            }
+        }
+    }
+    let mut out = [0.0f32; 4];
+    for ((o, lane), xr) in out.iter_mut().zip(&lanes).zip(x) {
+        let tail: f32 = xr[chunks * 8..].iter().zip(&e[chunks * 8..]).map(|(a, b)| a * b).sum();
+        *o = sum_lanes(lane) + tail;
+    }
+    out
+}
+
 // `acc[i][r] = dot(x[i], e[r0 + r])` for the rows of `x` (`[m, k]`) and `rows` rows of `e`
-// (`[_, k]`), 8 lanes per dot so the reduction vectorizes.
+// (`[_, k]`): four rows of `x` per pass over a row of `e`, so each `e` element loaded serves four
+// products.
 simd_dispatch! {
     fn stream_dots(x: &[f32], k: usize, e: &[f32], r0: usize, acc: &mut [f32], rows: usize) {
+        let m = x.len() / k;
+        let row = |i: usize| &x[i.min(m - 1) * k..(i.min(m - 1) + 1) * k];
         for r in 0..rows {
             let erow = &e[(r0 + r) * k..(r0 + r + 1) * k];
-            for (i, xi) in x.chunks_exact(k).enumerate() {
-                let mut lanes = [0.0f32; 8];
-                let (xc, ec) = (xi.chunks_exact(8), erow.chunks_exact(8));
-                let tail: f32 = xc.remainder().iter().zip(ec.remainder()).map(|(a, b)| a * b).sum();
-                for (a, b) in xc.zip(ec) {
-                    for l in 0..8 {
-                        lanes[l] += a[l] * b[l];
-                    }
+            for i in (0..m).step_by(4) {
+                // Past the last row, repeat it and drop the extra results.
+                let d = dots4([row(i), row(i + 1), row(i + 2), row(i + 3)], erow);
+                for (j, v) in d.into_iter().enumerate().take(m - i) {
+                    acc[(i + j) * rows + r] = v;
                 }
-                acc[i * rows + r] = sum_lanes(&lanes) + tail;
             }
         }
     }
@@ -226,14 +249,19 @@ const STREAM_MAX_ROWS: usize = 16;
 /// `x [m, k] · w` with `w` `[k, n]` (`transposed`: `w` is `[n, k]` and the product is with its
 /// transpose), for `m <= STREAM_MAX_ROWS`; column (or row) blocks of `w` in parallel.
 fn stream_matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, transposed: bool) -> Vec<f32> {
-    const BLOCK: usize = 256;
+    // Blocks of at most ~256 columns, as many as a multiple of the threads so that every thread
+    // streams the same share of the weight (576 columns in 3 blocks would leave one of two
+    // threads idle a third of the time).
+    let threads = rayon::current_num_threads().max(1);
+    let blocks = n.div_ceil(256).div_ceil(threads) * threads;
+    let width = n.div_ceil(blocks).next_multiple_of(8);
     let mut out = vec![0.0f32; m * n];
     let shared = SharedOut(out.as_mut_ptr());
-    (0..n.div_ceil(BLOCK)).into_par_iter().for_each(|b| {
+    (0..n.div_ceil(width)).into_par_iter().for_each(|b| {
         #[allow(clippy::redundant_locals)]
         let shared = shared;
-        let j0 = b * BLOCK;
-        let bw = BLOCK.min(n - j0);
+        let j0 = b * width;
+        let bw = width.min(n - j0);
         // At most 8 rows per pass keeps the column kernel's sums in L1.
         for (chunk, xs) in x.chunks(8 * k).enumerate() {
             let rows = xs.len() / k;
