@@ -229,7 +229,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         search_sims: args.search_sims,
         search_scoring: args.search_scoring,
         search_task: args.search_task,
-        batch: args.search_batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name())),
+        batch: args.search_batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), args.search_scoring)),
     };
     let ours = dispatch(args.model.backend, work).map_err(|e| anyhow!(e))??;
     let mut result = json!({ "backend": args.model.backend.name(), "model": dir.display().to_string() });

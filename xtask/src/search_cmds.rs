@@ -219,8 +219,9 @@ pub struct SearchArgs {
     cache_mib: usize,
     /// Chains evaluated together in one batched pass: MCTS runs K walks per round (with
     /// virtual loss) and evaluates their new chains as one batch; the random baseline evaluates
-    /// its chains K at a time. 1 is the one-at-a-time search. Default: measured per backend
-    /// (see `bench`); it is part of the run's settings.
+    /// its chains K at a time. 1 is the one-at-a-time search. Default: measured per backend and
+    /// scoring mode (16 on the CPU; on GPUs 16 for generate, else 1); it is part of the run's
+    /// settings.
     #[arg(long, value_name = "K", value_parser = parse_batch)]
     batch: Option<usize>,
 }
@@ -281,7 +282,7 @@ impl WithBackend for Search {
             // (the authors' `best_length + 2 <= N`).
             early_stop_margin: args.early_stop.or((args.actions == Some(ActionPreset::Drllm)).then_some(2)),
             baseline: if args.baseline == "none" { Baseline::None } else { Baseline::Random },
-            batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name())),
+            batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), paper.scoring.mode)),
             ..paper
         };
         let out_dir = args.out.clone().unwrap_or_else(|| {

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use cola_model::LayerOps;
-use cola_eval::{EvalError, Item, ItemResult, ScoringOptions, score_item_variants};
+use cola_eval::{EvalError, Item, ItemResult, ScoringMode, ScoringOptions, score_item_variants};
 use cola_executor::Chain;
 use cola_mcts::chains::{ActionPreset, ChainProblem, ChainSpace};
 use cola_mcts::{Evaluation, MctsConfig, RandomConfig, SearchResult, random_search, sample_rng, search};
@@ -150,15 +150,17 @@ fn shortest_correct(result: &SearchResult<Vec<usize>, ItemResult>) -> Option<(St
         .map(|e| (chain_text(&e.state), e.length, e.payload.prediction.clone()))
 }
 
-/// The batch size `search` and `bench` use on a backend unless told otherwise, chosen by
-/// measurement (`cargo xtask bench`, see the README's performance section).
-pub fn default_batch(backend: &str) -> usize {
-    match backend {
+/// The batch size `search` and `bench` use unless told otherwise, chosen by measurement
+/// (`cargo xtask bench --search-batch K`, K = 1 beside it in the same run; README, Performance).
+pub fn default_batch(backend: &str, mode: ScoringMode) -> usize {
+    match (backend, mode) {
         // 2-core CPU, SmolLM2-135M: K = 16 gave 1.49x (ARC-Easy loglik) and 3.12x (GSM8K
-        // generate) the evaluations/s of K = 1, K = 8 1.38x and 2.09x.
-        "cpu" => 16,
-        // Not measured on a GPU yet.
-        _ => 16,
+        // generate) the evaluations/s of K = 1; K = 8 1.38x and 2.09x.
+        ("cpu", _) => 16,
+        // H200 (CUDA, f32): K = 16 gave 1.28x in GSM8K generate but 0.66x in ARC-Easy loglik,
+        // where the per-chain attention launches outweigh the shared matmuls.
+        (_, ScoringMode::Generate) => 16,
+        _ => 1,
     }
 }
 
