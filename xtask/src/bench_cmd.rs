@@ -39,7 +39,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = crate::search_cmds::parse_mode, default_value = "generate")]
     search_scoring: cola_eval::ScoringMode,
     /// Task of the search measurement (arc-easy; gsm8k for long generations).
-    #[arg(long, value_parser = parse_task, default_value = "arc-easy")]
+    #[arg(long, value_parser = crate::search_cmds::parse_task, default_value = "arc-easy")]
     search_task: cola_eval::Task,
     /// Batch size K of the batched measurements (search with K chains per batch, K chains
     /// decoding in lockstep), timed in the same run as K = 1. Default: the backend's default.
@@ -48,10 +48,6 @@ pub struct BenchArgs {
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_task(s: &str) -> Result<cola_eval::Task, String> {
-    s.parse()
 }
 
 /// Deterministic token ids that avoid the special tokens at the start of the vocabulary.
@@ -251,17 +247,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             println!("{key:<36} {v:>12.2}");
         }
     }
-    if let (Some(a), Some(b)) = (ours.get("search_evals_per_s_cached").and_then(Value::as_f64), ours.get("search_evals_per_s_uncached").and_then(Value::as_f64)) {
-        println!("{:<36} {:>11.2}x", "prefix cache speedup", a / b);
-        result["search_cache_speedup"] = json!(a / b);
-    }
-    if let (Some(a), Some(b)) = (ours.get("search_evals_per_s_batched").and_then(Value::as_f64), ours.get("search_evals_per_s_cached").and_then(Value::as_f64)) {
-        println!("{:<36} {:>11.2}x", format!("search batch {} speedup", ours["batch"]), a / b);
-        result["search_batch_speedup"] = json!(a / b);
-    }
-    if let (Some(a), Some(b)) = (ours.get("decode_tokens_per_s_batched").and_then(Value::as_f64), ours.get("decode_tokens_per_s").and_then(Value::as_f64)) {
-        println!("{:<36} {:>11.2}x", format!("lockstep decode {} speedup", ours["batch"]), a / b);
-        result["decode_batch_speedup"] = json!(a / b);
+    let batch = &ours["batch"];
+    for (key, faster, slower, label) in [
+        ("search_cache_speedup", "search_evals_per_s_cached", "search_evals_per_s_uncached", "prefix cache speedup".to_string()),
+        ("search_batch_speedup", "search_evals_per_s_batched", "search_evals_per_s_cached", format!("search batch {batch} speedup")),
+        ("decode_batch_speedup", "decode_tokens_per_s_batched", "decode_tokens_per_s", format!("lockstep decode {batch} speedup")),
+    ] {
+        if let (Some(a), Some(b)) = (ours.get(faster).and_then(Value::as_f64), ours.get(slower).and_then(Value::as_f64)) {
+            println!("{label:<36} {:>11.2}x", a / b);
+            result[key] = json!(a / b);
+        }
     }
     if args.vs_torch {
         let torch = torch_bench(&dir, args.reps, args.decode_tokens, ours["threads"].as_u64().unwrap_or(1))?;

@@ -41,7 +41,7 @@ pub struct ItemArgs {
     offset: usize,
 }
 
-fn parse_task(s: &str) -> Result<Task, String> {
+pub(crate) fn parse_task(s: &str) -> Result<Task, String> {
     s.parse()
 }
 

@@ -127,6 +127,13 @@ pub struct ItemResult {
     pub generated: Option<String>,
 }
 
+impl ItemResult {
+    /// The result before (or without) an answer: nothing predicted, not correct.
+    pub fn unanswered(item: &Item) -> Self {
+        ItemResult { doc_id: item.doc_id.clone(), gold: item.gold_text(), prediction: None, correct: false, correct_norm: None, generated: None }
+    }
+}
+
 fn model_err(e: String) -> EvalError {
     EvalError::Model(e)
 }
@@ -171,7 +178,6 @@ pub fn score_item(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOpti
 /// Scores one item with every variant of `model` (one request, answered by all): one result
 /// per variant, in order.
 pub fn score_item_variants(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOptions) -> Result<Vec<ItemResult>, EvalError> {
-    let blank = ItemResult { doc_id: item.doc_id.clone(), gold: item.gold_text(), prediction: None, correct: false, correct_norm: None, generated: None };
     let variants = model.variants();
     let check = |n: usize| {
         if n == variants {
@@ -180,7 +186,7 @@ pub fn score_item_variants(model: &mut dyn LanguageModel, item: &Item, opts: &Sc
             Err(EvalError::Model(format!("the model gave {n} answers for {variants} variants")))
         }
     };
-    let mut results = vec![blank; variants];
+    let mut results = vec![ItemResult::unanswered(item); variants];
     match (&item.kind, opts.mode) {
         (ItemKind::MultipleChoice { query, choices, gold, .. }, ScoringMode::Letter) => {
             let prompt = model.encode(query, false).map_err(model_err)?;

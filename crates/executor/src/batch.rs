@@ -17,8 +17,7 @@ use std::collections::HashMap;
 use burn::tensor::{Int, Tensor, TensorData};
 use cola_model::{LayerOps, Segment};
 
-use crate::{Chain, ChainError, ChainState, ExecError, Executor, LengthBounds, PrefixCache, argmax, log_softmax_at, to_vec};
-use crate::{Branches};
+use crate::{Branches, Chain, ChainError, ChainState, ExecError, Executor, LengthBounds, PrefixCache, argmax, log_softmax_at, to_vec};
 
 impl<B: LayerOps> Executor<B> {
     /// One layer call of `layer` on several prefill states at once (each over all its positions).
@@ -30,7 +29,7 @@ impl<B: LayerOps> Executor<B> {
         }
         let rows: Vec<usize> = states.iter().map(|s| s.ids.len()).collect();
         let segments: Vec<Segment<'_, B>> =
-            states.iter().map(|s| Segment::whole(s.ids.len(), None, s.tree.as_deref())).collect();
+            states.iter().map(|s| Segment { rows: s.ids.len(), past: None, tree: s.tree.as_deref() }).collect();
         let x = stack(states.iter().map(|s| s.hidden.clone()).collect());
         let (h, caches) = self.model.layers[layer].forward(x, &self.rope, &segments);
         Ok(split(h, &rows)
@@ -141,7 +140,7 @@ impl<B: LayerOps> Executor<B> {
             let group: Vec<usize> = (0..states.len()).filter(|&i| next(i) == Some(layer)).collect();
             let rows: Vec<usize> = group.iter().map(|&i| new_ids[i].len()).collect();
             let segments: Vec<Segment<'_, B>> =
-                group.iter().map(|&i| Segment::whole(new_ids[i].len(), Some(&states[i].kv[kv[i].len()]), None)).collect();
+                group.iter().map(|&i| Segment { rows: new_ids[i].len(), past: Some(&states[i].kv[kv[i].len()]), tree: None }).collect();
             let input = stack(group.iter().map(|&i| x[i].clone()).collect());
             let (h, caches) = self.model.layers[layer].forward(input, &self.rope, &segments);
             for ((&i, hidden), cache) in group.iter().zip(split(h, &rows)).zip(caches) {

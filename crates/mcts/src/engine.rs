@@ -265,40 +265,7 @@ pub fn search<P: Problem>(problem: &mut P, config: &MctsConfig, rng: &mut Search
         // A round: up to `batch` walks, each ending in a newly expanded child, with virtual loss.
         let mut round: Vec<(Vec<usize>, usize)> = Vec::new();
         while round.len() < config.batch.max(1) && simulations < config.simulations {
-            // Walk down until a child is expanded. A walk that ends in a node with nothing left
-            // marks it exhausted and starts over; it does not count as a simulation.
-            let walked = 'walk: loop {
-                if nodes[0].exhausted {
-                    break 'walk None;
-                }
-                let mut path = vec![0usize];
-                let mut node = 0usize;
-                loop {
-                    if nodes[node].untried.is_none() {
-                        let mut actions = ev.problem.actions(&ev.entries[nodes[node].eval].state);
-                        actions.shuffle(rng);
-                        nodes[node].untried = Some(actions);
-                    }
-                    let open_children = nodes[node].children.iter().any(|&c| !nodes[c].exhausted);
-                    let can_expand = nodes[node].untried.as_ref().is_some_and(|u| !u.is_empty());
-                    if can_expand
-                        && (!open_children || rng.random::<f64>() < config.epsilon)
-                        && let Some(child) = expand_one(&mut nodes, node, &mut ev, simulations + 1)
-                    {
-                        path.push(child);
-                        break 'walk Some((path, child));
-                    }
-                    if !open_children {
-                        if nodes[node].untried.as_ref().is_some_and(Vec::is_empty) {
-                            nodes[node].exhausted = true;
-                        }
-                        continue 'walk;
-                    }
-                    node = select_child(&nodes, node, &ev.entries, config);
-                    path.push(node);
-                }
-            };
-            let Some((path, leaf)) = walked else {
+            let Some((path, leaf)) = walk(&mut nodes, &mut ev, rng, config, simulations + 1) else {
                 exhausted = true;
                 break;
             };
@@ -323,6 +290,49 @@ pub fn search<P: Problem>(problem: &mut P, config: &MctsConfig, rng: &mut Search
         visits[n.eval] += n.visits;
     }
     SearchResult { evaluated: ev.finish(|i| visits[i]), simulations, stopped_early }
+}
+
+/// One walk down from the root until a child is expanded (for `simulation`): the path and the
+/// new child. A walk that ends in a node with nothing left marks it exhausted and starts over;
+/// None once the root itself is exhausted.
+fn walk<P: Problem>(
+    nodes: &mut Vec<Node<P::Action>>,
+    ev: &mut Evaluator<'_, P>,
+    rng: &mut SearchRng,
+    config: &MctsConfig,
+    simulation: usize,
+) -> Option<(Vec<usize>, usize)> {
+    'walk: loop {
+        if nodes[0].exhausted {
+            return None;
+        }
+        let mut path = vec![0usize];
+        let mut node = 0usize;
+        loop {
+            if nodes[node].untried.is_none() {
+                let mut actions = ev.problem.actions(&ev.entries[nodes[node].eval].state);
+                actions.shuffle(rng);
+                nodes[node].untried = Some(actions);
+            }
+            let open_children = nodes[node].children.iter().any(|&c| !nodes[c].exhausted);
+            let can_expand = nodes[node].untried.as_ref().is_some_and(|u| !u.is_empty());
+            if can_expand
+                && (!open_children || rng.random::<f64>() < config.epsilon)
+                && let Some(child) = expand_one(nodes, node, ev, simulation)
+            {
+                path.push(child);
+                return Some((path, child));
+            }
+            if !open_children {
+                if nodes[node].untried.as_ref().is_some_and(Vec::is_empty) {
+                    nodes[node].exhausted = true;
+                }
+                continue 'walk;
+            }
+            node = select_child(nodes, node, &ev.entries, config);
+            path.push(node);
+        }
+    }
 }
 
 /// The open child of `node` with the highest UCB score (first one on ties).

@@ -292,25 +292,25 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+/// `x · w` (`transposed`: `x · wᵀ`), streamed for 2..=`STREAM_MAX_ROWS` rows, else gemm (one
+/// row: gemm's matrix-vector path is as fast; more rows: gemm's packing pays).
+fn project(x: Tensor<Flex, 2>, w: Tensor<Flex, 2>, transposed: bool) -> Tensor<Flex, 2> {
+    let [m, k] = x.dims();
+    if reference_forced() || m == 1 || m > STREAM_MAX_ROWS {
+        return if transposed { x.matmul(w.transpose()) } else { x.matmul(w) };
+    }
+    let n = w.dims()[if transposed { 0 } else { 1 }];
+    let ((x, _), (w, _)) = (host(x), host(w));
+    tensor(stream_matmul(data(&x), m, k, data(&w), n, transposed), [m, n])
+}
+
 impl LayerOps for Flex {
     fn matmul_weight(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        let [m, k] = x.dims();
-        if reference_forced() || m == 1 || m > STREAM_MAX_ROWS {
-            return x.matmul(w);
-        }
-        let n = w.dims()[1];
-        let ((x, _), (w, _)) = (host(x), host(w));
-        tensor(stream_matmul(data(&x), m, k, data(&w), n, false), [m, n])
+        project(x, w, false)
     }
 
     fn matmul_weight_t(x: Tensor<Self, 2>, e: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        let [m, k] = x.dims();
-        if reference_forced() || m == 1 || m > STREAM_MAX_ROWS {
-            return x.matmul(e.transpose());
-        }
-        let n = e.dims()[0];
-        let ((x, _), (e, _)) = (host(x), host(e));
-        tensor(stream_matmul(data(&x), m, k, data(&e), n, true), [m, n])
+        project(x, e, true)
     }
 
     fn split_heads_rope(

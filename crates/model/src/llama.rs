@@ -7,8 +7,9 @@
 //!
 //! Activations are `[tokens, hidden]`; a layer call may stack the rows of several sequences
 //! ([`Segment`]), which share the projections and the MLP and attend each over its own K/V.
-//! Layers are exposed one by one: running them in any order is the executor's business. The head split with RoPE, attention
-//! and the SwiGLU gate go through [`LayerOps`], which a backend may implement with fused kernels.
+//! Layers are exposed one by one: running them in any order is the executor's business. The
+//! projections, the head split with RoPE, attention and the SwiGLU gate go through
+//! [`LayerOps`], which a backend may implement with fused kernels.
 
 use std::sync::Arc;
 
@@ -107,21 +108,6 @@ pub struct Segment<'a, B: Backend> {
     pub tree: Option<&'a TokenTree<B>>,
 }
 
-impl<B: Backend> Clone for Segment<'_, B> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<B: Backend> Copy for Segment<'_, B> {}
-
-impl<'a, B: Backend> Segment<'a, B> {
-    /// A whole sequence processed alone.
-    pub fn whole(rows: usize, past: Option<&'a KvCache<B>>, tree: Option<&'a TokenTree<B>>) -> Self {
-        Segment { rows, past, tree }
-    }
-}
-
 impl<B: LayerOps> Attention<B> {
     fn heads(&self) -> Heads {
         Heads { q: self.num_heads, kv: self.num_kv_heads, dim: self.head_dim }
@@ -133,6 +119,7 @@ impl<B: LayerOps> Attention<B> {
     pub fn forward(&self, x: Tensor<B, 2>, rope: &Rope<B>, segments: &[Segment<'_, B>]) -> (Tensor<B, 2>, Vec<KvCache<B>>) {
         let heads = self.heads();
         let qkv = project(&self.qkv_proj, x);
+        let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
         let single = segments.len() == 1;
         let mut outs = Vec::with_capacity(segments.len());
         let mut caches = Vec::with_capacity(segments.len());
@@ -148,7 +135,6 @@ impl<B: LayerOps> Attention<B> {
                 }
                 None => &causal_from,
             };
-            let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
             let (q, k, v) = B::split_heads_rope(part, heads, rope, positions, norms);
             let cache = match seg.past {
                 Some(p) => KvCache { k: Tensor::cat(vec![p.k.clone(), k], 1), v: Tensor::cat(vec![p.v.clone(), v], 1) },
@@ -227,7 +213,6 @@ impl<B: Backend> CausalLm<B> {
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
         self.embed_tokens.weight.val().select(0, index)
     }
-
 
     pub fn num_layers(&self) -> usize {
         self.layers.len()

@@ -1,8 +1,9 @@
 //! The steps of a decoder layer that a backend may implement better than burn's composed
 //! tensor ops: the weight projections, splitting the fused q/k/v projection into heads with
-//! RoPE, attention, and the SwiGLU gate. The trait's provided methods are the reference implementation in plain burn ops
-//! (used by the GPU backends); the CPU backend overrides them with fused kernels
-//! ([`crate::flex_ops`]) because burn's CPU elementwise ops on permuted views are slow.
+//! RoPE, attention, and the SwiGLU gate. The trait's provided methods are the reference
+//! implementation in plain burn ops (used by the GPU backends); the CPU backend overrides them
+//! with fused kernels ([`crate::flex_ops`]) because burn's CPU elementwise ops on permuted views
+//! are slow.
 
 use std::sync::Arc;
 

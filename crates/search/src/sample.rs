@@ -187,8 +187,7 @@ pub fn search_item<B: LayerOps>(
             Ok(results) => results.into_iter().map(|r| Evaluation { reward: oracle_reward(&r), payload: r }).collect(),
             Err(e) => {
                 failure.get_or_insert(e);
-                let failed = ItemResult { doc_id: item.doc_id.clone(), gold: item.gold_text(), prediction: None, correct: false, correct_norm: None, generated: None };
-                chains.iter().map(|_| Evaluation { reward: 0.0, payload: failed.clone() }).collect()
+                chains.iter().map(|_| Evaluation { reward: 0.0, payload: ItemResult::unanswered(item) }).collect()
             }
         }
     };
