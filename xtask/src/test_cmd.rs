@@ -1,6 +1,7 @@
 //! `cargo xtask test`: what CI runs. Fetches the assets the tests compare against, runs the
 //! workspace tests, and (in CI, or with `--gpu`) checks that the GPU backends compile and runs
-//! the wgpu parity test on a CPU Vulkan driver.
+//! the wgpu parity test on a CPU Vulkan driver; in CI, or with `--slurm`, it also runs the Slurm
+//! self-test (a one-node Slurm on this machine, about 15 s once installed).
 
 use std::path::Path;
 use std::process::Command;
@@ -14,6 +15,10 @@ pub struct TestArgs {
     /// CI=true). Installs Mesa's lavapipe with apt-get if no Vulkan driver is present.
     #[arg(long)]
     gpu: bool,
+    /// Also run scripts/slurm/selftest.sh (default when CI=true): the sharded search as a Slurm
+    /// job array on a one-node Slurm started here. Installs slurm-wlm and munge with apt-get.
+    #[arg(long)]
+    slurm: bool,
     /// Extra arguments passed to `cargo test` (after `--workspace`), e.g. a test name filter.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     cargo_args: Vec<String>,
@@ -29,6 +34,21 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Exit 2 from the script means Slurm could not be set up here (no root, no apt): said, not failed.
+fn slurm_selftest() -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm/selftest.sh");
+    eprintln!("$ bash scripts/slurm/selftest.sh");
+    let status = Command::new("bash").arg(&script).status()?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(2) => {
+            eprintln!("skipping the Slurm self-test: Slurm could not be set up on this machine (see above)");
+            Ok(())
+        }
+        _ => bail!("the Slurm self-test failed ({status})"),
+    }
+}
+
 pub fn run(args: TestArgs) -> Result<()> {
     let assets = cola_assets::ensure()?;
     eprintln!("assets ready in {}", assets.cache.display());
@@ -36,6 +56,9 @@ pub fn run(args: TestArgs) -> Result<()> {
     test.extend(args.cargo_args.iter().map(String::as_str));
     cargo(&test)?;
     let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if args.slurm || in_ci {
+        slurm_selftest()?;
+    }
     if !(args.gpu || in_ci) {
         return Ok(());
     }

@@ -72,6 +72,18 @@ pub fn cache_dir() -> PathBuf {
     }
 }
 
+/// `path` as recorded in run configs: under the cache it is written `$COLA_CACHE/...`, so a
+/// config names the same files on every machine; anything else is the canonical absolute path.
+pub fn portable_path(path: &Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let cache = cache_dir();
+    let cache = cache.canonicalize().unwrap_or(cache);
+    match path.strip_prefix(&cache) {
+        Ok(rest) => format!("${CACHE_ENV}/{}", rest.display()),
+        Err(_) => path.display().to_string(),
+    }
+}
+
 /// Paths of the ready-to-use assets.
 #[derive(Debug, Clone)]
 pub struct Assets {

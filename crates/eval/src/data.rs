@@ -260,6 +260,10 @@ fn load_math(path: &Path, task: Task, subject: Option<&str>, level: Option<u8>, 
             report.skipped.push(format!("{where_}: no `problem` or `answer`"));
             continue;
         };
+        if let Err(e) = crate::grading::check_math_answer(answer) {
+            report.skipped.push(format!("{where_}: {e}"));
+            continue;
+        }
         let item_level = math_level(doc.get("level"));
         if let Some(want) = level {
             match item_level {
@@ -402,6 +406,10 @@ pub fn load_user_jsonl(path: &Path, task: &str) -> Result<LoadReport, EvalError>
                         continue;
                     }
                 };
+                if let Err(e) = crate::grading::check_math_answer(&answer) {
+                    report.skipped.push(format!("{where_}: {e}"));
+                    continue;
+                }
                 ItemKind::Math { problem: question.to_string(), answer, level: None, subject: None }
             }
         };

@@ -125,6 +125,29 @@ fn normalize_once(s: &str) -> String {
     s
 }
 
+/// Checks that a gold math answer can be graded: its TeX braces balance and something is left
+/// after normalisation. The error says what is wrong, for the loader's skipped-item report.
+pub fn check_math_answer(s: &str) -> Result<(), String> {
+    let mut depth = 0i64;
+    for c in s.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return Err(format!("`answer` `{s}` does not parse: a `}}` closes nothing"));
+        }
+    }
+    if depth > 0 {
+        return Err(format!("`answer` `{s}` does not parse: {depth} unclosed `{{`"));
+    }
+    if normalize_math(s).is_empty() {
+        return Err(format!("`answer` `{s}` does not parse: nothing left after normalisation"));
+    }
+    Ok(())
+}
+
 /// Canonical form of a math answer (idempotent: normalizing twice changes nothing).
 pub fn normalize_math(s: &str) -> String {
     let mut cur = s.to_string();
@@ -245,6 +268,15 @@ mod tests {
         assert_eq!(last_boxed(r"\boxed 7$").as_deref(), Some("7"));
         assert_eq!(last_boxed(r"\boxed{unclosed"), None);
         assert_eq!(last_boxed("nothing"), None);
+    }
+
+    #[test]
+    fn gold_answers_that_cannot_be_graded_are_named() {
+        assert!(check_math_answer(r"\frac{1}{2}").is_ok());
+        assert!(check_math_answer("(1, 2]").is_ok());
+        assert!(check_math_answer(r"\frac{1}{2").unwrap_err().contains("1 unclosed"));
+        assert!(check_math_answer("3}").unwrap_err().contains("closes nothing"));
+        assert!(check_math_answer(r"\$").unwrap_err().contains("nothing left"));
     }
 
     #[test]

@@ -481,4 +481,58 @@ mod tests {
         let q3 = ModelConfig::from_json_str(&SMOL.replace("llama", "qwen3")).unwrap();
         assert!(!q3.attention_bias && q3.qk_norm);
     }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            (-4i64..5000).prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "[a-z_]{0,8}".prop_map(serde_json::Value::from),
+            Just(serde_json::json!([1, 2])),
+            Just(serde_json::json!({"rope_type": "llama3"})),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// A config.json with fields replaced by arbitrary values, removed, or its text cut or
+        /// overwritten, parses to a consistent config or is an error naming the field: never a
+        /// panic.
+        #[test]
+        fn edited_configs_are_consistent_or_errors(
+            replace in proptest::collection::vec((0usize..16, any_json()), 0..4),
+            remove in proptest::option::of(0usize..16),
+            bytes in proptest::collection::vec((0usize..400, 32u8..127), 0..3),
+            cut in proptest::option::of(0usize..400),
+        ) {
+            let mut v: serde_json::Value = serde_json::from_str(SMOL).unwrap();
+            let keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            for (k, value) in replace {
+                v[&keys[k % keys.len()]] = value;
+            }
+            if let Some(k) = remove {
+                v.as_object_mut().unwrap().remove(&keys[k % keys.len()]);
+            }
+            let mut text = v.to_string().into_bytes();
+            for (at, b) in bytes {
+                let i = at % text.len();
+                text[i] = b;
+            }
+            if let Some(cut) = cut {
+                text.truncate(text.len() - cut % text.len());
+            }
+            let text = String::from_utf8_lossy(&text).to_string();
+            if let Ok(c) = ModelConfig::from_json_str(&text) {
+                proptest::prop_assert!(c.hidden_size > 0 && c.num_layers > 0 && c.vocab_size > 0 && c.intermediate_size > 0);
+                proptest::prop_assert!(c.num_heads > 0 && c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0);
+                proptest::prop_assert!(c.head_dim > 0 && c.head_dim % 2 == 0, "head_dim {}", c.head_dim);
+                proptest::prop_assert!(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0 && c.rope_theta.is_finite() && c.rope_theta > 0.0);
+                proptest::prop_assert!(c.rope_inv_freq().iter().all(|f| f.is_finite()));
+            }
+        }
+    }
 }

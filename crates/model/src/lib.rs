@@ -10,6 +10,7 @@
 pub mod config;
 pub mod flex_ops;
 pub mod gguf;
+pub mod gguf_builder;
 pub mod llama;
 pub mod ops;
 pub mod tokenizer;
@@ -28,8 +29,9 @@ pub use weights::{HostTensor, WeightSource};
 pub enum ModelError {
     #[error("config: {0}")]
     Config(String),
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    // The io error is part of the message, not a `source`, so `{:#}` chains print it once.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{}: {message}", file.display())]
     File { file: PathBuf, message: String },
     #[error("{0}")]
@@ -37,8 +39,8 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.to_path_buf(), source }
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
+        ModelError::Io { path: path.to_path_buf(), error }
     }
 
     pub fn file(file: &Path, message: impl Into<String>) -> Self {

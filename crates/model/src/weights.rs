@@ -398,4 +398,40 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+        /// Any corruption of a checkpoint's header (overwritten bytes, a lying header length,
+        /// truncation) is an error naming the file, or a file whose every tensor reads or fails
+        /// cleanly: never a panic or a read outside the file.
+        #[test]
+        fn corrupted_safetensors_headers_never_panic(
+            edits in proptest::collection::vec((0usize..2048, proptest::prelude::any::<u8>()), 1..6),
+            cut in proptest::option::of(0usize..4096),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let config = tiny();
+            save_checkpoint(dir.path(), &config, &RandomWeights::new(&config, 3)).unwrap();
+            let path = dir.path().join("model.safetensors");
+            let mut bytes = std::fs::read(&path).unwrap();
+            let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            for (at, b) in edits {
+                let i = at % header_end;
+                bytes[i] = b;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(bytes.len() - cut % bytes.len());
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            match SafetensorsDir::open(dir.path()) {
+                Err(e) => proptest::prop_assert!(e.to_string().contains("model.safetensors"), "{}", e),
+                Ok(src) => {
+                    for name in src.names() {
+                        let _ = src.tensor(&name);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::model::ChainModel;
 use crate::report::{Report, build_report, render_table, write_report};
-use crate::run::{HashedFile, RunConfig, RunDir, Shard};
+use crate::run::{HashedFile, RunConfig, RunDir, Shard, read_timings};
 use crate::sample::{SearchSettings, search_item};
 
 /// Where items come from.
@@ -96,7 +96,7 @@ pub struct SearchRequest {
     pub backend: String,
 }
 
-/// sha256 of the weight files of a model directory.
+/// sha256 of the weight files of a model directory, named relative to it.
 pub fn weight_hashes(model_dir: &Path) -> Result<Vec<HashedFile>, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(model_dir)
         .map_err(|e| format!("{}: {e}", model_dir.display()))?
@@ -104,11 +104,22 @@ pub fn weight_hashes(model_dir: &Path) -> Result<Vec<HashedFile>, String> {
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json"))
         .collect();
     files.sort();
-    files.iter().map(|p| hashed(p)).collect()
+    files
+        .iter()
+        .map(|p| {
+            let name = p.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
+            Ok(HashedFile { path: name, sha256: sha256(p)? })
+        })
+        .collect()
 }
 
+fn sha256(p: &Path) -> Result<String, String> {
+    cola_assets::sha256_file_cached(p).map_err(|e| e.to_string())
+}
+
+/// A data file as the config records it (see [`cola_assets::portable_path`]).
 fn hashed(p: &Path) -> Result<HashedFile, String> {
-    Ok(HashedFile { path: p.display().to_string(), sha256: cola_assets::sha256_file_cached(p).map_err(|e| e.to_string())? })
+    Ok(HashedFile { path: cola_assets::portable_path(p), sha256: sha256(p)? })
 }
 
 /// Runs (or resumes) a search and writes the report. Returns the report and the run directory.
@@ -121,7 +132,7 @@ pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>)
             data.push(hashed(f)?);
         }
     }
-    let model_dir = model.dir.canonicalize().unwrap_or_else(|_| model.dir.clone());
+    let model_dir = &model.dir;
     let config = RunConfig {
         tasks: tasks.iter().map(|t| t.name.clone()).collect(),
         limit: req.selection.limit,
@@ -129,9 +140,9 @@ pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>)
         shard: req.selection.shard,
         seed: req.seed,
         settings: req.settings.clone(),
-        model_dir: model_dir.display().to_string(),
+        model_dir: cola_assets::portable_path(model_dir),
         num_layers,
-        weights: weight_hashes(&model_dir)?,
+        weights: weight_hashes(model_dir)?,
         data,
         backend: req.backend.clone(),
         versions: json!({"cola": env!("CARGO_PKG_VERSION"), "burn": "0.21.0"}),
@@ -152,9 +163,10 @@ pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>)
         pb.set_position((t.items.len() - todo.len()) as u64);
         let (mut right, mut fixed, mut shortened, mut finished) = (0, 0, 0, 0);
         for item in todo {
+            let started = std::time::Instant::now();
             let rec = search_item(&mut chain_model, item, &req.settings, req.seed)
                 .map_err(|e| format!("{} item {}: {e}", t.name, item.doc_id))?;
-            run.append(&rec).map_err(|e| e.to_string())?;
+            run.append(&rec, started.elapsed().as_secs_f64()).map_err(|e| e.to_string())?;
             finished += 1;
             right += rec.static_correct as usize;
             fixed += (!rec.static_correct && rec.best_correct) as usize;
@@ -166,7 +178,8 @@ pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>)
     }
     let records = run.finished().map_err(|e| e.to_string())?;
     let report = build_report(&records, num_layers);
-    write_report(&run.dir, &report, &[config], std::slice::from_ref(&run.dir)).map_err(|e| e.to_string())?;
+    let timings = read_timings(&run.dir);
+    write_report(&run.dir, &report, &records, &timings, &[config], std::slice::from_ref(&run.dir)).map_err(|e| e.to_string())?;
     Ok((report, run))
 }
 

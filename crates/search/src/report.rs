@@ -3,7 +3,7 @@
 //! shorter correct chain exists for samples the model gets right (finding 1); how often some
 //! chain fixes a sample it gets wrong (finding 2); which layers best chains skip or repeat.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +11,7 @@ use cola_executor::Chain;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::run::{RunConfig, RunError, write_atomic};
+use crate::run::{MergedRuns, RunConfig, RunError, merge_runs, write_atomic};
 use crate::sample::SampleRecord;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,7 +30,6 @@ pub struct TaskReport {
     pub fixed_by_mcts: usize,
     pub fixed_by_random: Option<usize>,
     pub mean_evaluations: f64,
-    pub mean_seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -85,7 +84,6 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
                 fixed_by_mcts: wrong.iter().filter(|r| r.best_correct).count(),
                 fixed_by_random: has_random.then(|| wrong.iter().filter(|r| r.random_best_correct == Some(true)).count()),
                 mean_evaluations: rs.iter().map(|r| r.evaluations as f64).sum::<f64>() / n.max(1) as f64,
-                mean_seconds: rs.iter().map(|r| r.seconds).sum::<f64>() / n.max(1) as f64,
             }
         })
         .collect();
@@ -129,12 +127,12 @@ fn opt<T: std::fmt::Display>(x: Option<T>) -> String {
 /// The table printed at the end of a run and at the top of report.md.
 pub fn render_table(report: &Report) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "| task | n | static acc | CoLa oracle acc | random acc (same budget) | right: shorter chain exists | mean / median shortest len | wrong: fixed by MCTS | wrong: fixed by random | evals/sample | s/sample |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| task | n | static acc | CoLa oracle acc | random acc (same budget) | right: shorter chain exists | mean / median shortest len | wrong: fixed by MCTS | wrong: fixed by random | evals/sample |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for t in &report.tasks {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {}/{} ({}) | {} / {} | {}/{} ({}) | {} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {}/{} ({}) | {} / {} | {}/{} ({}) | {} | {:.1} |",
             t.task,
             t.n,
             pct(t.static_accuracy),
@@ -150,14 +148,68 @@ pub fn render_table(report: &Report) -> String {
             pct(ratio(t.fixed_by_mcts, t.static_wrong)),
             t.fixed_by_random.map_or("-".into(), |f| format!("{f}/{} ({})", t.static_wrong, pct(ratio(f, t.static_wrong)))),
             t.mean_evaluations,
-            t.mean_seconds,
         );
     }
     s
 }
 
+/// Mean seconds per sample of each task, over the samples with a timing (timings live apart
+/// from the records: see `run::TIMINGS_FILE`). One line, for the end of a run and report.md.
+pub fn render_timing(records: &[SampleRecord], timings: &HashMap<(String, String), f64>) -> String {
+    let mut by_task: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    for r in records {
+        if let Some(s) = timings.get(&(r.task.clone(), r.doc_id.clone())) {
+            let e = by_task.entry(&r.task).or_default();
+            e.0 += s;
+            e.1 += 1;
+        }
+    }
+    if by_task.is_empty() {
+        return "Search time: not recorded.".into();
+    }
+    let parts: Vec<String> =
+        by_task.iter().map(|(task, (sum, n))| format!("{task} {:.1} s/sample ({n} timed)", sum / *n as f64)).collect();
+    format!("Search time: {}.", parts.join(", "))
+}
+
+/// `cargo xtask report`: merges finished run directories (shards of one run) and writes the
+/// report of the whole into `out_dir`, with the merged `samples.jsonl` when `out_dir` is none of
+/// the runs. Returns the report, the merged runs and the files written.
+pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRuns, Vec<PathBuf>), RunError> {
+    let merged = merge_runs(runs)?;
+    let Some(first) = merged.configs.first() else {
+        return Err(RunError::Invalid { path: out_dir.to_path_buf(), message: "no run directories given".into() });
+    };
+    if let Some((dir, other)) = runs.iter().zip(&merged.configs).find(|(_, c)| c.num_layers != first.num_layers) {
+        return Err(RunError::Invalid {
+            path: dir.clone(),
+            message: format!("a run of a {}-layer model, the first is of {} layers; report them separately", other.num_layers, first.num_layers),
+        });
+    }
+    let report = build_report(&merged.records, first.num_layers);
+    let mut files = write_report(out_dir, &report, &merged.records, &merged.timings, &merged.configs, runs)?;
+    // A directory of its own also gets the merged records (never a run's own samples.jsonl).
+    let same = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
+    if !runs.iter().any(|r| same(r, out_dir)) {
+        let lines: String = merged.records.iter().map(|r| serde_json::to_string(r).expect("record serializes") + "\n").collect();
+        let path = out_dir.join(crate::run::SAMPLES_FILE);
+        write_atomic(&path, lines.as_bytes())?;
+        files.push(path);
+    }
+    Ok((report, merged, files))
+}
+
 /// Writes `report.md`, `report.json` and the figures into `out_dir`; returns the files written.
-pub fn write_report(out_dir: &Path, report: &Report, configs: &[RunConfig], sources: &[PathBuf]) -> Result<Vec<PathBuf>, RunError> {
+/// Everything but the `Runs:` and `Search time:` lines of report.md depends only on the records
+/// and configs, so shards merged give the report of the run done whole.
+pub fn write_report(
+    out_dir: &Path,
+    report: &Report,
+    records: &[SampleRecord],
+    timings: &HashMap<(String, String), f64>,
+    configs: &[RunConfig],
+    sources: &[PathBuf],
+) -> Result<Vec<PathBuf>, RunError> {
     let mut files = Vec::new();
     let figures = write_figures(out_dir, report)?;
     let mut md = String::new();
@@ -183,6 +235,7 @@ pub fn write_report(out_dir: &Path, report: &Report, configs: &[RunConfig], sour
         );
     }
     md.push_str(&render_table(report));
+    let _ = writeln!(md, "\n{}", render_timing(records, timings));
     let _ = writeln!(md, "\nReward is the paper's oracle: a chain counts as correct when its answer matches the gold answer, so the CoLa accuracy shows that a good chain exists, not a deployable prediction.");
     let _ = writeln!(md, "\n- Finding 1 (paper: >75% of right samples have a shorter correct chain): the `right: shorter chain exists` column.");
     let _ = writeln!(md, "- Finding 2 (paper: >60% of wrong samples have a chain that gets them right): the `wrong: fixed by MCTS` column, next to random search with the same number of distinct evaluations.\n");
@@ -210,7 +263,7 @@ fn plot_err(path: &Path) -> impl Fn(String) -> RunError + use<> {
 }
 
 fn write_figures(out_dir: &Path, report: &Report) -> Result<Vec<PathBuf>, RunError> {
-    std::fs::create_dir_all(out_dir).map_err(|source| RunError::Io { path: out_dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(out_dir).map_err(|error| RunError::Io { path: out_dir.to_path_buf(), error })?;
     let hist_path = out_dir.join("best_chain_lengths.svg");
     let layers_path = out_dir.join("layer_skip_repeat.svg");
     let e = plot_err(&hist_path);
@@ -235,12 +288,15 @@ fn write_figures(out_dir: &Path, report: &Report) -> Result<Vec<PathBuf>, RunErr
             .y_desc("samples")
             .draw()
             .map_err(|x| e(x.to_string()))?;
+        // Bars drawn one by one in length order: plotters' `Histogram` sums through a HashMap,
+        // so its SVG comes out in a different order on every run.
         chart
-            .draw_series(
-                Histogram::vertical(&chart)
-                    .style(BLUE.filled())
-                    .data(report.best_length_histogram.iter().map(|(&l, &c)| (l as u32, c as u32))),
-            )
+            .draw_series(report.best_length_histogram.iter().map(|(&l, &c)| {
+                let (l, c) = (l as u32, c as u32);
+                let mut bar = Rectangle::new([(SegmentValue::Exact(l), c), (SegmentValue::Exact(l + 1), 0)], BLUE.filled());
+                bar.set_margin(0, 0, 5, 5);
+                bar
+            }))
             .map_err(|x| e(x.to_string()))?;
         root.present().map_err(|x| e(x.to_string()))?;
     }
@@ -300,7 +356,6 @@ mod tests {
             random_best_chain: None,
             random_best_len: None,
             random_evaluations: Some(10),
-            seconds: 2.0,
             chains: vec![],
         }
     }
@@ -334,11 +389,15 @@ mod tests {
     #[test]
     fn report_files_are_written() {
         let dir = tempfile::tempdir().unwrap();
-        let r = build_report(&[rec("t", true, Some("0,1,3"), true)], 4);
-        let files = write_report(dir.path(), &r, &[], &[]).unwrap();
+        let records = [rec("t", true, Some("0,1,3"), true)];
+        let r = build_report(&records, 4);
+        let timings = HashMap::from([(("t".to_string(), "0".to_string()), 2.5)]);
+        let files = write_report(dir.path(), &r, &records, &timings, &[], &[]).unwrap();
         assert_eq!(files.len(), 4);
         let svg = std::fs::read_to_string(dir.path().join("best_chain_lengths.svg")).unwrap();
         assert!(svg.contains("<svg"));
-        assert!(std::fs::read_to_string(dir.path().join("report.md")).unwrap().contains("| t | 1 |"));
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(md.contains("| t | 1 |"));
+        assert!(md.contains("Search time: t 2.5 s/sample (1 timed)."), "{md}");
     }
 }

@@ -1,9 +1,12 @@
 //! A search run on disk: `config.json` (every setting, model and data hashes, seed, versions),
-//! `samples.jsonl` (one line per finished sample, flushed and synced as it finishes) and the
-//! report. Running again on the same directory resumes; a torn last line (a process killed
-//! mid-write) is detected and dropped; a different config is refused unless forced.
+//! `samples.jsonl` (one line per finished sample, flushed and synced as it finishes),
+//! `timings.jsonl` (seconds per sample, kept apart so that the records of the same run are
+//! byte-identical however often it was interrupted), `run.lock` and the report. Running again on
+//! the same directory resumes; a torn last line (a process killed mid-write) is detected and
+//! dropped; a different config is refused unless forced; a second process on the directory is
+//! refused while the first holds the lock.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,14 +18,17 @@ use crate::sample::{SampleRecord, SearchSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    // The io error is part of the message, not a `source`, so `{:#}` chains print it once.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
+    #[error("{}: the run directory is in use by {holder}; wait for that process to finish or stop it (two writers would interleave records)", path.display())]
+    InUse { path: PathBuf, holder: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |source| RunError::Io { path: path.to_path_buf(), source }
+    move |error| RunError::Io { path: path.to_path_buf(), error }
 }
 
 /// `--shard K/N`: every N-th sample starting at K.
@@ -74,20 +80,69 @@ pub struct RunConfig {
     pub versions: Value,
 }
 
-/// An open run directory.
+/// An open run directory. It holds the directory's lock until dropped (the operating system
+/// releases it when the process dies, however it dies).
 pub struct RunDir {
     pub dir: PathBuf,
     samples_path: PathBuf,
+    timings_path: PathBuf,
+    _lock: File,
 }
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const SAMPLES_FILE: &str = "samples.jsonl";
+pub const TIMINGS_FILE: &str = "timings.jsonl";
+pub const LOCK_FILE: &str = "run.lock";
+
+/// Seconds a sample took, one line of timings.jsonl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleTiming {
+    pub task: String,
+    pub doc_id: String,
+    pub seconds: f64,
+}
+
+/// Takes `dir`'s lock (an advisory `flock`, so a crashed holder never leaves it stuck) and
+/// writes who holds it into the lock file, for the message the next process gets.
+fn lock(dir: &Path) -> Result<File, RunError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = if holder.trim().is_empty() { "another process".to_string() } else { holder.trim().to_string() };
+            return Err(RunError::InUse { path: dir.to_path_buf(), holder });
+        }
+        Err(fs::TryLockError::Error(error)) => return Err(RunError::Io { path, error }),
+    }
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "this machine".into(), |h| h.trim().to_string());
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    file.set_len(0).map_err(io_err(&path))?;
+    writeln!(file, "process {} on {host} (since unix time {since})", std::process::id()).map_err(io_err(&path))?;
+    Ok(file)
+}
+
+/// Appends a newline to `path` if its last byte is not one, so the next append starts a line.
+fn finish_line(path: &Path) -> Result<(), RunError> {
+    if fs::read(path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n')) {
+        let mut f = OpenOptions::new().append(true).open(path).map_err(io_err(path))?;
+        f.write_all(b"\n").map_err(io_err(path))?;
+    }
+    Ok(())
+}
 
 impl RunDir {
-    /// Opens (creating if needed) `dir` for `config`. An existing directory with another config
-    /// is refused unless `force`, which moves its samples aside and starts over.
+    /// Opens (creating if needed) `dir` for `config` and takes its lock. An existing directory
+    /// with another config is refused unless `force`, which moves its samples aside and starts
+    /// over.
     pub fn open(dir: &Path, config: &RunConfig, force: bool) -> Result<Self, RunError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if dir.exists() && !dir.is_dir() {
+            return Err(RunError::Invalid { path: dir.to_path_buf(), message: "is a file, not a run directory".into() });
+        }
+        fs::create_dir_all(dir)
+            .map_err(|e| RunError::Invalid { path: dir.to_path_buf(), message: format!("cannot create the run directory: {e}") })?;
+        let lock = lock(dir)?;
         let cfg_path = dir.join(CONFIG_FILE);
         let samples_path = dir.join(SAMPLES_FILE);
         let wanted = serde_json::to_value(config).expect("config serializes");
@@ -107,17 +162,20 @@ impl RunDir {
                         ),
                     });
                 }
-                if samples_path.exists() {
-                    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                    let aside = dir.join(format!("samples.jsonl.replaced-{stamp}"));
-                    fs::rename(&samples_path, &aside).map_err(io_err(&aside))?;
+                let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                for name in [SAMPLES_FILE, TIMINGS_FILE] {
+                    let old = dir.join(name);
+                    if old.exists() {
+                        let aside = dir.join(format!("{name}.replaced-{stamp}"));
+                        fs::rename(&old, &aside).map_err(io_err(&aside))?;
+                    }
                 }
             }
         }
         let tmp = dir.join("config.json.partial");
         fs::write(&tmp, serde_json::to_string_pretty(&wanted).expect("json")).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &cfg_path).map_err(io_err(&cfg_path))?;
-        Ok(RunDir { dir: dir.to_path_buf(), samples_path })
+        Ok(RunDir { dir: dir.to_path_buf(), samples_path, timings_path: dir.join(TIMINGS_FILE), _lock: lock })
     }
 
     /// Finished samples, after dropping a torn last line (which is also cut from the file, so
@@ -127,11 +185,11 @@ impl RunDir {
         if let Some(len) = good_len {
             let f = OpenOptions::new().write(true).open(&self.samples_path).map_err(io_err(&self.samples_path))?;
             f.set_len(len).map_err(io_err(&self.samples_path))?;
-        } else if fs::read(&self.samples_path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n')) {
+        } else {
             // A whole last record whose newline never made it to disk: finish the line.
-            let mut f = OpenOptions::new().append(true).open(&self.samples_path).map_err(io_err(&self.samples_path))?;
-            f.write_all(b"\n").map_err(io_err(&self.samples_path))?;
+            finish_line(&self.samples_path)?;
         }
+        finish_line(&self.timings_path)?;
         Ok(records)
     }
 
@@ -139,18 +197,34 @@ impl RunDir {
         Ok(self.finished()?.into_iter().map(|r| (r.task, r.doc_id)).collect())
     }
 
-    /// Appends one sample as one line, flushed and synced before returning.
-    pub fn append(&self, record: &SampleRecord) -> Result<(), RunError> {
-        let mut line = serde_json::to_string(record).expect("record serializes");
-        line.push('\n');
-        let mut f = OpenOptions::new().create(true).append(true).open(&self.samples_path).map_err(io_err(&self.samples_path))?;
-        f.write_all(line.as_bytes()).map_err(io_err(&self.samples_path))?;
-        f.sync_data().map_err(io_err(&self.samples_path))
+    /// Appends one sample as one line, flushed and synced before returning, and then its time
+    /// to timings.jsonl.
+    pub fn append(&self, record: &SampleRecord, seconds: f64) -> Result<(), RunError> {
+        append_line(&self.samples_path, record)?;
+        append_line(&self.timings_path, &SampleTiming { task: record.task.clone(), doc_id: record.doc_id.clone(), seconds })
     }
 
     pub fn samples_path(&self) -> &Path {
         &self.samples_path
     }
+}
+
+fn append_line(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
+    let mut line = serde_json::to_string(value).expect("record serializes");
+    line.push('\n');
+    let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
+    f.write_all(line.as_bytes()).map_err(io_err(path))?;
+    f.sync_data().map_err(io_err(path))
+}
+
+/// Seconds per sample from `dir`'s timings.jsonl, by (task, doc_id). Timings are informational:
+/// lines that do not parse (a torn last line) are left out, a missing file is empty.
+pub fn read_timings(dir: &Path) -> HashMap<(String, String), f64> {
+    let text = fs::read_to_string(dir.join(TIMINGS_FILE)).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<SampleTiming>(l).ok())
+        .map(|t| ((t.task, t.doc_id), t.seconds))
+        .collect()
 }
 
 /// A short description of which top-level settings differ.
@@ -208,25 +282,48 @@ pub fn read_samples(path: &Path) -> Result<(Vec<SampleRecord>, Option<u64>), Run
     Ok((records, None))
 }
 
-/// Records of several run directories (shards), deduplicated by (task, doc_id), in order.
-pub fn merge_runs(dirs: &[PathBuf]) -> Result<(Vec<SampleRecord>, Vec<RunConfig>), RunError> {
+/// Finished run directories read together: shards of one run merge into the run done whole.
+pub struct MergedRuns {
+    /// Deduplicated by (task, doc_id), in the order the whole run would have written them
+    /// (tasks in order, then item position; shard K/N wrote positions K, K+N, ...).
+    pub records: Vec<SampleRecord>,
+    pub configs: Vec<RunConfig>,
+    pub timings: HashMap<(String, String), f64>,
+}
+
+pub fn merge_runs(dirs: &[PathBuf]) -> Result<MergedRuns, RunError> {
     let mut seen = HashSet::new();
-    let mut records = Vec::new();
+    let mut keyed = Vec::new();
     let mut configs = Vec::new();
-    for dir in dirs {
+    let mut timings = HashMap::new();
+    let mut task_order: Vec<String> = Vec::new();
+    for (d, dir) in dirs.iter().enumerate() {
         let cfg_path = dir.join(CONFIG_FILE);
         let text = fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
         let cfg: RunConfig = serde_json::from_str(&text)
             .map_err(|e| RunError::Invalid { path: cfg_path.clone(), message: format!("not a run config: {e}") })?;
-        configs.push(cfg);
-        let (recs, _) = read_samples(&dir.join(SAMPLES_FILE))?;
-        for r in recs {
-            if seen.insert((r.task.clone(), r.doc_id.clone())) {
-                records.push(r);
+        for t in &cfg.tasks {
+            if !task_order.contains(t) {
+                task_order.push(t.clone());
             }
         }
+        let shard = cfg.shard.unwrap_or(Shard { index: 0, count: 1 });
+        configs.push(cfg);
+        let (recs, _) = read_samples(&dir.join(SAMPLES_FILE))?;
+        let mut per_task: HashMap<String, usize> = HashMap::new();
+        for r in recs {
+            let j = per_task.entry(r.task.clone()).or_default();
+            let position = shard.index + *j * shard.count;
+            *j += 1;
+            if seen.insert((r.task.clone(), r.doc_id.clone())) {
+                let task = task_order.iter().position(|t| *t == r.task).unwrap_or(usize::MAX);
+                keyed.push(((task, position, d), r));
+            }
+        }
+        timings.extend(read_timings(dir));
     }
-    Ok((records, configs))
+    keyed.sort_by_key(|(k, _)| *k);
+    Ok(MergedRuns { records: keyed.into_iter().map(|(_, r)| r).collect(), configs, timings })
 }
 
 /// Creates `path`'s parent and writes `text` atomically.
@@ -263,7 +360,6 @@ mod tests {
             random_best_chain: None,
             random_best_len: None,
             random_evaluations: None,
-            seconds: 0.1,
             chains: vec![],
         }
     }

@@ -2,8 +2,6 @@
 //! chain's answer is correct, the paper's oracle setting), and the random baseline at the same
 //! number of distinct evaluations.
 
-use std::time::Instant;
-
 use cola_model::LayerOps;
 use cola_eval::{EvalError, Item, ItemResult, ScoringMode, ScoringOptions, score_item_variants};
 use cola_executor::Chain;
@@ -131,7 +129,6 @@ pub struct SampleRecord {
     pub random_best_len: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub random_evaluations: Option<usize>,
-    pub seconds: f64,
     /// Every chain MCTS evaluated, in order.
     pub chains: Vec<ChainRecord>,
 }
@@ -176,7 +173,6 @@ pub fn search_item<B: LayerOps>(
     settings: &SearchSettings,
     seed: u64,
 ) -> Result<SampleRecord, EvalError> {
-    let started = Instant::now();
     let n = model.loaded().executor.num_layers();
     let sample_id = format!("{}/{}", item.task, item.doc_id);
     model.clear_cache();
@@ -233,7 +229,6 @@ pub fn search_item<B: LayerOps>(
         random_best_len: random_best.as_ref().and_then(|b| b.as_ref().map(|b| b.1)),
         random_best_chain: random_best.and_then(|b| b.map(|b| b.0)),
         random_evaluations: random.as_ref().map(|r| r.evaluations()),
-        seconds: started.elapsed().as_secs_f64(),
         chains: mcts
             .evaluated
             .iter()
