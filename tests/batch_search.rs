@@ -45,7 +45,8 @@ fn records(s: &Setup, mode: ScoringMode, batch: usize, run: &str) -> Vec<Value> 
 #[test]
 fn batch_of_one_gives_the_records_of_the_one_at_a_time_search() {
     let s = setup();
-    let golden: Vec<Value> = include_str!("golden/k1_records.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let golden: Vec<Value> =
+        include_str!("golden/k1_records.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for mode in MODES {
         let want: Vec<&Value> = golden.iter().filter(|g| g["scoring"] == mode.name()).map(|g| &g["record"]).collect();
         assert_eq!(want.len(), 3, "golden records for {mode}");
@@ -68,8 +69,13 @@ fn batched_search_is_deterministic_and_its_records_rescore() {
             assert!(chains.len() > 5, "{mode}: only {} chains evaluated", chains.len());
             for c in chains {
                 let chain = Chain::parse(c["chain"].as_str().unwrap()).unwrap();
-                let again = cola_search::driver::rescore(&s.model, item, &chain, &scoring).unwrap();
-                assert_eq!(again.prediction.as_deref(), c["prediction"].as_str(), "{mode}: chain {chain} of {}", item.doc_id);
+                let again = cola_search::runs::rescore(&s.model, item, &chain, &scoring).unwrap();
+                assert_eq!(
+                    again.prediction.as_deref(),
+                    c["prediction"].as_str(),
+                    "{mode}: chain {chain} of {}",
+                    item.doc_id
+                );
                 assert_eq!(again.correct as u8 as f64, c["reward"].as_f64().unwrap());
             }
         }

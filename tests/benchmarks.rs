@@ -18,9 +18,15 @@ fn multiple_choice_tasks_have_their_published_sizes() {
         let ids: Vec<u64> = r.items.iter().map(|i| i.doc_id.parse().unwrap()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{task}: items ordered by doc_id");
         for item in &r.items {
-            let ItemKind::MultipleChoice { query, question, choices, gold } = &item.kind else { panic!("{task}: not multiple choice") };
+            let ItemKind::MultipleChoice { query, question, choices, gold } = &item.kind else {
+                panic!("{task}: not multiple choice")
+            };
             assert!(*gold < choices.len() && (3..=5).contains(&choices.len()), "{task} {}", item.doc_id);
-            assert!(query.starts_with(&format!("Question: {question}\n A. ")) && query.ends_with("\nAnswer:"), "{task} {}: {query:?}", item.doc_id);
+            assert!(
+                query.starts_with(&format!("Question: {question}\n A. ")) && query.ends_with("\nAnswer:"),
+                "{task} {}: {query:?}",
+                item.doc_id
+            );
         }
     }
 }
@@ -31,15 +37,26 @@ fn math_levels_partition_the_5000_problems() {
     let all = load_task(&dir, Task::Math { level: None }, None).unwrap();
     assert_eq!(all.items.len(), 5000);
     assert!(all.skipped.is_empty(), "{:?}", all.skipped);
-    let per_level: Vec<usize> = (1..=5).map(|l| load_task(&dir, Task::Math { level: Some(l) }, None).unwrap().items.len()).collect();
+    let per_level: Vec<usize> =
+        (1..=5).map(|l| load_task(&dir, Task::Math { level: Some(l) }, None).unwrap().items.len()).collect();
     assert_eq!(per_level.iter().sum::<usize>(), 5000, "{per_level:?}");
     assert!(per_level.iter().all(|&n| n > 400), "{per_level:?}");
-    let per_subject: usize = MATH_SUBJECTS.iter().map(|s| load_task(&dir, Task::Math { level: None }, Some(s)).unwrap().items.len()).sum();
+    let per_subject: usize =
+        MATH_SUBJECTS.iter().map(|s| load_task(&dir, Task::Math { level: None }, Some(s)).unwrap().items.len()).sum();
     assert_eq!(per_subject, 5000);
     let l3 = load_task(&dir, Task::Math { level: Some(3) }, Some("algebra")).unwrap();
-    assert!(l3.items.iter().all(|i| matches!(&i.kind, ItemKind::Math { level: Some(3), subject: Some(s), .. } if s == "algebra")));
+    assert!(
+        l3.items
+            .iter()
+            .all(|i| matches!(&i.kind, ItemKind::Math { level: Some(3), subject: Some(s), .. } if s == "algebra"))
+    );
     assert!(l3.items[0].doc_id.starts_with("algebra/"));
-    assert!(load_task(&dir, Task::Math { level: None }, Some("astrology")).unwrap_err().to_string().contains("unknown MATH subject"));
+    assert!(
+        load_task(&dir, Task::Math { level: None }, Some("astrology"))
+            .unwrap_err()
+            .to_string()
+            .contains("unknown MATH subject")
+    );
 }
 
 #[test]

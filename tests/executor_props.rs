@@ -220,7 +220,11 @@ fn reference_ops_match_fused_cpu_kernels() {
             let chain = Chain::new(layers);
             let fused = exec.all_logits(&exec.run(&chain, &ids).unwrap());
             let reference = with_reference_ops(|| exec.all_logits(&exec.run(&chain, &ids).unwrap()));
-            assert!(max_abs_diff(&fused, &reference) < 1e-4, "{arch} {chain}: prefill differs by {}", max_abs_diff(&fused, &reference));
+            assert!(
+                max_abs_diff(&fused, &reference) < 1e-4,
+                "{arch} {chain}: prefill differs by {}",
+                max_abs_diff(&fused, &reference)
+            );
             let state = exec.run(&chain, &ids).unwrap();
             let f = exec.last_logits(&exec.append(&state, &[5, 6]).unwrap());
             let r = with_reference_ops(|| exec.last_logits(&exec.append(&state, &[5, 6]).unwrap()));
@@ -326,7 +330,10 @@ fn shared_prefixes_in_a_batch_are_computed_once() {
     let (exec, _) = tiny_executor(&config, 2);
     let ids = [5u32, 9, 13, 2];
     let mut cache = cola_executor::PrefixCache::new(exec.start(&ids).unwrap(), 1 << 30);
-    let chains: Vec<Chain> = [vec![0, 1, 2, 3], vec![0, 1, 2, 2, 3], vec![0, 1, 3], vec![0, 1, 2, 3, 3]].into_iter().map(Chain::new).collect();
+    let chains: Vec<Chain> = [vec![0, 1, 2, 3], vec![0, 1, 2, 2, 3], vec![0, 1, 3], vec![0, 1, 2, 3, 3]]
+        .into_iter()
+        .map(Chain::new)
+        .collect();
     exec.run_batch_cached(&mut cache, &chains).unwrap();
     // Distinct non-empty prefixes: [0], [0,1], [0,1,2], [0,1,2,3], [0,1,2,2], [0,1,2,2,3], [0,1,3], [0,1,2,3,3].
     assert_eq!(cache.stats().computed_steps, 8);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cola_eval::load_user_jsonl;
 use cola_executor::backend::Cpu;
 use cola_executor::{Chain, LoadedChainModel};
-use cola_search::run::{RunDir, read_samples};
+use cola_search::run_dir::{RunDir, read_samples};
 use cola_tests::{tiny_search_request, write_tiny_model_dir, write_tiny_task};
 use serde_json::Value;
 
@@ -33,14 +33,25 @@ fn search_records_are_complete_and_honest() {
     let req = tiny_search_request(&data, &out, LAYERS);
     let (report, run) = cola_search::run_search(&req, &model).unwrap();
     assert_eq!(report.tasks[0].n, 5);
-    for f in ["config.json", "samples.jsonl", "report.md", "report.json", "best_chain_lengths.svg", "layer_skip_repeat.svg"] {
+    for f in
+        ["config.json", "samples.jsonl", "report.md", "report.json", "best_chain_lengths.svg", "layer_skip_repeat.svg"]
+    {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let text = std::fs::read_to_string(run.samples_path()).unwrap();
     let items = load_user_jsonl(&data, "tiny").unwrap().items;
     for (line, item) in text.lines().zip(&items) {
         let v: Value = serde_json::from_str(line).unwrap();
-        for key in ["task", "doc_id", "static_correct", "best_chain", "best_len", "best_correct", "evaluations", "random_best_correct"] {
+        for key in [
+            "task",
+            "doc_id",
+            "static_correct",
+            "best_chain",
+            "best_len",
+            "best_correct",
+            "evaluations",
+            "random_best_correct",
+        ] {
             assert!(v.get(key).is_some(), "field {key} missing in {line}");
         }
         assert_eq!(v["doc_id"], item.doc_id.as_str());
@@ -48,24 +59,32 @@ fn search_records_are_complete_and_honest() {
         // Re-evaluate the recorded chains from scratch (no cache) and compare predictions.
         for c in v["chains"].as_array().unwrap() {
             let chain = Chain::parse(c["chain"].as_str().unwrap()).unwrap();
-            let again = cola_search::driver::rescore(&model, item, &chain, &req.settings.scoring).unwrap();
+            let again = cola_search::runs::rescore(&model, item, &chain, &req.settings.scoring).unwrap();
             assert_eq!(again.prediction.as_deref(), c["prediction"].as_str(), "chain {chain} of {}", item.doc_id);
             assert_eq!(again.correct as u8 as f64, c["reward"].as_f64().unwrap());
         }
         if let Some(best) = v["best_chain"].as_str() {
-            let again = cola_search::driver::rescore(&model, item, &Chain::parse(best).unwrap(), &req.settings.scoring).unwrap();
+            let again =
+                cola_search::runs::rescore(&model, item, &Chain::parse(best).unwrap(), &req.settings.scoring).unwrap();
             assert!(again.correct, "recorded best chain {best} is not correct on re-evaluation");
             assert_eq!(again.prediction.as_deref(), v["best_prediction"].as_str());
             // It is the shortest correct chain among those evaluated.
-            let shortest = v["chains"].as_array().unwrap().iter().filter(|c| c["reward"] == 1.0).map(|c| c["length"].as_u64().unwrap()).min();
+            let shortest = v["chains"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["reward"] == 1.0)
+                .map(|c| c["length"].as_u64().unwrap())
+                .min();
             assert_eq!(v["best_len"].as_u64(), shortest);
         }
         // The static prediction is the identity chain's.
-        let identity = cola_search::driver::rescore(&model, item, &Chain::identity(LAYERS), &req.settings.scoring).unwrap();
+        let identity =
+            cola_search::runs::rescore(&model, item, &Chain::identity(LAYERS), &req.settings.scoring).unwrap();
         assert_eq!(identity.correct, v["static_correct"].as_bool().unwrap());
     }
     // Timings are kept apart, one per sample.
-    let timings = cola_search::run::read_timings(&out);
+    let timings = cola_search::run_dir::read_timings(&out);
     assert_eq!(timings.len(), 5);
     assert!(timings.values().all(|&s| s > 0.0));
     // Same command, same directory: nothing is redone.
@@ -73,7 +92,8 @@ fn search_records_are_complete_and_honest() {
     let again = cola_search::run_search(&req, &model).unwrap().1;
     assert_eq!(std::fs::read_to_string(again.samples_path()).unwrap(), text);
     // The same run in another directory writes the same bytes.
-    let other = cola_search::run_search(&tiny_search_request(&data, &dir.path().join("other"), LAYERS), &model).unwrap().1;
+    let other =
+        cola_search::run_search(&tiny_search_request(&data, &dir.path().join("other"), LAYERS), &model).unwrap().1;
     assert_eq!(std::fs::read_to_string(other.samples_path()).unwrap(), text);
 }
 
@@ -142,7 +162,8 @@ fn runs_killed_at_several_moments_resume_to_the_same_bytes() {
     // spread, fixed so that a failure can be rerun), several times over the same run.
     let mut kills = 0;
     for (lines, extra_ms) in [(2, 0), (5, 7), (9, 23), (13, 3), (18, 41)] {
-        kills += kill_after(bin, [&model_dir, &data, &killed], &samples, lines, Duration::from_millis(extra_ms)) as usize;
+        kills +=
+            kill_after(bin, [&model_dir, &data, &killed], &samples, lines, Duration::from_millis(extra_ms)) as usize;
         if lines == 9 {
             // The worst moment too: a half-written last line.
             let mut bytes = std::fs::read(&samples).unwrap();
@@ -154,14 +175,14 @@ fn runs_killed_at_several_moments_resume_to_the_same_bytes() {
     let status = Command::new(bin).arg(&model_dir).arg(&data).arg(&killed).status().unwrap();
     assert!(status.success());
     let got = std::fs::read(&samples).unwrap();
-    let ids: Vec<String> =
-        read_samples(&samples).unwrap().0.into_iter().map(|r| r.doc_id).collect();
+    let ids: Vec<String> = read_samples(&samples).unwrap().0.into_iter().map(|r| r.doc_id).collect();
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 24, "every sample exactly once: {ids:?}");
     assert!(got == want, "resumed samples.jsonl differs from the uninterrupted run's");
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(killed.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(killed.join("config.json")).unwrap()).unwrap();
     assert!(RunDir::open(&killed, &serde_json::from_value(config).unwrap(), false).is_ok());
 }
 
@@ -192,7 +213,8 @@ fn three_shards_merged_by_report_equal_the_run_done_whole() {
     let (_, merged, _) = cola_search::report::report_runs(&listed, &merged_dir).unwrap();
     assert_eq!(merged.records.len(), 8);
     for f in ["samples.jsonl", "report.json", "best_chain_lengths.svg", "layer_skip_repeat.svg"] {
-        let (a, b) = (std::fs::read_to_string(merged_dir.join(f)).unwrap(), std::fs::read_to_string(whole.join(f)).unwrap());
+        let (a, b) =
+            (std::fs::read_to_string(merged_dir.join(f)).unwrap(), std::fs::read_to_string(whole.join(f)).unwrap());
         let first = a.lines().zip(b.lines()).find(|(x, y)| x != y);
         assert!(a == b, "{f} differs; first differing lines: {first:?}");
     }

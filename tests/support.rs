@@ -168,7 +168,8 @@ pub fn reference_logits(config: &ModelConfig, w: &dyn WeightSource, chain: &[usi
 
 /// GPT-2's byte -> printable character table (the byte-level BPE alphabet).
 fn byte_level_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = ('!' as u32..='~' as u32).chain('¡' as u32..='¬' as u32).chain('®' as u32..='ÿ' as u32).collect();
+    let mut bs: Vec<u32> =
+        ('!' as u32..='~' as u32).chain('¡' as u32..='¬' as u32).chain('®' as u32..='ÿ' as u32).collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256 {

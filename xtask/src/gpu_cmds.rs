@@ -65,14 +65,18 @@ pub struct RandomModelArgs {
 
 fn shape_config(shape: &str) -> Result<ModelConfig> {
     let json = match shape {
-        "llama-3.2-1b" => r#"{"model_type":"llama","hidden_size":2048,"intermediate_size":8192,"num_hidden_layers":16,
+        "llama-3.2-1b" => {
+            r#"{"model_type":"llama","hidden_size":2048,"intermediate_size":8192,"num_hidden_layers":16,
             "num_attention_heads":32,"num_key_value_heads":8,"head_dim":64,"vocab_size":128256,"rms_norm_eps":1e-5,
             "rope_theta":500000.0,"max_position_embeddings":131072,"tie_word_embeddings":true,
             "rope_scaling":{"rope_type":"llama3","factor":32.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
-            "original_max_position_embeddings":8192},"bos_token_id":128000,"eos_token_id":128001}"#,
-        "smollm2-135m" => r#"{"model_type":"llama","hidden_size":576,"intermediate_size":1536,"num_hidden_layers":30,
+            "original_max_position_embeddings":8192},"bos_token_id":128000,"eos_token_id":128001}"#
+        }
+        "smollm2-135m" => {
+            r#"{"model_type":"llama","hidden_size":576,"intermediate_size":1536,"num_hidden_layers":30,
             "num_attention_heads":9,"num_key_value_heads":3,"vocab_size":49152,"rms_norm_eps":1e-5,
-            "rope_theta":100000.0,"max_position_embeddings":8192,"tie_word_embeddings":true}"#,
+            "rope_theta":100000.0,"max_position_embeddings":8192,"tie_word_embeddings":true}"#
+        }
         other => bail!("unknown shape `{other}` (llama-3.2-1b, smollm2-135m)"),
     };
     Ok(ModelConfig::from_json_str(json)?)

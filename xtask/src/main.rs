@@ -82,7 +82,10 @@ impl ModelArgs {
     /// The model directory to use, fetching the default one if none was given.
     pub fn model_dir(&self) -> Result<PathBuf> {
         match &self.model {
-            Some(dir) if !dir.is_dir() => bail!("--model {}: no such directory (a model directory in HF layout; see `import-gguf` for GGUF files)", dir.display()),
+            Some(dir) if !dir.is_dir() => bail!(
+                "--model {}: no such directory (a model directory in HF layout; see `import-gguf` for GGUF files)",
+                dir.display()
+            ),
             Some(dir) => Ok(dir.clone()),
             None => Ok(cola_assets::ensure()?.model_dir),
         }
@@ -101,18 +104,21 @@ pub fn load_model<B: LayerOps>(dir: &Path, device: B::Device) -> Result<LoadedCh
 }
 
 fn main() {
+    // `COLA_LOG=debug` (or `cola_search=info`, ...) prints each span as it closes with its
+    // busy and idle time: model loading, samples, evaluation batches, prefill and decode.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("COLA_LOG"))
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    if let Err(e) = execute(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Assets => {
             let a = cola_assets::ensure()?;
@@ -134,10 +140,10 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Test(args) => test_cmd::run(args),
+        Command::Test(args) => test_cmd::test(args),
         Command::Parity(args) => gpu_cmds::parity(args),
         Command::RandomModel(args) => gpu_cmds::random_model(args),
-        Command::Bench(args) => bench_cmd::run(args),
+        Command::Bench(args) => bench_cmd::bench(args),
         Command::Eval(args) => search_cmds::eval(args),
         Command::Search(args) => search_cmds::search(args),
         Command::Report(args) => search_cmds::report_cmd(args),

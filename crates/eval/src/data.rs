@@ -40,7 +40,18 @@ pub enum ItemKind {
         answer: String,
         level: Option<u8>,
         subject: Option<String>,
+        /// How the answer is read from a generation.
+        form: AnswerForm,
     },
+}
+
+/// Where a generated math answer is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerForm {
+    /// The last `\boxed{}` (MATH and user files; the prompt asks for one).
+    Boxed,
+    /// `\boxed{}`, else `#### N`, else the last number (GSM8K).
+    FinalNumber,
 }
 
 /// One benchmark question.
@@ -73,7 +84,9 @@ pub enum Task {
     ArcEasy,
     ArcChallenge,
     /// MATH test set (5000 problems), optionally one difficulty level.
-    Math { level: Option<u8> },
+    Math {
+        level: Option<u8>,
+    },
     Math500,
     Gsm8k,
     Csqa,
@@ -81,7 +94,8 @@ pub enum Task {
 }
 
 impl Task {
-    pub const NAMES: &'static str = "arc-easy, arc-challenge, math, math-l1 .. math-l5, math-500, gsm8k, csqa, openbookqa";
+    pub const NAMES: &'static str =
+        "arc-easy, arc-challenge, math, math-l1 .. math-l5, math-500, gsm8k, csqa, openbookqa";
 
     pub fn name(self) -> String {
         match self {
@@ -208,15 +222,27 @@ pub fn load_task(data_dir: &Path, task: Task, subject: Option<&str>) -> Result<L
         return Err(EvalError::Invalid(format!("--subject applies to MATH tasks only, not {task}")));
     }
     match task {
-        Task::ArcEasy => load_mc(&file("arc_easy", "test_mc_5shot"), &file("arc_easy", "test_rc_5shot"), task, &mut report)?,
-        Task::ArcChallenge => load_mc(&file("arc_challenge", "test_mc_5shot"), &file("arc_challenge", "test_rc_5shot"), task, &mut report)?,
+        Task::ArcEasy => {
+            load_mc(&file("arc_easy", "test_mc_5shot"), &file("arc_easy", "test_rc_5shot"), task, &mut report)?
+        }
+        Task::ArcChallenge => load_mc(
+            &file("arc_challenge", "test_mc_5shot"),
+            &file("arc_challenge", "test_rc_5shot"),
+            task,
+            &mut report,
+        )?,
         Task::Csqa => load_mc(&file("csqa", "mc_5shot"), &file("csqa", "rc_5shot"), task, &mut report)?,
-        Task::OpenBookQa => load_mc(&file("openbookqa", "test_mc_5shot"), &file("openbookqa", "test_rc_5shot"), task, &mut report)?,
+        Task::OpenBookQa => {
+            load_mc(&file("openbookqa", "test_mc_5shot"), &file("openbookqa", "test_rc_5shot"), task, &mut report)?
+        }
         Task::Math { level } => {
             let subjects: Vec<&str> = match subject {
                 Some(s) if MATH_SUBJECTS.contains(&s) => vec![s],
                 Some(s) => {
-                    return Err(EvalError::Invalid(format!("unknown MATH subject `{s}` (known: {})", MATH_SUBJECTS.join(", "))));
+                    return Err(EvalError::Invalid(format!(
+                        "unknown MATH subject `{s}` (known: {})",
+                        MATH_SUBJECTS.join(", ")
+                    )));
                 }
                 None => MATH_SUBJECTS.to_vec(),
             };
@@ -234,7 +260,13 @@ pub fn load_task(data_dir: &Path, task: Task, subject: Option<&str>) -> Result<L
                     (Some(q), Some(a)) if !a.trim().is_empty() => report.items.push(Item {
                         task: task.name(),
                         doc_id: id.to_string(),
-                        kind: ItemKind::Math { problem: q.to_string(), answer: a.trim().to_string(), level: None, subject: None },
+                        kind: ItemKind::Math {
+                            problem: q.to_string(),
+                            answer: a.trim().to_string(),
+                            level: None,
+                            subject: None,
+                            form: AnswerForm::FinalNumber,
+                        },
                     }),
                     _ => report.skipped.push(format!("{where_}: no question or no `short_answer`")),
                 }
@@ -253,7 +285,13 @@ fn math_level(v: Option<&Value>) -> Option<u8> {
     }
 }
 
-fn load_math(path: &Path, task: Task, subject: Option<&str>, level: Option<u8>, report: &mut LoadReport) -> Result<(), EvalError> {
+fn load_math(
+    path: &Path,
+    task: Task,
+    subject: Option<&str>,
+    level: Option<u8>,
+    report: &mut LoadReport,
+) -> Result<(), EvalError> {
     for (id, doc) in olmo_docs(path, report)? {
         let where_ = format!("{} (doc_id {id})", path.display());
         let (Some(problem), Some(answer)) = (str_field(&doc, "problem"), str_field(&doc, "answer")) else {
@@ -286,6 +324,7 @@ fn load_math(path: &Path, task: Task, subject: Option<&str>, level: Option<u8>, 
                 answer: answer.to_string(),
                 level: item_level,
                 subject: subject.map(str::to_string),
+                form: AnswerForm::Boxed,
             },
         });
     }
@@ -319,7 +358,12 @@ fn load_mc(mc_path: &Path, rc_path: &Path, task: Task, report: &mut LoadReport) 
             (Some(q), Some(c), Some(g)) if g < c.len() && c.len() >= 2 => report.items.push(Item {
                 task: task.name(),
                 doc_id: id.to_string(),
-                kind: ItemKind::MultipleChoice { query: query.to_string(), question: q.to_string(), choices: c, gold: g },
+                kind: ItemKind::MultipleChoice {
+                    query: query.to_string(),
+                    question: q.to_string(),
+                    choices: c,
+                    gold: g,
+                },
             }),
             (None, ..) => report.skipped.push(format!("{where_}: query is not of the form `Question: ...\\nAnswer:`")),
             (_, None, _) => report.skipped.push(format!("{where_}: choices missing or not strings")),
@@ -358,7 +402,8 @@ pub fn load_user_jsonl(path: &Path, task: &str) -> Result<LoadReport, EvalError>
         };
         let kind = match v.get("choices") {
             Some(Value::Array(cs)) => {
-                let Some(choices) = cs.iter().map(|c| c.as_str().map(str::to_string)).collect::<Option<Vec<_>>>() else {
+                let Some(choices) = cs.iter().map(|c| c.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()
+                else {
                     report.skipped.push(format!("{where_}: `choices` must be strings"));
                     continue;
                 };
@@ -373,7 +418,9 @@ pub fn load_user_jsonl(path: &Path, task: &str) -> Result<LoadReport, EvalError>
                         choices.iter().position(|c| c.trim() == s).or_else(|| {
                             let mut chars = s.chars();
                             match (chars.next(), chars.next()) {
-                                (Some(c), None) if c.is_ascii_alphabetic() => Some((c.to_ascii_uppercase() as u8 - b'A') as usize),
+                                (Some(c), None) if c.is_ascii_alphabetic() => {
+                                    Some((c.to_ascii_uppercase() as u8 - b'A') as usize)
+                                }
                                 _ => None,
                             }
                         })
@@ -388,7 +435,9 @@ pub fn load_user_jsonl(path: &Path, task: &str) -> Result<LoadReport, EvalError>
                         gold: g,
                     },
                     _ => {
-                        report.skipped.push(format!("{where_}: `answer` must be a choice index, letter or choice text"));
+                        report
+                            .skipped
+                            .push(format!("{where_}: `answer` must be a choice index, letter or choice text"));
                         continue;
                     }
                 }
@@ -410,15 +459,26 @@ pub fn load_user_jsonl(path: &Path, task: &str) -> Result<LoadReport, EvalError>
                     report.skipped.push(format!("{where_}: {e}"));
                     continue;
                 }
-                ItemKind::Math { problem: question.to_string(), answer, level: None, subject: None }
+                ItemKind::Math {
+                    problem: question.to_string(),
+                    answer,
+                    level: None,
+                    subject: None,
+                    form: AnswerForm::Boxed,
+                }
             }
         };
         report.items.push(Item { task: task.to_string(), doc_id: id, kind });
     }
     // A file with nothing usable would otherwise score as 0/0 and look like a result.
     if report.items.is_empty() {
-        let first = report.skipped.first().map_or("the file has no JSON lines".to_string(), |s| format!("first problem: {s}"));
-        return Err(EvalError::Invalid(format!("{}: no usable items ({} lines skipped; {first})", path.display(), report.skipped.len())));
+        let first =
+            report.skipped.first().map_or("the file has no JSON lines".to_string(), |s| format!("first problem: {s}"));
+        return Err(EvalError::Invalid(format!(
+            "{}: no usable items ({} lines skipped; {first})",
+            path.display(),
+            report.skipped.len()
+        )));
     }
     Ok(report)
 }
@@ -429,7 +489,9 @@ mod tests {
 
     #[test]
     fn task_names_round_trip() {
-        for name in ["arc-easy", "arc-challenge", "math", "math-l1", "math-l5", "math-500", "gsm8k", "csqa", "openbookqa"] {
+        for name in
+            ["arc-easy", "arc-challenge", "math", "math-l1", "math-l5", "math-500", "gsm8k", "csqa", "openbookqa"]
+        {
             assert_eq!(name.parse::<Task>().unwrap().name(), name);
         }
         assert!("math-l6".parse::<Task>().is_err());
@@ -443,13 +505,19 @@ mod tests {
         std::fs::write(
             &path,
             concat!(
-                r#"{"id": "a", "question": "2+2?", "choices": ["3", "4"], "answer": "B"}"#, "\n",
-                r#"{"question": "x", "choices": ["p", "q"], "answer": "q"}"#, "\n",
+                r#"{"id": "a", "question": "2+2?", "choices": ["3", "4"], "answer": "B"}"#,
+                "\n",
+                r#"{"question": "x", "choices": ["p", "q"], "answer": "q"}"#,
+                "\n",
                 "not json\n",
-                r#"{"id": "d", "question": "1/2 as decimal?", "answer": "0.5"}"#, "\n",
-                r#"{"id": "e", "question": "?", "choices": ["p", "q"], "answer": 7}"#, "\n",
-                r#"{"id": "a", "question": "dup", "answer": "1"}"#, "\n",
-                r#"{"id": "g", "answer": "1"}"#, "\n",
+                r#"{"id": "d", "question": "1/2 as decimal?", "answer": "0.5"}"#,
+                "\n",
+                r#"{"id": "e", "question": "?", "choices": ["p", "q"], "answer": 7}"#,
+                "\n",
+                r#"{"id": "a", "question": "dup", "answer": "1"}"#,
+                "\n",
+                r#"{"id": "g", "answer": "1"}"#,
+                "\n",
             ),
         )
         .unwrap();
@@ -463,7 +531,9 @@ mod tests {
         assert!(r.skipped[1].contains(":5") && r.skipped[1].contains("answer"));
         assert!(r.skipped[2].contains(":6") && r.skipped[2].contains("duplicate"));
         assert!(r.skipped[3].contains(":7") && r.skipped[3].contains("question"));
-        assert!(load_user_jsonl(&dir.path().join("missing.jsonl"), "x").unwrap_err().to_string().contains("missing.jsonl"));
+        assert!(
+            load_user_jsonl(&dir.path().join("missing.jsonl"), "x").unwrap_err().to_string().contains("missing.jsonl")
+        );
 
         let bad = dir.path().join("bad.jsonl");
         std::fs::write(&bad, "{\"question\": \"x\"\n").unwrap();

@@ -24,7 +24,8 @@ pub fn loglik_continuation(choice: &str) -> String {
 
 /// The authors' generation prompt for multiple choice (`answer_letter_long`).
 pub fn choice_generation_prompt(question: &str, choices: &[String]) -> String {
-    let options: Vec<String> = choices.iter().enumerate().map(|(i, c)| format!("{}. {c}", crate::data::letter(i))).collect();
+    let options: Vec<String> =
+        choices.iter().enumerate().map(|(i, c)| format!("{}. {c}", crate::data::letter(i))).collect();
     format!("Question: {question}\n{}\nAnswer with a single letter.", options.join("\n"))
 }
 
@@ -41,7 +42,13 @@ mod tests {
     fn formats_match_the_package_and_the_authors() {
         let c = vec!["red".to_string(), "blue".to_string()];
         assert_eq!(letter_query("Sky?", &c), "Question: Sky?\n A. red\n B. blue\nAnswer:");
-        assert_eq!(choice_generation_prompt("Sky?", &c), "Question: Sky?\nA. red\nB. blue\nAnswer with a single letter.");
-        assert_eq!(math_generation_prompt("1+1?"), "Question: 1+1?\nThe final answer MUST BE put in \\boxed{} and no explanation.");
+        assert_eq!(
+            choice_generation_prompt("Sky?", &c),
+            "Question: Sky?\nA. red\nB. blue\nAnswer with a single letter."
+        );
+        assert_eq!(
+            math_generation_prompt("1+1?"),
+            "Question: 1+1?\nThe final answer MUST BE put in \\boxed{} and no explanation."
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Item, ItemKind, letter};
+use crate::data::{AnswerForm, Item, ItemKind, letter};
 use crate::grading::{extract_gsm8k, extract_letter, extract_math, math_equal};
 use crate::{EvalError, prompts};
 
@@ -130,7 +130,14 @@ pub struct ItemResult {
 impl ItemResult {
     /// The result before (or without) an answer: nothing predicted, not correct.
     pub fn unanswered(item: &Item) -> Self {
-        ItemResult { doc_id: item.doc_id.clone(), gold: item.gold_text(), prediction: None, correct: false, correct_norm: None, generated: None }
+        ItemResult {
+            doc_id: item.doc_id.clone(),
+            gold: item.gold_text(),
+            prediction: None,
+            correct: false,
+            correct_norm: None,
+            generated: None,
+        }
     }
 }
 
@@ -170,14 +177,21 @@ fn letter_answer_viable(text: &str) -> bool {
 pub fn score_item(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOptions) -> Result<ItemResult, EvalError> {
     let mut results = score_item_variants(model, item, opts)?;
     if results.len() != 1 {
-        return Err(EvalError::Model(format!("score_item needs a model of one variant, this one has {}", results.len())));
+        return Err(EvalError::Model(format!(
+            "score_item needs a model of one variant, this one has {}",
+            results.len()
+        )));
     }
     Ok(results.remove(0))
 }
 
 /// Scores one item with every variant of `model` (one request, answered by all): one result
 /// per variant, in order.
-pub fn score_item_variants(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOptions) -> Result<Vec<ItemResult>, EvalError> {
+pub fn score_item_variants(
+    model: &mut dyn LanguageModel,
+    item: &Item,
+    opts: &ScoringOptions,
+) -> Result<Vec<ItemResult>, EvalError> {
     let variants = model.variants();
     let check = |n: usize| {
         if n == variants {
@@ -195,7 +209,10 @@ pub fn score_item_variants(model: &mut dyn LanguageModel, item: &Item, opts: &Sc
                 let label = format!(" {}", letter(i));
                 let ids = model.encode_continuation(&label).map_err(model_err)?;
                 let [id] = ids.as_slice() else {
-                    return Err(EvalError::Model(format!("label {label:?} is {} tokens, letter scoring needs one", ids.len())));
+                    return Err(EvalError::Model(format!(
+                        "label {label:?} is {} tokens, letter scoring needs one",
+                        ids.len()
+                    )));
                 };
                 label_ids.push(*id as usize);
             }
@@ -204,7 +221,12 @@ pub fn score_item_variants(model: &mut dyn LanguageModel, item: &Item, opts: &Sc
             for (result, logits) in results.iter_mut().zip(&all_logits) {
                 let scores = label_ids
                     .iter()
-                    .map(|&id| logits.get(id).copied().ok_or_else(|| EvalError::Model(format!("token id {id} outside the logits"))))
+                    .map(|&id| {
+                        logits
+                            .get(id)
+                            .copied()
+                            .ok_or_else(|| EvalError::Model(format!("token id {id} outside the logits")))
+                    })
                     .collect::<Result<Vec<f32>, _>>()?;
                 let pick = argmax(&scores);
                 result.prediction = Some(letter(pick).to_string());
@@ -214,15 +236,20 @@ pub fn score_item_variants(model: &mut dyn LanguageModel, item: &Item, opts: &Sc
         (ItemKind::MultipleChoice { question, choices, gold, .. }, ScoringMode::Loglik) => {
             let prompt = model.encode(&prompts::loglik_context(question), false).map_err(model_err)?;
             let texts: Vec<String> = choices.iter().map(|c| prompts::loglik_continuation(c)).collect();
-            let ids = texts.iter().map(|t| model.encode_continuation(t)).collect::<Result<Vec<_>, _>>().map_err(model_err)?;
+            let ids =
+                texts.iter().map(|t| model.encode_continuation(t)).collect::<Result<Vec<_>, _>>().map_err(model_err)?;
             if let Some(i) = ids.iter().position(Vec::is_empty) {
-                return Err(EvalError::Model(format!("choice {:?} of item {} encodes to no tokens", texts[i], item.doc_id)));
+                return Err(EvalError::Model(format!(
+                    "choice {:?} of item {} encodes to no tokens",
+                    texts[i], item.doc_id
+                )));
             }
             let all_logprobs = model.choice_logprobs(&prompt, &ids).map_err(model_err)?;
             check(all_logprobs.len())?;
             for (result, logprobs) in results.iter_mut().zip(&all_logprobs) {
                 let raw: Vec<f32> = logprobs.iter().map(|lp| lp.iter().sum()).collect();
-                let norm: Vec<f32> = raw.iter().zip(&texts).map(|(lp, t)| lp / t.chars().count().max(1) as f32).collect();
+                let norm: Vec<f32> =
+                    raw.iter().zip(&texts).map(|(lp, t)| lp / t.chars().count().max(1) as f32).collect();
                 let (pick, pick_norm) = (argmax(&raw), argmax(&norm));
                 result.prediction = Some(letter(pick).to_string());
                 result.correct = pick == *gold;
@@ -230,7 +257,8 @@ pub fn score_item_variants(model: &mut dyn LanguageModel, item: &Item, opts: &Sc
             }
         }
         (ItemKind::MultipleChoice { question, choices, gold, .. }, ScoringMode::Generate) => {
-            let prompt = model.encode(&prompts::choice_generation_prompt(question, choices), opts.chat).map_err(model_err)?;
+            let prompt =
+                model.encode(&prompts::choice_generation_prompt(question, choices), opts.chat).map_err(model_err)?;
             let texts = generate_texts(model, &prompt, opts.max_new_tokens.unwrap_or(10), letter_answer_dead)?;
             check(texts.len())?;
             for (result, text) in results.iter_mut().zip(texts) {
@@ -240,12 +268,15 @@ pub fn score_item_variants(model: &mut dyn LanguageModel, item: &Item, opts: &Sc
                 result.generated = Some(text);
             }
         }
-        (ItemKind::Math { problem, answer, .. }, ScoringMode::Generate) => {
+        (ItemKind::Math { problem, answer, form, .. }, ScoringMode::Generate) => {
             let prompt = model.encode(&prompts::math_generation_prompt(problem), opts.chat).map_err(model_err)?;
             let texts = generate_texts(model, &prompt, opts.max_new_tokens.unwrap_or(50), math_answer_done)?;
             check(texts.len())?;
             for (result, text) in results.iter_mut().zip(texts) {
-                let pred = if item.task == "gsm8k" { extract_gsm8k(&text) } else { extract_math(&text) };
+                let pred = match form {
+                    AnswerForm::FinalNumber => extract_gsm8k(&text),
+                    AnswerForm::Boxed => extract_math(&text),
+                };
                 result.correct = pred.as_deref().is_some_and(|p| math_equal(p, answer));
                 result.prediction = pred;
                 result.generated = Some(text);
@@ -263,7 +294,12 @@ pub fn score_item_variants(model: &mut dyn LanguageModel, item: &Item, opts: &Sc
 
 /// Greedy generation by every variant until a stop id, `on_text` on the decoded text, or
 /// `max_new` tokens. The returned texts leave the stop ids out.
-fn generate_texts(model: &mut dyn LanguageModel, prompt: &[u32], max_new: usize, on_text: fn(&str) -> bool) -> Result<Vec<String>, EvalError> {
+fn generate_texts(
+    model: &mut dyn LanguageModel,
+    prompt: &[u32],
+    max_new: usize,
+    on_text: fn(&str) -> bool,
+) -> Result<Vec<String>, EvalError> {
     let stop = StopRule { ids: model.stop_ids(), on_text };
     let generated = model.generate(prompt, max_new, &stop).map_err(model_err)?;
     Ok(generated

@@ -68,7 +68,12 @@ const NOT_EQUAL: &[(&str, &str)] = &[
 fn equal_pairs_are_equal_both_ways() {
     assert!(EQUAL.len() + NOT_EQUAL.len() >= 40);
     for (a, b) in EQUAL {
-        assert!(math_equal(a, b), "{a:?} should equal {b:?} (normalized {:?} vs {:?})", normalize_math(a), normalize_math(b));
+        assert!(
+            math_equal(a, b),
+            "{a:?} should equal {b:?} (normalized {:?} vs {:?})",
+            normalize_math(a),
+            normalize_math(b)
+        );
         assert!(math_equal(b, a), "{b:?} should equal {a:?}");
     }
 }
@@ -76,7 +81,12 @@ fn equal_pairs_are_equal_both_ways() {
 #[test]
 fn unequal_pairs_are_unequal_both_ways() {
     for (a, b) in NOT_EQUAL {
-        assert!(!math_equal(a, b), "{a:?} should differ from {b:?} (normalized {:?} vs {:?})", normalize_math(a), normalize_math(b));
+        assert!(
+            !math_equal(a, b),
+            "{a:?} should differ from {b:?} (normalized {:?} vs {:?})",
+            normalize_math(a),
+            normalize_math(b)
+        );
         assert!(!math_equal(b, a), "{b:?} should differ from {a:?}");
     }
 }

@@ -1,7 +1,7 @@
 //! Every scoring mode against a fake model whose answers are known, so the expected verdicts
 //! follow from the setup rather than from running the code.
 
-use cola_eval::data::{Item, ItemKind};
+use cola_eval::data::{AnswerForm, Item, ItemKind};
 use cola_eval::{LanguageModel, ScoringMode, ScoringOptions, StopRule, Summary, score_item};
 
 const LABEL_BASE: u32 = 1000;
@@ -19,7 +19,13 @@ impl FakeModel {
     fn text(&self, ids: &[u32]) -> String {
         ids.iter()
             .filter(|&&i| i != EOS)
-            .map(|&i| if i >= LABEL_BASE { format!(" {}", (b'A' + (i - LABEL_BASE) as u8) as char) } else { char::from_u32(i).unwrap().to_string() })
+            .map(|&i| {
+                if i >= LABEL_BASE {
+                    format!(" {}", (b'A' + (i - LABEL_BASE) as u8) as char)
+                } else {
+                    char::from_u32(i).unwrap().to_string()
+                }
+            })
             .collect()
     }
 }
@@ -85,12 +91,27 @@ fn mc(id: &str, question: &str, choices: &[&str], gold: usize) -> Item {
     Item {
         task: "toy".into(),
         doc_id: id.into(),
-        kind: ItemKind::MultipleChoice { query: cola_eval::prompts::letter_query(question, &choices), question: question.into(), choices, gold },
+        kind: ItemKind::MultipleChoice {
+            query: cola_eval::prompts::letter_query(question, &choices),
+            question: question.into(),
+            choices,
+            gold,
+        },
     }
 }
 
 fn math(task: &str, id: &str, problem: &str, answer: &str) -> Item {
-    Item { task: task.into(), doc_id: id.into(), kind: ItemKind::Math { problem: problem.into(), answer: answer.into(), level: Some(1), subject: None } }
+    Item {
+        task: task.into(),
+        doc_id: id.into(),
+        kind: ItemKind::Math {
+            problem: problem.into(),
+            answer: answer.into(),
+            level: Some(1),
+            subject: None,
+            form: AnswerForm::Boxed,
+        },
+    }
 }
 
 #[test]
@@ -126,9 +147,29 @@ fn loglik_mode_reports_raw_and_length_normalised_choice() {
 #[test]
 fn generate_mode_reads_a_strict_single_letter() {
     let opts = ScoringOptions { chat: true, ..ScoringOptions::new(ScoringMode::Generate) };
-    for (reply, correct, predicted) in [("C", true, Some("C")), ("Answer: c.", true, Some("C")), ("C is right", false, None), ("D", false, None)] {
-        let mut m = FakeModel { answer_for: |p| if p.contains("[1]") { "C".into() } else if p.contains("[2]") { "Answer: c.".into() } else if p.contains("[3]") { "C is right".into() } else { "D".into() }, seen: vec![] };
-        let tag = match reply { "C" => "[1]", "Answer: c." => "[2]", "C is right" => "[3]", _ => "[4]" };
+    for (reply, correct, predicted) in
+        [("C", true, Some("C")), ("Answer: c.", true, Some("C")), ("C is right", false, None), ("D", false, None)]
+    {
+        let mut m = FakeModel {
+            answer_for: |p| {
+                if p.contains("[1]") {
+                    "C".into()
+                } else if p.contains("[2]") {
+                    "Answer: c.".into()
+                } else if p.contains("[3]") {
+                    "C is right".into()
+                } else {
+                    "D".into()
+                }
+            },
+            seen: vec![],
+        };
+        let tag = match reply {
+            "C" => "[1]",
+            "Answer: c." => "[2]",
+            "C is right" => "[3]",
+            _ => "[4]",
+        };
         let item = mc("1", &format!("Which {tag}?"), &["a", "b", "c"], 2);
         let r = score_item(&mut m, &item, &opts).unwrap();
         assert_eq!(r.correct, correct, "{reply:?}");

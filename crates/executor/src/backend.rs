@@ -72,9 +72,7 @@ pub trait WithBackend {
 /// `catch_unwind` and its panic turned into an error).
 pub fn dispatch<W: WithBackend>(kind: BackendKind, work: W) -> Result<W::Output, String> {
     if !kind.compiled_in() {
-        return Err(format!(
-            "this binary was built without the `{kind}` backend; rebuild with `--features {kind}`"
-        ));
+        return Err(format!("this binary was built without the `{kind}` backend; rebuild with `--features {kind}`"));
     }
     match kind {
         BackendKind::Cpu => Ok(work.run::<Cpu>(Default::default())),

@@ -17,7 +17,10 @@ use std::collections::HashMap;
 use burn::tensor::{Int, Tensor, TensorData};
 use cola_model::{LayerOps, Segment};
 
-use crate::{Branches, Chain, ChainError, ChainState, ExecError, Executor, LengthBounds, PrefixCache, argmax, log_softmax_at, to_vec};
+use crate::{
+    Branches, Chain, ChainError, ChainState, ExecError, Executor, LengthBounds, PrefixCache, argmax, log_softmax_at,
+    to_vec,
+};
 
 impl<B: LayerOps> Executor<B> {
     /// One layer call of `layer` on several prefill states at once (each over all its positions).
@@ -67,7 +70,12 @@ impl<B: LayerOps> Executor<B> {
     /// Runs each chain over the cache's input, from the deepest state the cache (or another
     /// chain of the batch) holds for one of its prefixes, with the layer-call schedule of this
     /// module. Every state computed is stored in the cache. Returns one state per chain.
-    pub fn run_batch_cached(&self, cache: &mut PrefixCache<B>, chains: &[Chain]) -> Result<Vec<ChainState<B>>, ExecError> {
+    pub fn run_batch_cached(
+        &self,
+        cache: &mut PrefixCache<B>,
+        chains: &[Chain],
+    ) -> Result<Vec<ChainState<B>>, ExecError> {
+        let _span = tracing::debug_span!("prefill", chains = chains.len()).entered();
         for chain in chains {
             chain.validate(self.num_layers(), LengthBounds { min: 1, max: usize::MAX })?;
         }
@@ -86,7 +94,8 @@ impl<B: LayerOps> Executor<B> {
                     *d += 1;
                 }
             }
-            let Some(layer) = chains.iter().zip(&depth).filter(|(c, d)| **d < c.len()).map(|(c, &d)| c.layers()[d]).min()
+            let Some(layer) =
+                chains.iter().zip(&depth).filter(|(c, d)| **d < c.len()).map(|(c, &d)| c.layers()[d]).min()
             else {
                 break;
             };
@@ -139,8 +148,10 @@ impl<B: LayerOps> Executor<B> {
             let Some(layer) = (0..states.len()).filter_map(next).min() else { break };
             let group: Vec<usize> = (0..states.len()).filter(|&i| next(i) == Some(layer)).collect();
             let rows: Vec<usize> = group.iter().map(|&i| new_ids[i].len()).collect();
-            let segments: Vec<Segment<'_, B>> =
-                group.iter().map(|&i| Segment { rows: new_ids[i].len(), past: Some(&states[i].kv[kv[i].len()]), tree: None }).collect();
+            let segments: Vec<Segment<'_, B>> = group
+                .iter()
+                .map(|&i| Segment { rows: new_ids[i].len(), past: Some(&states[i].kv[kv[i].len()]), tree: None })
+                .collect();
             let input = stack(group.iter().map(|&i| x[i].clone()).collect());
             let (h, caches) = self.model.layers[layer].forward(input, &self.rope, &segments);
             for ((&i, hidden), cache) in group.iter().zip(split(h, &rows)).zip(caches) {
@@ -187,6 +198,7 @@ impl<B: LayerOps> Executor<B> {
         max_new: usize,
         mut done: impl FnMut(usize, &[u32]) -> bool,
     ) -> Result<Vec<Vec<u32>>, ExecError> {
+        let _span = tracing::debug_span!("decode", chains = states.len(), max_new).entered();
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); states.len()];
         let mut live: Vec<(usize, ChainState<B>)> = states.iter().cloned().enumerate().collect();
         if max_new == 0 {
@@ -214,7 +226,11 @@ impl<B: LayerOps> Executor<B> {
 
     /// [`Self::branch_logprobs`] for several states of the same token tree, with one LM-head
     /// call for all.
-    pub fn branch_logprobs_batch(&self, states: &[&ChainState<B>], layout: &Branches) -> Result<Vec<Vec<Vec<f32>>>, ExecError> {
+    pub fn branch_logprobs_batch(
+        &self,
+        states: &[&ChainState<B>],
+        layout: &Branches,
+    ) -> Result<Vec<Vec<Vec<f32>>>, ExecError> {
         if states.iter().any(|s| s.tree.is_none() || s.ids.len() != layout.positions.len()) {
             return Err(ExecError::Input("branch_logprobs needs a state made by start_branches".into()));
         }
@@ -232,7 +248,10 @@ impl<B: LayerOps> Executor<B> {
                     .targets
                     .iter()
                     .map(|targets| {
-                        targets.iter().map(|&t| log_softmax_at(rows.next().expect("one row per target"), t as usize)).collect()
+                        targets
+                            .iter()
+                            .map(|&t| log_softmax_at(rows.next().expect("one row per target"), t as usize))
+                            .collect()
                     })
                     .collect()
             })

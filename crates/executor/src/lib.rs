@@ -18,8 +18,8 @@ mod prefix_cache;
 use std::path::Path;
 use std::sync::Arc;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 use cola_model::{CausalLm, KvCache, LayerOps, ModelConfig, ModelError, Rope, TextTokenizer, TokenTree};
 
 pub use chain::{Chain, ChainError, LengthBounds};
@@ -142,7 +142,11 @@ impl<B: LayerOps> Executor<B> {
 
     /// The state before any layer for a prompt followed by several alternative continuations,
     /// laid out as one token tree so a single pass scores them all (see [`Branches`]).
-    pub fn start_branches(&self, prompt: &[u32], branches: &[Vec<u32>]) -> Result<(ChainState<B>, Branches), ExecError> {
+    pub fn start_branches(
+        &self,
+        prompt: &[u32],
+        branches: &[Vec<u32>],
+    ) -> Result<(ChainState<B>, Branches), ExecError> {
         if prompt.is_empty() {
             return Err(ExecError::Input("the prompt has no tokens".into()));
         }
@@ -159,9 +163,16 @@ impl<B: LayerOps> Executor<B> {
         let longest = branches.iter().map(Vec::len).max().unwrap_or(0);
         self.check_positions(prompt.len() + longest)?;
         let n = ids.len();
-        let hidden: Vec<bool> = (0..n).flat_map(|q| (0..n).map(move |k| (q, k))).map(|(q, k)| !layout.visible(q, k)).collect();
+        let hidden: Vec<bool> =
+            (0..n).flat_map(|q| (0..n).map(move |k| (q, k))).map(|(q, k)| !layout.visible(q, k)).collect();
         let tree = TokenTree::new(layout.positions.clone(), hidden, &self.device);
-        let state = ChainState { steps: vec![], hidden: self.model.embed(&ids, &self.device), kv: vec![], ids: ids.into(), tree: Some(Arc::new(tree)) };
+        let state = ChainState {
+            steps: vec![],
+            hidden: self.model.embed(&ids, &self.device),
+            kv: vec![],
+            ids: ids.into(),
+            tree: Some(Arc::new(tree)),
+        };
         Ok((state, layout))
     }
 

@@ -38,7 +38,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Runs prefill logits, cached greedy decode and token-tree scoring along skip, repeat and
 /// reorder chains on backends `A` and `B`, each chain alone and all of them as one batch;
 /// returns one line per comparison.
-pub fn compare_backends<A: LayerOps, B: LayerOps>(layers: usize, da: A::Device, db: B::Device) -> Result<Vec<ParityLine>, ExecError> {
+pub fn compare_backends<A: LayerOps, B: LayerOps>(
+    layers: usize,
+    da: A::Device,
+    db: B::Device,
+) -> Result<Vec<ParityLine>, ExecError> {
     let config = parity_config(layers);
     let (ea, eb) = (executor::<A>(&config, da)?, executor::<B>(&config, db)?);
     let n = layers;
@@ -53,7 +57,11 @@ pub fn compare_backends<A: LayerOps, B: LayerOps>(layers: usize, da: A::Device, 
     for chain in &chains {
         let (sa, sb) = (ea.run(chain, &prompt)?, eb.run(chain, &prompt)?);
         let (la, lb) = (ea.all_logits(&sa), eb.all_logits(&sb));
-        lines.push(ParityLine { what: format!("prefill logits, chain {chain}"), max_abs_diff: max_abs_diff(&la, &lb), max_abs: la.iter().fold(0.0f32, |m, x| m.max(x.abs())) });
+        lines.push(ParityLine {
+            what: format!("prefill logits, chain {chain}"),
+            max_abs_diff: max_abs_diff(&la, &lb),
+            max_abs: la.iter().fold(0.0f32, |m, x| m.max(x.abs())),
+        });
         // Cached decoding: feed the same tokens to both and compare every step's logits.
         let (mut da_state, mut db_state) = (sa, sb);
         let mut worst = 0.0f32;
@@ -66,14 +74,22 @@ pub fn compare_backends<A: LayerOps, B: LayerOps>(layers: usize, da: A::Device, 
             worst = worst.max(max_abs_diff(&x, &y));
             scale = x.iter().fold(scale, |m, v| m.max(v.abs()));
         }
-        lines.push(ParityLine { what: format!("cached decode logits, chain {chain}"), max_abs_diff: worst, max_abs: scale });
+        lines.push(ParityLine {
+            what: format!("cached decode logits, chain {chain}"),
+            max_abs_diff: worst,
+            max_abs: scale,
+        });
         let branches = vec![vec![1, 2, 3], vec![4, 5], vec![6, 7, 8, 9]];
         let (ta, la) = ea.start_branches(&prompt, &branches)?;
         let (tb, lb) = eb.start_branches(&prompt, &branches)?;
         let (ta, tb) = (ea.advance(&ta, chain.layers())?, eb.advance(&tb, chain.layers())?);
         let (pa, pb) = (ea.branch_logprobs(&ta, &la)?, eb.branch_logprobs(&tb, &lb)?);
         let (pa, pb): (Vec<f32>, Vec<f32>) = (pa.concat(), pb.concat());
-        lines.push(ParityLine { what: format!("token-tree log-probs, chain {chain}"), max_abs_diff: max_abs_diff(&pa, &pb), max_abs: pa.iter().fold(0.0f32, |m, x| m.max(x.abs())) });
+        lines.push(ParityLine {
+            what: format!("token-tree log-probs, chain {chain}"),
+            max_abs_diff: max_abs_diff(&pa, &pb),
+            max_abs: pa.iter().fold(0.0f32, |m, x| m.max(x.abs())),
+        });
     }
     // All chains as one batch on B against each chain alone on A: prefill through a prefix
     // cache, lockstep decoding (logits of every step), token-tree scores.
@@ -92,13 +108,25 @@ pub fn compare_backends<A: LayerOps, B: LayerOps>(layers: usize, da: A::Device, 
     for (i, chain) in chains.iter().enumerate() {
         let alone = ea.run(chain, &prompt)?;
         let (x, y) = (ea.all_logits(&alone), eb.all_logits(&batch[i]));
-        lines.push(ParityLine { what: format!("batched prefill logits, chain {chain}"), max_abs_diff: max_abs_diff(&x, &y), max_abs: x.iter().fold(0.0f32, |m, v| m.max(v.abs())) });
+        lines.push(ParityLine {
+            what: format!("batched prefill logits, chain {chain}"),
+            max_abs_diff: max_abs_diff(&x, &y),
+            max_abs: x.iter().fold(0.0f32, |m, v| m.max(v.abs())),
+        });
         let x = ea.last_logits(&ea.append(&alone, &toks[i])?);
-        lines.push(ParityLine { what: format!("lockstep decode logits, chain {chain}"), max_abs_diff: max_abs_diff(&x, &decoded[i]), max_abs: x.iter().fold(0.0f32, |m, v| m.max(v.abs())) });
+        lines.push(ParityLine {
+            what: format!("lockstep decode logits, chain {chain}"),
+            max_abs_diff: max_abs_diff(&x, &decoded[i]),
+            max_abs: x.iter().fold(0.0f32, |m, v| m.max(v.abs())),
+        });
         let (t, l) = ea.start_branches(&prompt, &branches)?;
         let x = ea.branch_logprobs(&ea.advance(&t, chain.layers())?, &l)?.concat();
         let y = scores[i].concat();
-        lines.push(ParityLine { what: format!("batched token-tree log-probs, chain {chain}"), max_abs_diff: max_abs_diff(&x, &y), max_abs: x.iter().fold(0.0f32, |m, v| m.max(v.abs())) });
+        lines.push(ParityLine {
+            what: format!("batched token-tree log-probs, chain {chain}"),
+            max_abs_diff: max_abs_diff(&x, &y),
+            max_abs: x.iter().fold(0.0f32, |m, v| m.max(v.abs())),
+        });
     }
     Ok(lines)
 }

@@ -94,12 +94,8 @@ impl<B: LayerOps> PrefixCache<B> {
     }
 
     fn evict(&mut self) {
-        let mut order: Vec<(u64, Vec<usize>)> = self
-            .entries
-            .iter()
-            .filter(|(k, _)| !k.is_empty())
-            .map(|(k, e)| (e.last_used, k.clone()))
-            .collect();
+        let mut order: Vec<(u64, Vec<usize>)> =
+            self.entries.iter().filter(|(k, _)| !k.is_empty()).map(|(k, e)| (e.last_used, k.clone())).collect();
         order.sort();
         // Free down to 3/4 of the budget so eviction does not run on every insert.
         let target = self.budget_bytes / 4 * 3;

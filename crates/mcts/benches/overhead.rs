@@ -18,7 +18,13 @@ fn main() {
                 let mut problem = ChainProblem {
                     space: ChainSpace::new(n, preset),
                     evaluate: |batch: &[Vec<usize>]| {
-                        batch.iter().map(|c| Evaluation { reward: if c[0] == 0 && c.len() < n { 1.0 } else { 0.0 }, payload: () }).collect()
+                        batch
+                            .iter()
+                            .map(|c| Evaluation {
+                                reward: if c[0] == 0 && c.len() < n { 1.0 } else { 0.0 },
+                                payload: (),
+                            })
+                            .collect()
                     },
                 };
                 let r = search(&mut problem, &config, &mut sample_rng(1, &rep.to_string()));

@@ -67,8 +67,13 @@ pub enum ActionPreset {
 }
 
 impl ActionPreset {
-    pub const ALL: [ActionPreset; 5] =
-        [ActionPreset::Paper, ActionPreset::Polar, ActionPreset::Drllm, ActionPreset::SkipOnly, ActionPreset::RepeatOnly];
+    pub const ALL: [ActionPreset; 5] = [
+        ActionPreset::Paper,
+        ActionPreset::Polar,
+        ActionPreset::Drllm,
+        ActionPreset::SkipOnly,
+        ActionPreset::RepeatOnly,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

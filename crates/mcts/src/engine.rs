@@ -239,7 +239,14 @@ impl<'p, P: Problem> Evaluator<'p, P> {
             .enumerate()
             .map(|(i, e)| {
                 let (reward, payload) = e.outcome.expect("flushed");
-                EvaluatedState { state: e.state, reward, payload, length: e.length, visits: visits(i), first_simulation: e.first_simulation }
+                EvaluatedState {
+                    state: e.state,
+                    reward,
+                    payload,
+                    length: e.length,
+                    visits: visits(i),
+                    first_simulation: e.first_simulation,
+                }
             })
             .collect()
     }
@@ -247,16 +254,28 @@ impl<'p, P: Problem> Evaluator<'p, P> {
 
 /// Runs MCTS from `problem.root()`. The root is evaluated even if it lies outside the length
 /// bounds (it is the reference the search improves on); no other out-of-bounds state is.
-pub fn search<P: Problem>(problem: &mut P, config: &MctsConfig, rng: &mut SearchRng) -> SearchResult<P::State, P::Payload> {
+pub fn search<P: Problem>(
+    problem: &mut P,
+    config: &MctsConfig,
+    rng: &mut SearchRng,
+) -> SearchResult<P::State, P::Payload> {
     let root_state = problem.root();
     let mut ev = Evaluator::new(problem, config.min_len, config.max_len);
     let root_eval = ev.get(&root_state, 0);
     ev.flush();
     let root_reward = ev.reward(root_eval);
-    let mut nodes: Vec<Node<P::Action>> =
-        vec![Node { eval: root_eval, visits: 1, total_reward: root_reward, children: vec![], untried: None, exhausted: false }];
+    let mut nodes: Vec<Node<P::Action>> = vec![Node {
+        eval: root_eval,
+        visits: 1,
+        total_reward: root_reward,
+        children: vec![],
+        untried: None,
+        exhausted: false,
+    }];
     let early_stop_len = config.early_stop_margin.map(|m| (config.length_norm as usize).saturating_sub(m));
-    let stop_now = |ev: &Evaluator<'_, P>, i: usize| early_stop_len.is_some_and(|l| ev.reward(i) >= 1.0 && ev.entries[i].length <= l);
+    let stop_now = |ev: &Evaluator<'_, P>, i: usize| {
+        early_stop_len.is_some_and(|l| ev.reward(i) >= 1.0 && ev.entries[i].length <= l)
+    };
     let mut stopped_early = stop_now(&ev, root_eval);
     let mut simulations = 0;
     let mut exhausted = false;
@@ -398,8 +417,13 @@ mod tests {
 
     #[test]
     fn pareto_front_is_monotone() {
-        let mk = |reward, length| EvaluatedState { state: (), reward, payload: (), length, visits: 1, first_simulation: 0 };
-        let r = SearchResult { evaluated: vec![mk(0.0, 10), mk(0.5, 12), mk(1.0, 20), mk(0.2, 30), mk(0.5, 11)], simulations: 0, stopped_early: false };
+        let mk =
+            |reward, length| EvaluatedState { state: (), reward, payload: (), length, visits: 1, first_simulation: 0 };
+        let r = SearchResult {
+            evaluated: vec![mk(0.0, 10), mk(0.5, 12), mk(1.0, 20), mk(0.2, 30), mk(0.5, 11)],
+            simulations: 0,
+            stopped_early: false,
+        };
         assert_eq!(r.pareto_front(), vec![0, 4, 2]);
     }
 }

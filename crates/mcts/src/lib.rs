@@ -14,6 +14,6 @@ mod engine;
 mod random;
 mod seed;
 
-pub use engine::{Evaluation, EvaluatedState, MctsConfig, Problem, SearchResult, search};
+pub use engine::{EvaluatedState, Evaluation, MctsConfig, Problem, SearchResult, search};
 pub use random::{RandomConfig, random_search};
 pub use seed::{SearchRng, sample_rng};

@@ -28,10 +28,30 @@ mod tests {
 
     #[test]
     fn same_inputs_same_stream_different_samples_different_streams() {
-        let a: Vec<u64> = (0..8).map({ let mut r = sample_rng(1, "arc-easy/17"); move |_| r.random() }).collect();
-        let b: Vec<u64> = (0..8).map({ let mut r = sample_rng(1, "arc-easy/17"); move |_| r.random() }).collect();
-        let c: Vec<u64> = (0..8).map({ let mut r = sample_rng(1, "arc-easy/18"); move |_| r.random() }).collect();
-        let d: Vec<u64> = (0..8).map({ let mut r = sample_rng(2, "arc-easy/17"); move |_| r.random() }).collect();
+        let a: Vec<u64> = (0..8)
+            .map({
+                let mut r = sample_rng(1, "arc-easy/17");
+                move |_| r.random()
+            })
+            .collect();
+        let b: Vec<u64> = (0..8)
+            .map({
+                let mut r = sample_rng(1, "arc-easy/17");
+                move |_| r.random()
+            })
+            .collect();
+        let c: Vec<u64> = (0..8)
+            .map({
+                let mut r = sample_rng(1, "arc-easy/18");
+                move |_| r.random()
+            })
+            .collect();
+        let d: Vec<u64> = (0..8)
+            .map({
+                let mut r = sample_rng(2, "arc-easy/17");
+                move |_| r.random()
+            })
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);

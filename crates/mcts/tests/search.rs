@@ -8,17 +8,20 @@ use cola_mcts::{Evaluation, MctsConfig, RandomConfig, random_search, sample_rng,
 use proptest::prelude::*;
 
 type Calls = std::rc::Rc<std::cell::RefCell<Vec<Vec<usize>>>>;
+type Evaluate = Box<dyn FnMut(&[Vec<usize>]) -> Vec<Evaluation<usize>>>;
+/// A chain problem whose evaluations go through a recording closure.
+type Recorded = ChainProblem<Evaluate>;
 
 /// A chain problem that records every evaluation call.
-fn recording(n: usize, preset: ActionPreset, reward: impl Fn(&[usize]) -> f64) -> (ChainProblem<impl FnMut(&[Vec<usize>]) -> Vec<Evaluation<usize>>>, Calls) {
+fn recording(n: usize, preset: ActionPreset, reward: impl Fn(&[usize]) -> f64 + 'static) -> (Recorded, Calls) {
     let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let log = calls.clone();
     let problem = ChainProblem {
         space: ChainSpace::new(n, preset),
-        evaluate: move |batch: &[Vec<usize>]| {
+        evaluate: Box::new(move |batch: &[Vec<usize>]| {
             log.borrow_mut().extend(batch.iter().cloned());
             batch.iter().map(|c| Evaluation { reward: reward(c), payload: c.len() }).collect()
-        },
+        }) as Evaluate,
     };
     (problem, calls)
 }
@@ -154,13 +157,8 @@ fn expected_edits(preset: ActionPreset, chain: &[usize], at_root: bool) -> HashS
 
 #[test]
 fn presets_generate_exactly_their_definitions() {
-    let chains: Vec<Vec<usize>> = vec![
-        (0..6).collect(),
-        vec![0, 1, 1, 2, 4, 5],
-        vec![0, 2, 3],
-        vec![3, 3, 1, 0, 5, 5, 2],
-        vec![4],
-    ];
+    let chains: Vec<Vec<usize>> =
+        vec![(0..6).collect(), vec![0, 1, 1, 2, 4, 5], vec![0, 2, 3], vec![3, 3, 1, 0, 5, 5, 2], vec![4]];
     for preset in ActionPreset::ALL {
         for chain in &chains {
             for at_root in [true, false] {
@@ -220,19 +218,22 @@ fn mcts_finds_the_hidden_optimum_more_often_than_random_search() {
     assert!(mcts_hits >= random_hits + seeds as usize / 4, "MCTS {mcts_hits} vs random {random_hits} of {seeds}");
 }
 
-
 /// A chain problem that records the size of every evaluation batch and every state evaluated.
-fn batch_recording(n: usize, preset: ActionPreset, reward: fn(&[usize]) -> f64) -> (ChainProblem<impl FnMut(&[Vec<usize>]) -> Vec<Evaluation<usize>>>, Calls, std::rc::Rc<std::cell::RefCell<Vec<usize>>>) {
+fn batch_recording(
+    n: usize,
+    preset: ActionPreset,
+    reward: fn(&[usize]) -> f64,
+) -> (Recorded, Calls, std::rc::Rc<std::cell::RefCell<Vec<usize>>>) {
     let sizes = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let calls: Calls = Default::default();
     let (log_sizes, log_calls) = (sizes.clone(), calls.clone());
     let problem = ChainProblem {
         space: ChainSpace::new(n, preset),
-        evaluate: move |batch: &[Vec<usize>]| {
+        evaluate: Box::new(move |batch: &[Vec<usize>]| {
             log_sizes.borrow_mut().push(batch.len());
             log_calls.borrow_mut().extend(batch.iter().cloned());
             batch.iter().map(|c| Evaluation { reward: reward(c), payload: c.len() }).collect()
-        },
+        }) as Evaluate,
     };
     (problem, calls, sizes)
 }
@@ -244,7 +245,7 @@ proptest! {
     /// within the bounds and the budget, and the same result for the same seed.
     #[test]
     fn batched_search_keeps_the_evaluation_discipline(n in 6usize..12, preset in preset(), seed in 0u64..500, k in 2usize..9, budget in 1usize..60) {
-        let reward = |c: &[usize]| if c.len() % 3 == 0 { 1.0 } else { 0.0 };
+        let reward = |c: &[usize]| if c.len().is_multiple_of(3) { 1.0 } else { 0.0 };
         let config = MctsConfig { simulations: budget, batch: k, ..MctsConfig::new(n, n / 2, n + 3) };
         let (mut p, calls, sizes) = batch_recording(n, preset, reward);
         let r = search(&mut p, &config, &mut sample_rng(seed, "k"));
@@ -285,7 +286,10 @@ fn batched_mcts_finds_the_hidden_optimum_about_as_often_as_one_at_a_time() {
             evaluations[i] += r.evaluations();
         }
     }
-    eprintln!("hidden optimum found: K = 1 {}/{seeds} ({} evaluations), K = 8 {}/{seeds} ({} evaluations)", hits[0], evaluations[0], hits[1], evaluations[1]);
+    eprintln!(
+        "hidden optimum found: K = 1 {}/{seeds} ({} evaluations), K = 8 {}/{seeds} ({} evaluations)",
+        hits[0], evaluations[0], hits[1], evaluations[1]
+    );
     assert!(hits[1] + seeds as usize / 10 >= hits[0], "K = 8 found it {} times, K = 1 {} times", hits[1], hits[0]);
     // Same budget: within 10% of the evaluations.
     assert!(evaluations[1] * 10 >= evaluations[0] * 9 && evaluations[1] * 10 <= evaluations[0] * 11);

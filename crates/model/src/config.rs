@@ -44,7 +44,9 @@ pub struct Llama3RopeScaling {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (`rope_type == "linear"`).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     Llama3(Llama3RopeScaling),
 }
 
@@ -99,20 +101,14 @@ fn need_usize(v: &Value, field: &str) -> Result<usize, ModelError> {
 fn get_f64(v: &Value, field: &str) -> Result<Option<f64>, ModelError> {
     match v.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| bad(field, format!("expected a number, got {x}"))),
+        Some(x) => x.as_f64().map(Some).ok_or_else(|| bad(field, format!("expected a number, got {x}"))),
     }
 }
 
 fn get_bool(v: &Value, field: &str) -> Result<Option<bool>, ModelError> {
     match v.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_bool()
-            .map(Some)
-            .ok_or_else(|| bad(field, format!("expected true or false, got {x}"))),
+        Some(x) => x.as_bool().map(Some).ok_or_else(|| bad(field, format!("expected true or false, got {x}"))),
     }
 }
 
@@ -121,17 +117,9 @@ fn token_ids(v: &Value, field: &str) -> Result<Vec<u32>, ModelError> {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|x| {
-                x.as_u64()
-                    .map(|n| n as u32)
-                    .ok_or_else(|| bad(field, format!("expected token ids, got {x}")))
-            })
+            .map(|x| x.as_u64().map(|n| n as u32).ok_or_else(|| bad(field, format!("expected token ids, got {x}"))))
             .collect(),
-        Some(x) => Ok(vec![
-            x.as_u64()
-                .ok_or_else(|| bad(field, format!("expected a token id, got {x}")))?
-                as u32,
-        ]),
+        Some(x) => Ok(vec![x.as_u64().ok_or_else(|| bad(field, format!("expected a token id, got {x}")))? as u32]),
     }
 }
 
@@ -144,15 +132,11 @@ impl ModelConfig {
 
     /// Parses the text of an HF `config.json`.
     pub fn from_json_str(text: &str) -> Result<Self, ModelError> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| ModelError::Config(format!("not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("not valid JSON: {e}")))?;
         if !v.is_object() {
             return Err(ModelError::Config("expected a JSON object".into()));
         }
-        let model_type = v
-            .get("model_type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("model_type", "missing"))?;
+        let model_type = v.get("model_type").and_then(Value::as_str).ok_or_else(|| bad("model_type", "missing"))?;
         let architecture = match model_type {
             "llama" => Architecture::Llama,
             "mistral" => Architecture::Mistral,
@@ -325,9 +309,8 @@ impl ModelConfig {
     /// (matches transformers' `_compute_default_rope_parameters` / `_compute_llama3_parameters`).
     pub fn rope_inv_freq(&self) -> Vec<f64> {
         let half = self.head_dim / 2;
-        let base: Vec<f64> = (0..half)
-            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / self.head_dim as f64))
-            .collect();
+        let base: Vec<f64> =
+            (0..half).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / self.head_dim as f64)).collect();
         match self.rope_scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
@@ -343,8 +326,8 @@ impl ModelConfig {
                         } else if wavelen > low_freq_wavelen {
                             f / s.factor
                         } else {
-                            let smooth = (old_len / wavelen - s.low_freq_factor)
-                                / (s.high_freq_factor - s.low_freq_factor);
+                            let smooth =
+                                (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                             (1.0 - smooth) * f / s.factor + smooth * f
                         }
                     })
@@ -375,10 +358,7 @@ fn parse_rope_scaling(v: Option<&Value>) -> Result<RopeScaling, ModelError> {
         "linear" => Ok(RopeScaling::Linear { factor: factor()? }),
         "llama3" => {
             let f = |name: &str| {
-                get_f64(v, name)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| bad(&format!("rope_scaling.{name}"), "missing"))
+                get_f64(v, name).ok().flatten().ok_or_else(|| bad(&format!("rope_scaling.{name}"), "missing"))
             };
             let s = Llama3RopeScaling {
                 factor: factor()?,
@@ -390,10 +370,7 @@ fn parse_rope_scaling(v: Option<&Value>) -> Result<RopeScaling, ModelError> {
                     .ok_or_else(|| bad("rope_scaling.original_max_position_embeddings", "missing"))?,
             };
             if s.high_freq_factor <= s.low_freq_factor {
-                return Err(bad(
-                    "rope_scaling.high_freq_factor",
-                    "must be greater than low_freq_factor",
-                ));
+                return Err(bad("rope_scaling.high_freq_factor", "must be greater than low_freq_factor"));
             }
             Ok(RopeScaling::Llama3(s))
         }

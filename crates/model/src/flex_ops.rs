@@ -61,7 +61,10 @@ pub fn exp_f32(x: f32) -> f32 {
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let i = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     p * f32::from_bits((i.wrapping_add(127) as u32) << 23)
 }
@@ -328,14 +331,18 @@ impl LayerOps for Flex {
         let src = data(&qkv);
         let half = hd / 2;
         let norm_weights = norms.map(|(qn, kn)| {
-            let w = |n: &RmsNorm<Flex>| (n.weight.val().into_data().into_vec::<f32>().expect("f32 weights"), n.eps as f32);
+            let w =
+                |n: &RmsNorm<Flex>| (n.weight.val().into_data().into_vec::<f32>().expect("f32 weights"), n.eps as f32);
             (w(qn), w(kn))
         });
         let pos = |i: usize| match positions {
             Positions::From(start) => start + i,
             Positions::Given { host, .. } => host[i],
         };
-        assert!(s == 0 || pos(s - 1) < rope.max_len() || matches!(positions, Positions::Given { .. }), "RoPE table too short");
+        assert!(
+            s == 0 || pos(s - 1) < rope.max_len() || matches!(positions, Positions::Given { .. }),
+            "RoPE table too short"
+        );
         let mut q = vec![0.0f32; nh * s * hd];
         let mut k = vec![0.0f32; nkv * s * hd];
         let mut v = vec![0.0f32; nkv * s * hd];
@@ -374,7 +381,13 @@ impl LayerOps for Flex {
         (tensor(q, [nh, s, hd]), tensor(k, [nkv, s, hd]), tensor(v, [nkv, s, hd]))
     }
 
-    fn attend(q: Tensor<Self, 3>, k: Tensor<Self, 3>, v: Tensor<Self, 3>, heads: Heads, mask: &AttnMask<Self>) -> Tensor<Self, 2> {
+    fn attend(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        heads: Heads,
+        mask: &AttnMask<Self>,
+    ) -> Tensor<Self, 2> {
         if reference_forced() {
             return reference::attend(q, k, v, heads, mask);
         }
@@ -406,7 +419,27 @@ impl LayerOps for Flex {
             if s >= 8 {
                 // SAFETY: slices are in bounds; gemm reads q/k and writes the scores buffer.
                 unsafe {
-                    gemm::gemm(s, t, hd, scores.as_mut_ptr(), 1, t as isize, false, qh.as_ptr(), 1, hd as isize, kh.as_ptr(), hd as isize, 1, 0.0, scale, false, false, false, gemm::Parallelism::None);
+                    gemm::gemm(
+                        s,
+                        t,
+                        hd,
+                        scores.as_mut_ptr(),
+                        1,
+                        t as isize,
+                        false,
+                        qh.as_ptr(),
+                        1,
+                        hd as isize,
+                        kh.as_ptr(),
+                        hd as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
                 }
             } else {
                 for i in 0..s {
@@ -431,7 +464,27 @@ impl LayerOps for Flex {
             if s >= 8 {
                 // SAFETY: this head writes only columns h*hd..(h+1)*hd of `out`.
                 unsafe {
-                    gemm::gemm(s, hd, t, shared.0.add(h * hd), 1, width as isize, false, scores.as_ptr(), 1, t as isize, vh.as_ptr(), 1, hd as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+                    gemm::gemm(
+                        s,
+                        hd,
+                        t,
+                        shared.0.add(h * hd),
+                        1,
+                        width as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        t as isize,
+                        vh.as_ptr(),
+                        1,
+                        hd as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
                 }
             } else {
                 let mut row_out = vec![0.0f32; hd];
@@ -459,7 +512,9 @@ impl LayerOps for Flex {
         let mut out = vec![0.0f32; s * f];
         // Rows in parallel chunks big enough to amortize the dispatch.
         let rows_per_chunk = (16384 / f).max(1);
-        out.par_chunks_mut(rows_per_chunk * f).zip(gu.par_chunks(rows_per_chunk * 2 * f)).for_each(|(o, g)| swiglu_rows(g, o, f));
+        out.par_chunks_mut(rows_per_chunk * f)
+            .zip(gu.par_chunks(rows_per_chunk * 2 * f))
+            .for_each(|(o, g)| swiglu_rows(g, o, f));
         tensor(out, [s, f])
     }
 }
@@ -483,7 +538,11 @@ mod tests {
             for i in 0..m {
                 for j in 0..n {
                     let want: f64 = (0..k).map(|l| x[i * k + l] as f64 * w[l * n + j] as f64).sum();
-                    assert!((got[i * n + j] as f64 - want).abs() < 1e-4, "{m}x{k}x{n} at ({i}, {j}): {} vs {want}", got[i * n + j]);
+                    assert!(
+                        (got[i * n + j] as f64 - want).abs() < 1e-4,
+                        "{m}x{k}x{n} at ({i}, {j}): {} vs {want}",
+                        got[i * n + j]
+                    );
                     assert!((got_t[i * n + j] as f64 - want).abs() < 1e-4, "transposed {m}x{k}x{n} at ({i}, {j})");
                 }
             }

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use crate::ModelError;
 use crate::config::{Architecture, ModelConfig, RopeScaling};
 use crate::weights::{HostTensor, WeightSource, save_checkpoint};
-use crate::ModelError;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 
@@ -165,9 +165,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            format!("unexpected end of file at byte {} (needed {n} more bytes)", self.pos)
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| format!("unexpected end of file at byte {} (needed {n} more bytes)", self.pos))?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -310,7 +312,10 @@ impl GgufFile {
                 .ok_or_else(|| format!("tensor `{name}`: element count overflows"))?;
             let (per_block, block_bytes) = ty.block();
             if dims[0] % per_block != 0 {
-                return Err(format!("tensor `{name}`: row length {} is not a multiple of the {ty:?} block size {per_block}", dims[0]));
+                return Err(format!(
+                    "tensor `{name}`: row length {} is not a multiple of the {ty:?} block size {per_block}",
+                    dims[0]
+                ));
             }
             let len = (n / per_block)
                 .checked_mul(block_bytes)
@@ -320,7 +325,9 @@ impl GgufFile {
                 .and_then(|o| o.checked_add(data_start))
                 .filter(|s| s.checked_add(len).is_some_and(|e| e <= mmap.len()))
                 .ok_or_else(|| {
-                    format!("tensor `{name}`: data at offset {offset} (+{len} bytes) lies outside the file (truncated?)")
+                    format!(
+                        "tensor `{name}`: data at offset {offset} (+{len} bytes) lies outside the file (truncated?)"
+                    )
                 })?;
             tensors.insert(name.clone(), TensorInfo { name, dims, ggml_type: ty, start, len });
         }
@@ -328,9 +335,7 @@ impl GgufFile {
     }
 
     fn meta(&self, key: &str) -> Result<&Value, ModelError> {
-        self.metadata
-            .get(key)
-            .ok_or_else(|| ModelError::file(&self.path, format!("metadata `{key}` is missing")))
+        self.metadata.get(key).ok_or_else(|| ModelError::file(&self.path, format!("metadata `{key}` is missing")))
     }
 
     fn meta_u64(&self, key: &str) -> Result<u64, ModelError> {
@@ -378,7 +383,9 @@ impl GgufFile {
         let hidden = self.meta_u64(&k("embedding_length"))? as usize;
         let heads = self.meta_u64(&k("attention.head_count"))? as usize;
         let kv_heads = match self.metadata.get(&k("attention.head_count_kv")) {
-            Some(v) => v.as_u64().ok_or_else(|| ModelError::file(&self.path, "head_count_kv is not an integer"))? as usize,
+            Some(v) => {
+                v.as_u64().ok_or_else(|| ModelError::file(&self.path, "head_count_kv is not an integer"))? as usize
+            }
             None => heads,
         };
         let embd = self
@@ -391,9 +398,8 @@ impl GgufFile {
             None if heads > 0 => hidden / heads,
             None => 0,
         };
-        let get_f = |key: &str, default: f64| -> f64 {
-            self.metadata.get(&k(key)).and_then(Value::as_f64).unwrap_or(default)
-        };
+        let get_f =
+            |key: &str, default: f64| -> f64 { self.metadata.get(&k(key)).and_then(Value::as_f64).unwrap_or(default) };
         let bos = self.metadata.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64).map(|v| v as u32);
         let eos = self.metadata.get("tokenizer.ggml.eos_token_id").and_then(Value::as_u64).map(|v| v as u32);
         let config = ModelConfig {
@@ -419,7 +425,10 @@ impl GgufFile {
         if let Some(v) = self.metadata.get(&k("rope.scaling.type"))
             && v.as_str() != Some("none")
         {
-            return Err(ModelError::file(&self.path, format!("`{arch_name}.rope.scaling.type` = {v:?} is not supported")));
+            return Err(ModelError::file(
+                &self.path,
+                format!("`{arch_name}.rope.scaling.type` = {v:?} is not supported"),
+            ));
         }
         // Round-trip through the HF parser so the same validation applies to both paths.
         ModelConfig::from_json_str(&config.to_hf_json().to_string()).map_err(|e| e.in_file(&self.path))
@@ -694,7 +703,11 @@ mod tests {
     fn reads_metadata_and_f32_tensor() {
         let dir = tempfile::tempdir().unwrap();
         let vals: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let bytes = Builder::new().kv_str("general.architecture", "llama").kv_u32("x", 7).tensor("w", &[3, 2], 0, &vals).build();
+        let bytes = Builder::new()
+            .kv_str("general.architecture", "llama")
+            .kv_u32("x", 7)
+            .tensor("w", &[3, 2], 0, &vals)
+            .build();
         let f = GgufFile::open(&write(dir.path(), &bytes)).unwrap();
         assert_eq!(f.metadata["x"], Value::U32(7));
         let t = &f.tensors["w"];

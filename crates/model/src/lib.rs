@@ -65,10 +65,8 @@ pub struct LoadedModel<B: LayerOps> {
 }
 
 /// Loads `config.json` and the safetensors weights of `dir` onto `device`.
-pub fn load_model<B: LayerOps>(
-    dir: &Path,
-    device: &B::Device,
-) -> Result<LoadedModel<B>, ModelError> {
+pub fn load_model<B: LayerOps>(dir: &Path, device: &B::Device) -> Result<LoadedModel<B>, ModelError> {
+    let _span = tracing::info_span!("load_model", dir = %dir.display()).entered();
     if !dir.is_dir() {
         return Err(ModelError::file(dir, "model directory does not exist"));
     }

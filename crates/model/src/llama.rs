@@ -116,7 +116,12 @@ impl<B: LayerOps> Attention<B> {
     /// `x`: `[rows, hidden]` (already normed), the rows of `segments` stacked in order.
     /// Returns the attention output `[rows, hidden]` and, per segment, the K/V including its new
     /// positions.
-    pub fn forward(&self, x: Tensor<B, 2>, rope: &Rope<B>, segments: &[Segment<'_, B>]) -> (Tensor<B, 2>, Vec<KvCache<B>>) {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        rope: &Rope<B>,
+        segments: &[Segment<'_, B>],
+    ) -> (Tensor<B, 2>, Vec<KvCache<B>>) {
         let heads = self.heads();
         let qkv = project(&self.qkv_proj, x);
         let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
@@ -178,7 +183,12 @@ impl<B: LayerOps> DecoderLayer<B> {
     /// Applies the layer to `x` (`[rows, hidden]`): the rows of `segments` stacked in order, each
     /// segment's positions following its `past` (or given by its `tree`). Returns the new
     /// hidden rows and each segment's K/V.
-    pub fn forward(&self, x: Tensor<B, 2>, rope: &Rope<B>, segments: &[Segment<'_, B>]) -> (Tensor<B, 2>, Vec<KvCache<B>>) {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        rope: &Rope<B>,
+        segments: &[Segment<'_, B>],
+    ) -> (Tensor<B, 2>, Vec<KvCache<B>>) {
         let (attn, caches) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, segments);
         let x = x + attn;
         let x = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
@@ -283,7 +293,7 @@ impl<B: LayerOps> CausalLm<B> {
                     num_heads: nh,
                     num_kv_heads: nkv,
                     head_dim: hd,
-                        },
+                },
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
                 mlp: Mlp {
                     gate_up_proj: linear(concat_rows(&[gate, up]), None, device),
@@ -365,10 +375,17 @@ impl<B: Backend> Rope<B> {
     pub fn tables(&self, positions: &Positions<B>, s: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
         match positions {
             Positions::From(start) => {
-                assert!(start + s <= self.max_len, "RoPE table holds {} positions, asked for {}", self.max_len, start + s);
+                assert!(
+                    start + s <= self.max_len,
+                    "RoPE table holds {} positions, asked for {}",
+                    self.max_len,
+                    start + s
+                );
                 (self.cos.clone().narrow(0, *start, s), self.sin.clone().narrow(0, *start, s))
             }
-            Positions::Given { device, .. } => (self.cos.clone().select(0, device.clone()), self.sin.clone().select(0, device.clone())),
+            Positions::Given { device, .. } => {
+                (self.cos.clone().select(0, device.clone()), self.sin.clone().select(0, device.clone()))
+            }
         }
     }
 

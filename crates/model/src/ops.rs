@@ -73,7 +73,13 @@ pub trait LayerOps: Backend {
     }
 
     /// Softmax attention of `q [q, s, dim]` over `k`, `v` `[kv, t, dim]` -> `[s, q * dim]`.
-    fn attend(q: Tensor<Self, 3>, k: Tensor<Self, 3>, v: Tensor<Self, 3>, heads: Heads, mask: &AttnMask<Self>) -> Tensor<Self, 2> {
+    fn attend(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        heads: Heads,
+        mask: &AttnMask<Self>,
+    ) -> Tensor<Self, 2> {
         reference::attend(q, k, v, heads, mask)
     }
 
@@ -116,7 +122,13 @@ pub mod reference {
         (rotate(q), rotate(k), v.swap_dims(0, 1))
     }
 
-    pub fn attend<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: Heads, mask: &AttnMask<B>) -> Tensor<B, 2> {
+    pub fn attend<B: Backend>(
+        q: Tensor<B, 3>,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+        heads: Heads,
+        mask: &AttnMask<B>,
+    ) -> Tensor<B, 2> {
         let [nh, s, hd] = q.dims();
         let [nkv, t, _] = k.dims();
         let g = heads.group();
@@ -125,9 +137,12 @@ pub mod reference {
         };
         let (mask, options) = match mask {
             AttnMask::Causal => (None, AttentionModuleOptions { is_causal: true, ..Default::default() }),
-            AttnMask::Given { device, .. } => (Some(device.clone().reshape([1, 1, s, t])), AttentionModuleOptions::default()),
+            AttnMask::Given { device, .. } => {
+                (Some(device.clone().reshape([1, 1, s, t])), AttentionModuleOptions::default())
+            }
         };
-        let out = attention(q.unsqueeze::<4>(), expand(k).unsqueeze::<4>(), expand(v).unsqueeze::<4>(), mask, None, options);
+        let out =
+            attention(q.unsqueeze::<4>(), expand(k).unsqueeze::<4>(), expand(v).unsqueeze::<4>(), mask, None, options);
         out.reshape([nh, s, hd]).swap_dims(0, 1).reshape([s, nh * hd])
     }
 

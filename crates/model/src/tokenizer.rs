@@ -24,13 +24,12 @@ impl TextTokenizer {
         if !path.exists() {
             return Err(ModelError::file(&path, "tokenizer.json is missing from the model directory"));
         }
-        let tokenizer = Tokenizer::from_file(&path)
-            .map_err(|e| ModelError::file(&path, format!("cannot read tokenizer: {e}")))?;
+        let tokenizer =
+            Tokenizer::from_file(&path).map_err(|e| ModelError::file(&path, format!("cannot read tokenizer: {e}")))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let config = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
-            serde_json::from_str(&text)
-                .map_err(|e| ModelError::file(&cfg_path, format!("not valid JSON: {e}")))?
+            serde_json::from_str(&text).map_err(|e| ModelError::file(&cfg_path, format!("not valid JSON: {e}")))?
         } else {
             json!({})
         };
@@ -92,9 +91,7 @@ impl TextTokenizer {
 
     /// Text of `ids`, special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| ModelError::Invalid(format!("tokenizer cannot decode: {e}")))
+        self.tokenizer.decode(ids, true).map_err(|e| ModelError::Invalid(format!("tokenizer cannot decode: {e}")))
     }
 
     /// The text one token stands for (its decoded form; special tokens as written).
@@ -129,7 +126,8 @@ pub struct ImportedTokenizer {
 /// The split regex (before byte-level mapping) that llama.cpp uses for each `tokenizer.ggml.pre`.
 fn pre_tokenizer_for(pre: &str) -> Option<Value> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-    let split = |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
+    let split =
+        |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
     Some(match pre {
         // GPT-2 regex on the byte-level side; StarCoder-family vocabularies split digits one by one.
         "default" | "gpt2" | "gpt-2" => byte_level(true),

@@ -89,11 +89,7 @@ pub fn tensor_specs(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 /// Fetches a tensor and checks its shape against what the config implies.
-pub fn expect_tensor(
-    source: &dyn WeightSource,
-    name: &str,
-    shape: &[usize],
-) -> Result<HostTensor, ModelError> {
+pub fn expect_tensor(source: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
     let t = source.tensor(name)?;
     if t.shape != shape {
         return Err(ModelError::Invalid(format!(
@@ -124,19 +120,19 @@ impl SafetensorsDir {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let shard_names: Vec<String> = if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| ModelError::file(&index_path, format!("not valid JSON: {e}")))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                ModelError::file(&index_path, "has no `weight_map` object")
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::file(&index_path, "has no `weight_map` object"))?;
             let mut names: Vec<String> = map
                 .values()
                 .map(|f| {
-                    f.as_str().map(str::to_string).ok_or_else(|| {
-                        ModelError::file(&index_path, "`weight_map` values must be file names")
-                    })
+                    f.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| ModelError::file(&index_path, "`weight_map` values must be file names"))
                 })
                 .collect::<Result<_, _>>()?;
             names.sort();
@@ -188,21 +184,16 @@ impl WeightSource for SafetensorsDir {
 
     fn tensor(&self, name: &str) -> Result<HostTensor, ModelError> {
         let Some(&fi) = self.index.get(name) else {
-            let files: Vec<String> =
-                self.files.iter().map(|f| f.path.display().to_string()).collect();
-            return Err(ModelError::Invalid(format!(
-                "tensor `{name}` is missing from {}",
-                files.join(", ")
-            )));
+            let files: Vec<String> = self.files.iter().map(|f| f.path.display().to_string()).collect();
+            return Err(ModelError::Invalid(format!("tensor `{name}` is missing from {}", files.join(", "))));
         };
         let f = &self.files[fi];
         let info = f.metadata.info(name).expect("indexed name has info");
         let (start, end) = info.data_offsets;
         let base = 8 + f.header_len;
         let bytes = &f.mmap[base + start..base + end];
-        let data = decode_floats(info.dtype, bytes).map_err(|m| {
-            ModelError::file(&f.path, format!("tensor `{name}`: {m}"))
-        })?;
+        let data =
+            decode_floats(info.dtype, bytes).map_err(|m| ModelError::file(&f.path, format!("tensor `{name}`: {m}")))?;
         let expected: usize = info.shape.iter().product();
         if data.len() != expected {
             return Err(ModelError::file(
@@ -219,9 +210,7 @@ fn decode_floats(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
         Dtype::F32 => (4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         Dtype::F16 => (2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
         Dtype::BF16 => (2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        Dtype::F64 => (8, |b| {
-            f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
-        }),
+        Dtype::F64 => (8, |b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32),
         other => return Err(format!("dtype {other:?} is not supported (f32, f16, bf16, f64)")),
     };
     if !bytes.len().is_multiple_of(width) {
@@ -254,9 +243,8 @@ impl WeightSource for RandomWeights {
             .get(name)
             .ok_or_else(|| ModelError::Invalid(format!("tensor `{name}` is not part of this model")))?;
         // One stream per tensor, derived from the name, so the order of requests does not matter.
-        let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        let name_hash =
+            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ name_hash);
         let n: usize = shape.iter().product();
         let data: Vec<f32> = if name.ends_with("norm.weight") {
@@ -273,10 +261,7 @@ impl WeightSource for RandomWeights {
 }
 
 /// Writes named f32 tensors to one safetensors file, atomically (a temp file renamed into place).
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, HostTensor)],
-) -> Result<(), ModelError> {
+pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), ModelError> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(name, t)| {
@@ -311,11 +296,7 @@ pub fn collect_tensors(
 }
 
 /// Writes an HF-layout checkpoint directory (config.json + model.safetensors) for `source`.
-pub fn save_checkpoint(
-    dir: &Path,
-    config: &ModelConfig,
-    source: &dyn WeightSource,
-) -> Result<(), ModelError> {
+pub fn save_checkpoint(dir: &Path, config: &ModelConfig, source: &dyn WeightSource) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let tensors = collect_tensors(config, source)?;
     write_safetensors(&dir.join("model.safetensors"), &tensors)?;

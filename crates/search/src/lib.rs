@@ -1,17 +1,18 @@
 //! Per-sample chain-of-layers search, end to end: the executor as an evaluation model
 //! ([`model::ChainModel`], with prefix caching), the chain search for one item
 //! ([`sample::search_item`]: static prediction, MCTS, random baseline), run directories that
-//! resume after a crash ([`run`]), and the paper's findings as a report ([`report`]).
+//! resume after a crash ([`run_dir`]), whole runs over selected items with a progress bar
+//! ([`runs`]: `run_search`, `run_eval`), and the paper's findings as a report ([`report`]).
 //!
 //! This is the glue crate: it depends on the executor, MCTS and evaluation crates; nothing but
 //! xtask depends on it.
 
-pub mod driver;
 pub mod model;
 pub mod report;
-pub mod run;
+pub mod run_dir;
+pub mod runs;
 pub mod sample;
 
-pub use driver::{SearchRequest, Selection, Source, run_eval, run_search, select_items};
 pub use model::ChainModel;
-pub use sample::{Baseline, SampleRecord, SearchSettings, default_batch, oracle_reward, search_item};
+pub use runs::{SearchRequest, Selection, Source, run_eval, run_search, select_items};
+pub use sample::{Baseline, Preset, SampleRecord, SearchSettings, default_batch, oracle_reward, search_item};

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use cola_model::LayerOps;
 use cola_eval::{LanguageModel, StopRule};
 use cola_executor::{Chain, ChainState, ExecError, LoadedChainModel, PrefixCache};
+use cola_model::LayerOps;
 
 /// Default memory budget of the prefix caches, per model view.
 pub const DEFAULT_CACHE_MIB: usize = 1024;
@@ -88,7 +88,11 @@ impl<'m, B: LayerOps> ChainModel<'m, B> {
     /// Runs the current chains over the input `key` as one batch, starting from what the
     /// cache holds (without caching: from a cache that lives for this call only, so prefixes
     /// shared inside the batch are still computed once).
-    fn run(&mut self, key: Vec<u32>, start: impl FnOnce() -> Result<ChainState<B>, ExecError>) -> Result<Vec<ChainState<B>>, String> {
+    fn run_chains(
+        &mut self,
+        key: Vec<u32>,
+        start: impl FnOnce() -> Result<ChainState<B>, ExecError>,
+    ) -> Result<Vec<ChainState<B>>, String> {
         let exec = &self.model.executor;
         if !self.caching {
             let mut cache = PrefixCache::new(start().map_err(|e| e.to_string())?, 0);
@@ -100,7 +104,9 @@ impl<'m, B: LayerOps> ChainModel<'m, B> {
         let per_input = self.budget_bytes / (self.caches.len() + 1).max(1);
         let cache = match self.caches.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(PrefixCache::new(start().map_err(|e| e.to_string())?, per_input.max(1 << 20))),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(PrefixCache::new(start().map_err(|e| e.to_string())?, per_input.max(1 << 20)))
+            }
         };
         exec.run_batch_cached(cache, &self.chains).map_err(|e| e.to_string())
     }
@@ -130,7 +136,7 @@ impl<B: LayerOps> LanguageModel for ChainModel<'_, B> {
 
     fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<Vec<f32>>, String> {
         let exec = &self.model.executor;
-        let states = self.run(prompt.to_vec(), || exec.start(prompt))?;
+        let states = self.run_chains(prompt.to_vec(), || exec.start(prompt))?;
         Ok(exec.last_logits_batch(&states.iter().collect::<Vec<_>>()))
     }
 
@@ -142,15 +148,17 @@ impl<B: LayerOps> LanguageModel for ChainModel<'_, B> {
             key.extend_from_slice(c);
         }
         let (root, layout) = exec.start_branches(prompt, continuations).map_err(|e| e.to_string())?;
-        let states = self.run(key, || Ok(root))?;
+        let states = self.run_chains(key, || Ok(root))?;
         exec.branch_logprobs_batch(&states.iter().collect::<Vec<_>>(), &layout).map_err(|e| e.to_string())
     }
 
     fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<Vec<u32>>, String> {
         let exec = &self.model.executor;
-        let states = self.run(prompt.to_vec(), || exec.start(prompt))?;
+        let states = self.run_chains(prompt.to_vec(), || exec.start(prompt))?;
         let tokenizer = &self.model.tokenizer;
-        exec.generate_batch(&states, max_new, |_, new| stop.should_stop(new, |ids| tokenizer.decode(ids).unwrap_or_default()))
-            .map_err(|e| e.to_string())
+        exec.generate_batch(&states, max_new, |_, new| {
+            stop.should_stop(new, |ids| tokenizer.decode(ids).unwrap_or_default())
+        })
+        .map_err(|e| e.to_string())
     }
 }

@@ -11,7 +11,7 @@ use cola_executor::Chain;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::run::{MergedRuns, RunConfig, RunError, merge_runs, write_atomic};
+use crate::run_dir::{MergedRuns, RunConfig, RunError, merge_runs, write_atomic};
 use crate::sample::SampleRecord;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -82,7 +82,8 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
                 median_shortest_len: median(lens),
                 static_wrong: wrong.len(),
                 fixed_by_mcts: wrong.iter().filter(|r| r.best_correct).count(),
-                fixed_by_random: has_random.then(|| wrong.iter().filter(|r| r.random_best_correct == Some(true)).count()),
+                fixed_by_random: has_random
+                    .then(|| wrong.iter().filter(|r| r.random_best_correct == Some(true)).count()),
                 mean_evaluations: rs.iter().map(|r| r.evaluations as f64).sum::<f64>() / n.max(1) as f64,
             }
         })
@@ -127,7 +128,10 @@ fn opt<T: std::fmt::Display>(x: Option<T>) -> String {
 /// The table printed at the end of a run and at the top of report.md.
 pub fn render_table(report: &Report) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "| task | n | static acc | CoLa oracle acc | random acc (same budget) | right: shorter chain exists | mean / median shortest len | wrong: fixed by MCTS | wrong: fixed by random | evals/sample |");
+    let _ = writeln!(
+        s,
+        "| task | n | static acc | CoLa oracle acc | random acc (same budget) | right: shorter chain exists | mean / median shortest len | wrong: fixed by MCTS | wrong: fixed by random | evals/sample |"
+    );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for t in &report.tasks {
         let _ = writeln!(
@@ -146,7 +150,11 @@ pub fn render_table(report: &Report) -> String {
             t.fixed_by_mcts,
             t.static_wrong,
             pct(ratio(t.fixed_by_mcts, t.static_wrong)),
-            t.fixed_by_random.map_or("-".into(), |f| format!("{f}/{} ({})", t.static_wrong, pct(ratio(f, t.static_wrong)))),
+            t.fixed_by_random.map_or("-".into(), |f| format!(
+                "{f}/{} ({})",
+                t.static_wrong,
+                pct(ratio(f, t.static_wrong))
+            )),
             t.mean_evaluations,
         );
     }
@@ -183,7 +191,10 @@ pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRu
     if let Some((dir, other)) = runs.iter().zip(&merged.configs).find(|(_, c)| c.num_layers != first.num_layers) {
         return Err(RunError::Invalid {
             path: dir.clone(),
-            message: format!("a run of a {}-layer model, the first is of {} layers; report them separately", other.num_layers, first.num_layers),
+            message: format!(
+                "a run of a {}-layer model, the first is of {} layers; report them separately",
+                other.num_layers, first.num_layers
+            ),
         });
     }
     let report = build_report(&merged.records, first.num_layers);
@@ -191,8 +202,9 @@ pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRu
     // A directory of its own also gets the merged records (never a run's own samples.jsonl).
     let same = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
     if !runs.iter().any(|r| same(r, out_dir)) {
-        let lines: String = merged.records.iter().map(|r| serde_json::to_string(r).expect("record serializes") + "\n").collect();
-        let path = out_dir.join(crate::run::SAMPLES_FILE);
+        let lines: String =
+            merged.records.iter().map(|r| serde_json::to_string(r).expect("record serializes") + "\n").collect();
+        let path = out_dir.join(crate::run_dir::SAMPLES_FILE);
         write_atomic(&path, lines.as_bytes())?;
         files.push(path);
     }
@@ -214,7 +226,8 @@ pub fn write_report(
     let figures = write_figures(out_dir, report)?;
     let mut md = String::new();
     let _ = writeln!(md, "# CoLa search report\n");
-    let _ = writeln!(md, "Runs: {}\n", sources.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", "));
+    let _ =
+        writeln!(md, "Runs: {}\n", sources.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", "));
     if let Some(c) = configs.first() {
         let s = &c.settings;
         let _ = writeln!(
@@ -236,9 +249,18 @@ pub fn write_report(
     }
     md.push_str(&render_table(report));
     let _ = writeln!(md, "\n{}", render_timing(records, timings));
-    let _ = writeln!(md, "\nReward is the paper's oracle: a chain counts as correct when its answer matches the gold answer, so the CoLa accuracy shows that a good chain exists, not a deployable prediction.");
-    let _ = writeln!(md, "\n- Finding 1 (paper: >75% of right samples have a shorter correct chain): the `right: shorter chain exists` column.");
-    let _ = writeln!(md, "- Finding 2 (paper: >60% of wrong samples have a chain that gets them right): the `wrong: fixed by MCTS` column, next to random search with the same number of distinct evaluations.\n");
+    let _ = writeln!(
+        md,
+        "\nReward is the paper's oracle: a chain counts as correct when its answer matches the gold answer, so the CoLa accuracy shows that a good chain exists, not a deployable prediction."
+    );
+    let _ = writeln!(
+        md,
+        "\n- Finding 1 (paper: >75% of right samples have a shorter correct chain): the `right: shorter chain exists` column."
+    );
+    let _ = writeln!(
+        md,
+        "- Finding 2 (paper: >60% of wrong samples have a chain that gets them right): the `wrong: fixed by MCTS` column, next to random search with the same number of distinct evaluations.\n"
+    );
     for f in &figures {
         let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let _ = writeln!(md, "![{name}]({name})\n");
@@ -280,7 +302,10 @@ fn write_figures(out_dir: &Path, report: &Report) -> Result<Vec<PathBuf>, RunErr
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(44)
-            .build_cartesian_2d((lo.saturating_sub(1) as u32..hi as u32 + 1).into_segmented(), 0u32..max_count as u32 + 1)
+            .build_cartesian_2d(
+                (lo.saturating_sub(1) as u32..hi as u32 + 1).into_segmented(),
+                0u32..max_count as u32 + 1,
+            )
             .map_err(|x| e(x.to_string()))?;
         chart
             .configure_mesh()
@@ -293,7 +318,8 @@ fn write_figures(out_dir: &Path, report: &Report) -> Result<Vec<PathBuf>, RunErr
         chart
             .draw_series(report.best_length_histogram.iter().map(|(&l, &c)| {
                 let (l, c) = (l as u32, c as u32);
-                let mut bar = Rectangle::new([(SegmentValue::Exact(l), c), (SegmentValue::Exact(l + 1), 0)], BLUE.filled());
+                let mut bar =
+                    Rectangle::new([(SegmentValue::Exact(l), c), (SegmentValue::Exact(l + 1), 0)], BLUE.filled());
                 bar.set_margin(0, 0, 5, 5);
                 bar
             }))
@@ -373,7 +399,10 @@ mod tests {
         ];
         let r = build_report(&rs, 4);
         let t = &r.tasks[0];
-        assert_eq!((t.n, t.static_correct, t.shortened, t.static_wrong, t.fixed_by_mcts, t.fixed_by_random), (5, 2, 1, 3, 2, Some(1)));
+        assert_eq!(
+            (t.n, t.static_correct, t.shortened, t.static_wrong, t.fixed_by_mcts, t.fixed_by_random),
+            (5, 2, 1, 3, 2, Some(1))
+        );
         assert_eq!(t.static_accuracy, 0.4);
         assert_eq!(t.oracle_accuracy, 0.8);
         assert_eq!(t.random_accuracy, Some(0.6));

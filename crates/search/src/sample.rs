@@ -2,11 +2,11 @@
 //! chain's answer is correct, the paper's oracle setting), and the random baseline at the same
 //! number of distinct evaluations.
 
-use cola_model::LayerOps;
 use cola_eval::{EvalError, Item, ItemResult, ScoringMode, ScoringOptions, score_item_variants};
 use cola_executor::Chain;
 use cola_mcts::chains::{ActionPreset, ChainProblem, ChainSpace};
 use cola_mcts::{Evaluation, MctsConfig, RandomConfig, SearchResult, random_search, sample_rng, search};
+use cola_model::LayerOps;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ChainModel;
@@ -17,6 +17,50 @@ use crate::model::ChainModel;
 pub enum Baseline {
     Random,
     None,
+}
+
+impl std::str::FromStr for Baseline {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "random" => Ok(Baseline::Random),
+            "none" => Ok(Baseline::None),
+            _ => Err(format!("unknown baseline `{s}` (random, none)")),
+        }
+    }
+}
+
+/// A named bundle of search settings (`search --preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// The paper: generate scoring with the chat template, 200 simulations, paper actions.
+    Paper,
+    /// The authors' released code: their action rules, 100 simulations, generate scoring.
+    Polar,
+    /// The quick default (no `--preset`): 60 simulations, paper actions, log-likelihood scoring
+    /// for multiple choice.
+    Quick,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Paper => "paper",
+            Preset::Polar => "polar",
+            Preset::Quick => "default",
+        }
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "paper" => Ok(Preset::Paper),
+            "polar" => Ok(Preset::Polar),
+            _ => Err(format!("unknown preset `{s}` (paper, polar)")),
+        }
+    }
 }
 
 /// Everything that decides what a search does (all of it goes into the run's config.json).
@@ -70,6 +114,29 @@ impl SearchSettings {
             scoring,
             batch: 1,
         }
+    }
+
+    /// The settings of `preset` for a model of `num_layers` layers; `multiple_choice` (every item
+    /// is) and `has_chat` (the model has a chat template) decide the scoring where the preset
+    /// leaves it open.
+    pub fn preset(preset: Preset, num_layers: usize, multiple_choice: bool, has_chat: bool) -> Self {
+        let generate = ScoringOptions { chat: has_chat, ..ScoringOptions::new(ScoringMode::Generate) };
+        match preset {
+            Preset::Paper => Self::paper(num_layers, generate),
+            Preset::Polar => {
+                Self { actions: ActionPreset::Polar, simulations: 100, ..Self::paper(num_layers, generate) }
+            }
+            Preset::Quick => {
+                let mode = if multiple_choice { ScoringMode::Loglik } else { ScoringMode::Generate };
+                Self { simulations: 60, ..Self::paper(num_layers, ScoringOptions::new(mode)) }
+            }
+        }
+    }
+
+    /// The early stop that comes with an action rule: drllm's includes one (once a correct
+    /// chain 2 layers shorter than the original is found: the authors' `best_length + 2 <= N`).
+    pub fn early_stop_of(actions: ActionPreset) -> Option<usize> {
+        (actions == ActionPreset::Drllm).then_some(2)
     }
 
     /// Length bounds scaled from the authors' presets (16..32 for 28 layers, 24..44 for 36):
@@ -178,6 +245,7 @@ pub fn search_item<B: LayerOps>(
     model.clear_cache();
     let mut failure: Option<EvalError> = None;
     let mut evaluate = |model: &mut ChainModel<'_, B>, chains: &[Vec<usize>]| -> Vec<Evaluation<ItemResult>> {
+        let _span = tracing::debug_span!("evaluate", chains = chains.len()).entered();
         model.set_chains(chains.iter().map(|c| Chain::new(c.clone())).collect());
         match score_item_variants(model, item, &settings.scoring) {
             Ok(results) => results.into_iter().map(|r| Evaluation { reward: oracle_reward(&r), payload: r }).collect(),
@@ -188,7 +256,10 @@ pub fn search_item<B: LayerOps>(
         }
     };
     let mcts = {
-        let mut problem = ChainProblem { space: ChainSpace::new(n, settings.actions), evaluate: |c: &[Vec<usize>]| evaluate(model, c) };
+        let mut problem = ChainProblem {
+            space: ChainSpace::new(n, settings.actions),
+            evaluate: |c: &[Vec<usize>]| evaluate(model, c),
+        };
         search(&mut problem, &settings.mcts_config(n), &mut sample_rng(seed, &sample_id))
     };
     let random = match settings.baseline {
@@ -201,7 +272,10 @@ pub fn search_item<B: LayerOps>(
                 max_len: settings.max_len,
                 batch: settings.batch,
             };
-            let mut problem = ChainProblem { space: ChainSpace::new(n, settings.actions), evaluate: |c: &[Vec<usize>]| evaluate(model, c) };
+            let mut problem = ChainProblem {
+                space: ChainSpace::new(n, settings.actions),
+                evaluate: |c: &[Vec<usize>]| evaluate(model, c),
+            };
             Some(random_search(&mut problem, &cfg, &mut sample_rng(seed, &format!("random/{sample_id}"))))
         }
     };

@@ -4,15 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cola_model::LayerOps;
 use cola_eval::{Item, ItemResult, LoadReport, ScoringOptions, Summary, Task, load_task, load_user_jsonl, score_item};
 use cola_executor::{Chain, LoadedChainModel};
+use cola_model::LayerOps;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::model::ChainModel;
 use crate::report::{Report, build_report, render_table, write_report};
-use crate::run::{HashedFile, RunConfig, RunDir, Shard, read_timings};
+use crate::run_dir::{HashedFile, RunConfig, RunDir, Shard, read_timings};
 use crate::sample::{SearchSettings, search_item};
 
 /// Where items come from.
@@ -20,7 +20,10 @@ use crate::sample::{SearchSettings, search_item};
 pub enum Source {
     Task(Task),
     /// A user JSONL file (see `cola_eval::data`), reported under `name`.
-    File { path: PathBuf, name: String },
+    File {
+        path: PathBuf,
+        name: String,
+    },
 }
 
 impl Source {
@@ -47,6 +50,18 @@ pub struct TaskItems {
     pub name: String,
     pub items: Vec<Item>,
     pub load: LoadReport,
+}
+
+impl TaskItems {
+    /// Lists (the first ten of) the items loading skipped, with why, on stderr.
+    fn print_skipped(&self) {
+        if !self.load.skipped.is_empty() {
+            eprintln!("{}: {} items skipped while loading:", self.name, self.load.skipped.len());
+            for s in self.load.skipped.iter().take(10) {
+                eprintln!("  {s}");
+            }
+        }
+    }
 }
 
 /// Loads and selects items. `data_dir` holds `oe_eval_tasks/`.
@@ -101,7 +116,9 @@ pub fn weight_hashes(model_dir: &Path) -> Result<Vec<HashedFile>, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(model_dir)
         .map_err(|e| format!("{}: {e}", model_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json"))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json")
+        })
         .collect();
     files.sort();
     files
@@ -149,20 +166,17 @@ pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>)
     };
     let run = RunDir::open(&req.out_dir, &config, req.force).map_err(|e| e.to_string())?;
     let done = run.finished_keys().map_err(|e| e.to_string())?;
-    let mut chain_model =
-        ChainModel::new(model, Chain::identity(num_layers)).with_cache_budget_mib(req.cache_mib).with_caching(req.cache_mib > 0);
+    let mut chain_model = ChainModel::new(model, Chain::identity(num_layers))
+        .with_cache_budget_mib(req.cache_mib)
+        .with_caching(req.cache_mib > 0);
     for t in &tasks {
-        if !t.load.skipped.is_empty() {
-            eprintln!("{}: {} items skipped while loading:", t.name, t.load.skipped.len());
-            for s in t.load.skipped.iter().take(10) {
-                eprintln!("  {s}");
-            }
-        }
+        t.print_skipped();
         let todo: Vec<&Item> = t.items.iter().filter(|i| !done.contains(&(i.task.clone(), i.doc_id.clone()))).collect();
         let pb = progress(t.items.len(), t.name.clone());
         pb.set_position((t.items.len() - todo.len()) as u64);
         let (mut right, mut fixed, mut shortened, mut finished) = (0, 0, 0, 0);
         for item in todo {
+            let _span = tracing::info_span!("sample", task = %item.task, doc_id = %item.doc_id).entered();
             let started = std::time::Instant::now();
             let rec = search_item(&mut chain_model, item, &req.settings, req.seed)
                 .map_err(|e| format!("{} item {}: {e}", t.name, item.doc_id))?;
@@ -179,12 +193,18 @@ pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>)
     let records = run.finished().map_err(|e| e.to_string())?;
     let report = build_report(&records, num_layers);
     let timings = read_timings(&run.dir);
-    write_report(&run.dir, &report, &records, &timings, &[config], std::slice::from_ref(&run.dir)).map_err(|e| e.to_string())?;
+    write_report(&run.dir, &report, &records, &timings, &[config], std::slice::from_ref(&run.dir))
+        .map_err(|e| e.to_string())?;
     Ok((report, run))
 }
 
 /// Re-scores recorded chains: the prediction each chain gives now (used to check records).
-pub fn rescore<B: LayerOps>(model: &LoadedChainModel<B>, item: &Item, chain: &Chain, scoring: &ScoringOptions) -> Result<ItemResult, String> {
+pub fn rescore<B: LayerOps>(
+    model: &LoadedChainModel<B>,
+    item: &Item,
+    chain: &Chain,
+    scoring: &ScoringOptions,
+) -> Result<ItemResult, String> {
     let mut m = ChainModel::new(model, chain.clone()).with_caching(false);
     score_item(&mut m, item, scoring).map_err(|e| e.to_string())
 }
@@ -201,12 +221,7 @@ pub fn run_eval<B: LayerOps>(
     let mut m = ChainModel::new(model, chain.clone()).with_caching(false);
     let mut summaries = Vec::new();
     for t in tasks {
-        if !t.load.skipped.is_empty() {
-            eprintln!("{}: {} items skipped while loading:", t.name, t.load.skipped.len());
-            for s in t.load.skipped.iter().take(10) {
-                eprintln!("  {s}");
-            }
-        }
+        t.print_skipped();
         let pb = progress(t.items.len(), t.name.clone());
         let mut results = Vec::with_capacity(t.items.len());
         for item in &t.items {

@@ -106,17 +106,20 @@ pub struct SampleTiming {
 /// writes who holds it into the lock file, for the message the next process gets.
 fn lock(dir: &Path) -> Result<File, RunError> {
     let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err(&path))?;
+    let mut file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err(&path))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
             let holder = fs::read_to_string(&path).unwrap_or_default();
-            let holder = if holder.trim().is_empty() { "another process".to_string() } else { holder.trim().to_string() };
+            let holder =
+                if holder.trim().is_empty() { "another process".to_string() } else { holder.trim().to_string() };
             return Err(RunError::InUse { path: dir.to_path_buf(), holder });
         }
         Err(fs::TryLockError::Error(error)) => return Err(RunError::Io { path, error }),
     }
-    let host = fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "this machine".into(), |h| h.trim().to_string());
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "this machine".into(), |h| h.trim().to_string());
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     file.set_len(0).map_err(io_err(&path))?;
     writeln!(file, "process {} on {host} (since unix time {since})", std::process::id()).map_err(io_err(&path))?;
@@ -138,10 +141,15 @@ impl RunDir {
     /// over.
     pub fn open(dir: &Path, config: &RunConfig, force: bool) -> Result<Self, RunError> {
         if dir.exists() && !dir.is_dir() {
-            return Err(RunError::Invalid { path: dir.to_path_buf(), message: "is a file, not a run directory".into() });
+            return Err(RunError::Invalid {
+                path: dir.to_path_buf(),
+                message: "is a file, not a run directory".into(),
+            });
         }
-        fs::create_dir_all(dir)
-            .map_err(|e| RunError::Invalid { path: dir.to_path_buf(), message: format!("cannot create the run directory: {e}") })?;
+        fs::create_dir_all(dir).map_err(|e| RunError::Invalid {
+            path: dir.to_path_buf(),
+            message: format!("cannot create the run directory: {e}"),
+        })?;
         let lock = lock(dir)?;
         let cfg_path = dir.join(CONFIG_FILE);
         let samples_path = dir.join(SAMPLES_FILE);
@@ -162,7 +170,8 @@ impl RunDir {
                         ),
                     });
                 }
-                let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let stamp =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 for name in [SAMPLES_FILE, TIMINGS_FILE] {
                     let old = dir.join(name);
                     if old.exists() {
@@ -201,7 +210,10 @@ impl RunDir {
     /// to timings.jsonl.
     pub fn append(&self, record: &SampleRecord, seconds: f64) -> Result<(), RunError> {
         append_line(&self.samples_path, record)?;
-        append_line(&self.timings_path, &SampleTiming { task: record.task.clone(), doc_id: record.doc_id.clone(), seconds })
+        append_line(
+            &self.timings_path,
+            &SampleTiming { task: record.task.clone(), doc_id: record.doc_id.clone(), seconds },
+        )
     }
 
     pub fn samples_path(&self) -> &Path {
@@ -264,7 +276,8 @@ pub fn read_samples(path: &Path) -> Result<(Vec<SampleRecord>, Option<u64>), Run
     while let Some(line) = lines.next() {
         line_no += 1;
         let is_last = lines.peek().is_none();
-        let parsed = std::str::from_utf8(line).ok().and_then(|t| serde_json::from_str::<SampleRecord>(t.trim_end()).ok());
+        let parsed =
+            std::str::from_utf8(line).ok().and_then(|t| serde_json::from_str::<SampleRecord>(t.trim_end()).ok());
         match parsed {
             // A last line that parses is whole even if its newline never reached the disk.
             Some(r) => records.push(r),
