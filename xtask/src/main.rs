@@ -9,7 +9,7 @@ mod test_cmd;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use cola_executor::LoadedChainModel;
 use cola_executor::backend::{BackendKind, WithBackend, dispatch};
@@ -94,7 +94,7 @@ impl ModelArgs {
     /// Runs the command `work(model_dir)` on the chosen backend.
     pub fn dispatch<W: WithBackend<Output = Result<()>>>(&self, work: impl FnOnce(PathBuf) -> W) -> Result<()> {
         let dir = self.model_dir()?;
-        dispatch(self.backend, work(dir)).map_err(|e| anyhow!(e))?
+        dispatch(self.backend, work(dir))?
     }
 }
 
@@ -109,6 +109,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("COLA_LOG"))
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

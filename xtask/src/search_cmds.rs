@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use cola_eval::{ScoringMode, ScoringOptions, Task};
 use cola_executor::backend::WithBackend;
@@ -122,7 +122,7 @@ impl WithBackend for Eval {
     fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
         let Eval { args, dir } = self;
         let selection = args.items.selection(None, None)?;
-        let tasks = cola_search::select_items(&data_dir(&selection)?, &selection).map_err(|e| anyhow!(e))?;
+        let tasks = cola_search::select_items(&data_dir(&selection)?, &selection)?;
         let model = crate::load_model::<B>(&dir, device)?;
         let chain = chain_arg(args.chain.as_deref(), model.executor.num_layers())?;
         let mode = args.scoring.unwrap_or(if args.items.all_multiple_choice() {
@@ -138,13 +138,12 @@ impl WithBackend for Eval {
         let started = std::time::Instant::now();
         let summaries = cola_search::run_eval(&model, &tasks, &chain, &scoring, |task, r| {
             if let Some(w) = out.as_mut() {
-                let mut v = serde_json::to_value(r).map_err(|e| e.to_string())?;
+                let mut v = serde_json::to_value(r).expect("an item result serializes");
                 v["task"] = json!(task);
-                writeln!(w, "{v}").and_then(|_| w.flush()).map_err(|e| e.to_string())?;
+                writeln!(w, "{v}").and_then(|_| w.flush())?;
             }
             Ok(())
-        })
-        .map_err(|e| anyhow!(e))?;
+        })?;
         let seconds = started.elapsed().as_secs_f64();
         for s in &summaries {
             if args.json {
@@ -326,7 +325,7 @@ impl WithBackend for Search {
             cache_mib: args.cache_mib,
             backend: args.model.backend.name().into(),
         };
-        let (report, run) = cola_search::run_search(&req, &model).map_err(|e| anyhow!(e))?;
+        let (report, run) = cola_search::run_search(&req, &model)?;
         println!("{}", cola_search::runs::table(&report));
         let records = run.finished()?;
         println!("{}", report::render_timing(&records, &cola_search::run_dir::read_timings(&run.dir)));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cola_model::gguf_builder::GgufBuilder;
+use cola_model::gguf::builder::GgufBuilder;
 use cola_tests::{write_tiny_model_dir, write_tiny_task};
 use serde_json::{Value, json};
 

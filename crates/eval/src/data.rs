@@ -160,7 +160,7 @@ pub struct LoadReport {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
-    move |source| EvalError::Io { path: path.display().to_string(), source }
+    move |error| EvalError::Io { path: path.display().to_string(), error }
 }
 
 /// The JSON objects of a `.jsonl` or `.jsonl.gz` file with their line numbers; lines that are not

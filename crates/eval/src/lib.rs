@@ -19,12 +19,17 @@ pub use scoring::{ItemResult, LanguageModel, ScoringMode, ScoringOptions, StopRu
 /// A problem with benchmark data or with scoring, naming the file and line where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    // The io error is part of the message, not a `source`, so `{:#}` chains print it once.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}:{line}: {message}")]
     BadLine { path: String, line: usize, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// The model answered in a way the scoring cannot use.
     #[error("model: {0}")]
     Model(String),
+    /// The model failed (its own error, e.g. the executor's).
+    #[error("model: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }

@@ -15,31 +15,37 @@ use crate::data::{AnswerForm, Item, ItemKind, letter};
 use crate::grading::{extract_gsm8k, extract_letter, extract_math, math_equal};
 use crate::{EvalError, prompts};
 
-/// What the evaluation needs from a model. Errors are plain messages.
+/// What the evaluation needs from a model. Its errors reach the caller inside
+/// [`EvalError::Backend`].
 ///
 /// A model may stand for several variants answering the same request together (for the
 /// executor: several chains of layers over one input, run as one batch). Each request method
 /// returns one answer per variant, in the variants' order.
 pub trait LanguageModel {
+    type Error: std::error::Error + Send + Sync + 'static;
     /// How many variants answer each request.
     fn variants(&self) -> usize {
         1
     }
     /// Prompt ids for `text`, through the chat template when `chat` is set.
-    fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, String>;
+    fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, Self::Error>;
     /// Ids of a continuation, without any special tokens added.
-    fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, String>;
+    fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, Self::Error>;
     fn decode(&self, ids: &[u32]) -> String;
     /// Token ids that end a generation (end of text / end of turn).
     fn stop_ids(&self) -> Vec<u32>;
     /// Per variant: next-token logits (whole vocabulary) after `prompt`.
-    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<Vec<f32>>, String>;
+    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<Vec<f32>>, Self::Error>;
     /// Per variant, per continuation `c`: `log p(c[i] | prompt, c[..i])` for each i.
-    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>, String>;
+    fn choice_logprobs(
+        &mut self,
+        prompt: &[u32],
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<Vec<Vec<f32>>>, Self::Error>;
     /// Per variant: greedy generation of at most `max_new` tokens, ending early as `stop` says
     /// (each variant at its own stop). Returns the new ids (including a final stop id, if one
     /// ended it).
-    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<Vec<u32>>, String>;
+    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<Vec<u32>>, Self::Error>;
 }
 
 /// When a greedy generation ends before its token limit.
@@ -141,8 +147,8 @@ impl ItemResult {
     }
 }
 
-fn model_err(e: String) -> EvalError {
-    EvalError::Model(e)
+fn model_err(e: impl std::error::Error + Send + Sync + 'static) -> EvalError {
+    EvalError::Backend(Box::new(e))
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -174,7 +180,11 @@ fn letter_answer_viable(text: &str) -> bool {
 }
 
 /// Scores one item with a model of one variant.
-pub fn score_item(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOptions) -> Result<ItemResult, EvalError> {
+pub fn score_item<M: LanguageModel>(
+    model: &mut M,
+    item: &Item,
+    opts: &ScoringOptions,
+) -> Result<ItemResult, EvalError> {
     let mut results = score_item_variants(model, item, opts)?;
     if results.len() != 1 {
         return Err(EvalError::Model(format!(
@@ -187,8 +197,8 @@ pub fn score_item(model: &mut dyn LanguageModel, item: &Item, opts: &ScoringOpti
 
 /// Scores one item with every variant of `model` (one request, answered by all): one result
 /// per variant, in order.
-pub fn score_item_variants(
-    model: &mut dyn LanguageModel,
+pub fn score_item_variants<M: LanguageModel>(
+    model: &mut M,
     item: &Item,
     opts: &ScoringOptions,
 ) -> Result<Vec<ItemResult>, EvalError> {
@@ -294,8 +304,8 @@ pub fn score_item_variants(
 
 /// Greedy generation by every variant until a stop id, `on_text` on the decoded text, or
 /// `max_new` tokens. The returned texts leave the stop ids out.
-fn generate_texts(
-    model: &mut dyn LanguageModel,
+fn generate_texts<M: LanguageModel>(
+    model: &mut M,
     prompt: &[u32],
     max_new: usize,
     on_text: fn(&str) -> bool,

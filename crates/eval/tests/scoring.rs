@@ -30,12 +30,25 @@ impl FakeModel {
     }
 }
 
+/// The fake model's failure (it never fails on its own).
+#[derive(Debug)]
+struct Never;
+
+impl std::fmt::Display for Never {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("never")
+    }
+}
+
+impl std::error::Error for Never {}
+
 impl LanguageModel for FakeModel {
-    fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, String> {
+    type Error = Never;
+    fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, Never> {
         let text = if chat { format!("<chat>{text}</chat>") } else { text.to_string() };
         Ok(text.chars().map(|c| c as u32 % 1000).collect())
     }
-    fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, String> {
+    fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, Never> {
         let b = text.as_bytes();
         if b.len() == 2 && b[0] == b' ' && b[1].is_ascii_uppercase() {
             return Ok(vec![LABEL_BASE + (b[1] - b'A') as u32]);
@@ -48,7 +61,7 @@ impl LanguageModel for FakeModel {
     fn stop_ids(&self) -> Vec<u32> {
         vec![EOS]
     }
-    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<Vec<f32>>, String> {
+    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<Vec<f32>>, Never> {
         let p = self.text(prompt);
         let want = (self.answer_for)(&p);
         self.seen.push(p);
@@ -56,7 +69,7 @@ impl LanguageModel for FakeModel {
         logits[(LABEL_BASE + (want.as_bytes()[0] - b'A') as u32) as usize] = 5.0;
         Ok(vec![logits])
     }
-    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>, String> {
+    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>, Never> {
         let p = self.text(prompt);
         let want = (self.answer_for)(&p);
         self.seen.push(p);
@@ -68,7 +81,7 @@ impl LanguageModel for FakeModel {
         };
         Ok(vec![continuations.iter().map(score).collect()])
     }
-    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<Vec<u32>>, String> {
+    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<Vec<u32>>, Never> {
         let p = self.text(prompt);
         let want = (self.answer_for)(&p);
         self.seen.push(p);
@@ -100,6 +113,7 @@ fn mc(id: &str, question: &str, choices: &[&str], gold: usize) -> Item {
     }
 }
 
+/// A math item; GSM8K's answers are read as its loader sets them (a final number).
 fn math(task: &str, id: &str, problem: &str, answer: &str) -> Item {
     Item {
         task: task.into(),
@@ -109,7 +123,7 @@ fn math(task: &str, id: &str, problem: &str, answer: &str) -> Item {
             answer: answer.into(),
             level: Some(1),
             subject: None,
-            form: AnswerForm::Boxed,
+            form: if task == "gsm8k" { AnswerForm::FinalNumber } else { AnswerForm::Boxed },
         },
     }
 }

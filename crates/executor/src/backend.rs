@@ -67,12 +67,21 @@ pub trait WithBackend {
     fn run<B: LayerOps>(self, device: B::Device) -> Self::Output;
 }
 
+/// Why [`dispatch`] could not run the work.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("this binary was built without the `{0}` backend; rebuild with `--features {0}`")]
+    NotBuilt(BackendKind),
+    #[error("no usable {backend} device: {message}")]
+    NoDevice { backend: BackendKind, message: String },
+}
+
 /// Runs `work` on the backend `kind`, or says why it cannot (not compiled in, or no usable
 /// device: the GPU runtimes panic when they find none, so a first tiny operation is tried under
 /// `catch_unwind` and its panic turned into an error).
-pub fn dispatch<W: WithBackend>(kind: BackendKind, work: W) -> Result<W::Output, String> {
+pub fn dispatch<W: WithBackend>(kind: BackendKind, work: W) -> Result<W::Output, BackendError> {
     if !kind.compiled_in() {
-        return Err(format!("this binary was built without the `{kind}` backend; rebuild with `--features {kind}`"));
+        return Err(BackendError::NotBuilt(kind));
     }
     match kind {
         BackendKind::Cpu => Ok(work.run::<Cpu>(Default::default())),
@@ -93,7 +102,7 @@ pub fn dispatch<W: WithBackend>(kind: BackendKind, work: W) -> Result<W::Output,
 
 /// Creates and reads back a one-element tensor on the default device of `B`.
 #[allow(dead_code)]
-fn probe<B: LayerOps>(kind: BackendKind) -> Result<(), String> {
+fn probe<B: LayerOps>(kind: BackendKind) -> Result<(), BackendError> {
     let result = std::panic::catch_unwind(|| {
         let device = B::Device::default();
         let t = burn::tensor::Tensor::<B, 1>::from_floats([1.0f32], &device);
@@ -101,14 +110,17 @@ fn probe<B: LayerOps>(kind: BackendKind) -> Result<(), String> {
     });
     match result {
         Ok(Ok(1.0)) => Ok(()),
-        Ok(other) => Err(format!("the {kind} device returned {other:?} for a one-element test tensor")),
+        Ok(other) => Err(BackendError::NoDevice {
+            backend: kind,
+            message: format!("it returned {other:?} for a one-element test tensor"),
+        }),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown error".into());
-            Err(format!("no usable {kind} device: {msg}"))
+            Err(BackendError::NoDevice { backend: kind, message: msg })
         }
     }
 }

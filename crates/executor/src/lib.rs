@@ -11,7 +11,10 @@
 
 pub mod backend;
 mod batch;
+mod branches;
 pub mod chain;
+mod loaded;
+mod logits;
 pub mod parity;
 mod prefix_cache;
 
@@ -20,9 +23,13 @@ use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use cola_model::{CausalLm, KvCache, LayerOps, ModelConfig, ModelError, Rope, TextTokenizer, TokenTree};
+use cola_model::{CausalLm, KvCache, LayerOps, ModelConfig, ModelError, Rope, TokenTree};
 
+pub use branches::Branches;
 pub use chain::{Chain, ChainError, LengthBounds};
+pub use loaded::LoadedChainModel;
+use logits::to_vec;
+pub use logits::{argmax, log_softmax_at};
 pub use prefix_cache::{CacheStats, PrefixCache};
 
 /// Errors from running a chain: a bad chain, or input the model cannot take.
@@ -239,95 +246,5 @@ impl<B: LayerOps> Executor<B> {
             rows.extend(all.chunks_exact(vocab).map(<[f32]>::to_vec));
         }
         Ok(rows.iter().zip(continuation).map(|(row, &tok)| log_softmax_at(row, tok as usize)).collect())
-    }
-}
-
-/// Where each branch of a token tree sits: its tokens follow the prompt at positions
-/// `prompt_len..`, see the prompt and their own earlier tokens only. The last token of a branch
-/// is never an input (nothing is predicted from it), so it is left out of the tree.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Branches {
-    prompt_len: usize,
-    /// RoPE position of each flat token.
-    positions: Vec<usize>,
-    /// Branch of each flat token (None for the prompt).
-    branch_of: Vec<Option<usize>>,
-    /// Per branch: the flat rows whose logits predict its tokens.
-    predictors: Vec<Vec<usize>>,
-    /// Per branch: the token ids predicted.
-    targets: Vec<Vec<u32>>,
-}
-
-impl Branches {
-    fn new(prompt_len: usize, branches: &[Vec<u32>]) -> Self {
-        let mut positions: Vec<usize> = (0..prompt_len).collect();
-        let mut branch_of = vec![None; prompt_len];
-        let mut predictors = Vec::new();
-        for (i, b) in branches.iter().enumerate() {
-            let mut rows = vec![prompt_len - 1];
-            for j in 0..b.len() - 1 {
-                rows.push(positions.len());
-                positions.push(prompt_len + j);
-                branch_of.push(Some(i));
-            }
-            predictors.push(rows);
-        }
-        Branches { prompt_len, positions, branch_of, predictors, targets: branches.to_vec() }
-    }
-
-    /// Whether flat token `q` may attend to flat token `k`.
-    fn visible(&self, q: usize, k: usize) -> bool {
-        if k > q {
-            return false;
-        }
-        k < self.prompt_len || self.branch_of[k] == self.branch_of[q]
-    }
-}
-
-/// Index of the largest value; the first one on ties (as `torch.argmax`).
-pub fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// `log_softmax(row)[index]`, computed stably.
-pub fn log_softmax_at(row: &[f32], index: usize) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    (row[index] - max) - sum.ln() as f32
-}
-
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().into_vec::<f32>().expect("f32 tensor")
-}
-
-/// A model directory's tokenizer and executor, loaded together.
-pub struct LoadedChainModel<B: LayerOps> {
-    pub executor: Executor<B>,
-    pub tokenizer: TextTokenizer,
-    /// The directory it was loaded from.
-    pub dir: std::path::PathBuf,
-}
-
-impl<B: LayerOps> LoadedChainModel<B> {
-    pub fn load(dir: &Path, device: B::Device) -> Result<Self, ExecError> {
-        let tokenizer = TextTokenizer::from_dir(dir)?;
-        let executor = Executor::load(dir, device)?;
-        Ok(LoadedChainModel { executor, tokenizer, dir: dir.to_path_buf() })
-    }
-
-    /// Prompt ids for `text`, through the chat template when `chat` is set.
-    pub fn prompt_ids(&self, text: &str, chat: bool) -> Result<Vec<u32>, ExecError> {
-        Ok(if chat { self.tokenizer.encode_chat(text)? } else { self.tokenizer.encode(text)? })
-    }
-
-    /// Ids that end a greedy generation for this model.
-    pub fn stop_ids(&self) -> Vec<u32> {
-        self.tokenizer.stop_ids(&self.executor.config().eos_token_ids)
     }
 }

@@ -20,6 +20,10 @@ pub enum Architecture {
 }
 
 impl Architecture {
+    pub const ALL: [Architecture; 4] =
+        [Architecture::Llama, Architecture::Mistral, Architecture::Qwen2, Architecture::Qwen3];
+
+    /// The `model_type` of its HF `config.json`.
     pub fn as_str(self) -> &'static str {
         match self {
             Architecture::Llama => "llama",
@@ -27,6 +31,37 @@ impl Architecture {
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
         }
+    }
+
+    /// The transformers class named in `architectures`.
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Architecture::Llama => "LlamaForCausalLM",
+            Architecture::Mistral => "MistralForCausalLM",
+            Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+
+    /// llama.cpp's `general.architecture` (it writes Mistral models as `llama`).
+    pub fn gguf_name(self) -> Option<&'static str> {
+        match self {
+            Architecture::Mistral => None,
+            other => Some(other.as_str()),
+        }
+    }
+
+    pub fn from_model_type(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    pub fn from_gguf_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.gguf_name() == Some(name))
+    }
+
+    /// The names `names` gives, for error messages: `llama, mistral, ...`.
+    pub fn supported(names: fn(Architecture) -> Option<&'static str>) -> String {
+        Self::ALL.into_iter().filter_map(names).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -80,46 +115,148 @@ fn bad(field: &str, why: impl std::fmt::Display) -> ModelError {
     ModelError::Config(format!("field `{field}`: {why}"))
 }
 
-fn get_usize(v: &Value, field: &str) -> Result<Option<usize>, ModelError> {
-    match v.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_u64()
-            .map(|n| Some(n as usize))
-            .ok_or_else(|| bad(field, format!("expected a non-negative integer, got {x}"))),
+/// A token id or a list of them (`eos_token_id` is either).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    fn into_vec(self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => vec![id],
+            TokenIds::Many(ids) => ids,
+        }
     }
 }
 
-fn need_usize(v: &Value, field: &str) -> Result<usize, ModelError> {
-    let n = get_usize(v, field)?.ok_or_else(|| bad(field, "missing"))?;
-    if n == 0 {
-        return Err(bad(field, "must be positive"));
-    }
-    Ok(n)
+/// `config.json` as Hugging Face writes it: the fields this project reads (others are ignored),
+/// each optional here so that [`HfConfig::into_config`] can say which one is missing.
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    hidden_act: Option<String>,
+    mlp_bias: Option<bool>,
+    attention_bias: Option<bool>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<HfRope>,
+    /// transformers >= 5: theta and scaling together.
+    rope_parameters: Option<HfRope>,
+    max_position_embeddings: Option<usize>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
+    tie_word_embeddings: Option<bool>,
+    bos_token_id: Option<TokenIds>,
+    eos_token_id: Option<TokenIds>,
 }
 
-fn get_f64(v: &Value, field: &str) -> Result<Option<f64>, ModelError> {
-    match v.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(x) => x.as_f64().map(Some).ok_or_else(|| bad(field, format!("expected a number, got {x}"))),
+fn positive(value: Option<usize>, field: &str) -> Result<usize, ModelError> {
+    match value {
+        None => Err(bad(field, "missing")),
+        Some(0) => Err(bad(field, "must be positive")),
+        Some(n) => Ok(n),
     }
 }
 
-fn get_bool(v: &Value, field: &str) -> Result<Option<bool>, ModelError> {
-    match v.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(x) => x.as_bool().map(Some).ok_or_else(|| bad(field, format!("expected true or false, got {x}"))),
-    }
-}
-
-fn token_ids(v: &Value, field: &str) -> Result<Vec<u32>, ModelError> {
-    match v.get(field) {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|x| x.as_u64().map(|n| n as u32).ok_or_else(|| bad(field, format!("expected token ids, got {x}"))))
-            .collect(),
-        Some(x) => Ok(vec![x.as_u64().ok_or_else(|| bad(field, format!("expected a token id, got {x}")))? as u32]),
+impl HfConfig {
+    /// Validates the fields and derives the runtime config.
+    fn into_config(self) -> Result<ModelConfig, ModelError> {
+        let model_type = self.model_type.as_deref().ok_or_else(|| bad("model_type", "missing"))?;
+        let architecture = Architecture::from_model_type(model_type).ok_or_else(|| {
+            bad(
+                "model_type",
+                format!(
+                    "`{model_type}` is not supported (supported: {})",
+                    Architecture::supported(|a| Some(a.as_str()))
+                ),
+            )
+        })?;
+        let hidden_size = positive(self.hidden_size, "hidden_size")?;
+        let num_heads = positive(self.num_attention_heads, "num_attention_heads")?;
+        let num_kv_heads = self.num_key_value_heads.unwrap_or(num_heads);
+        if num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
+            return Err(bad(
+                "num_key_value_heads",
+                format!("{num_kv_heads} does not divide num_attention_heads = {num_heads}"),
+            ));
+        }
+        let head_dim = match self.head_dim {
+            Some(d) => d,
+            None if !hidden_size.is_multiple_of(num_heads) => {
+                return Err(bad(
+                    "hidden_size",
+                    format!("{hidden_size} is not divisible by num_attention_heads = {num_heads}"),
+                ));
+            }
+            None => hidden_size / num_heads,
+        };
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(bad("head_dim", format!("{head_dim} must be even and positive")));
+        }
+        if let Some(act) = self.hidden_act.as_deref()
+            && act != "silu"
+        {
+            return Err(bad("hidden_act", format!("`{act}` is not supported (only silu)")));
+        }
+        if self.mlp_bias == Some(true) {
+            return Err(bad("mlp_bias", "true is not supported"));
+        }
+        let attention_bias = match architecture {
+            Architecture::Qwen2 => true,
+            Architecture::Qwen3 if self.attention_bias == Some(true) => {
+                return Err(bad("attention_bias", "true is not supported for qwen3"));
+            }
+            _ => self.attention_bias.unwrap_or(false),
+        };
+        // transformers >= 5 writes `rope_parameters` (theta and scaling together); older
+        // checkpoints have top-level `rope_theta` and `rope_scaling`.
+        let (rope_theta, rope_scaling) = match (&self.rope_parameters, &self.rope_scaling) {
+            (Some(p), _) => (p.rope_theta, p.scaling("rope_parameters")?),
+            (None, Some(r)) => (self.rope_theta, r.scaling("rope_scaling")?),
+            (None, None) => (self.rope_theta, RopeScaling::None),
+        };
+        let rope_theta = rope_theta.unwrap_or(10_000.0);
+        if !(rope_theta > 0.0 && rope_theta.is_finite()) {
+            return Err(bad("rope_theta", "must be positive"));
+        }
+        let sliding_window = match architecture {
+            Architecture::Qwen2 | Architecture::Qwen3 if self.use_sliding_window != Some(true) => None,
+            _ => self.sliding_window,
+        };
+        let eps = self.rms_norm_eps.unwrap_or(1e-6);
+        if !(eps > 0.0 && eps.is_finite()) {
+            return Err(bad("rms_norm_eps", "must be positive"));
+        }
+        Ok(ModelConfig {
+            architecture,
+            vocab_size: positive(self.vocab_size, "vocab_size")?,
+            hidden_size,
+            intermediate_size: positive(self.intermediate_size, "intermediate_size")?,
+            num_layers: positive(self.num_hidden_layers, "num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: eps,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            attention_bias,
+            qk_norm: architecture == Architecture::Qwen3,
+            sliding_window,
+            bos_token_id: self.bos_token_id.map(TokenIds::into_vec).unwrap_or_default().first().copied(),
+            eos_token_ids: self.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
+        })
     }
 }
 
@@ -130,127 +267,21 @@ impl ModelConfig {
         Self::from_json_str(&text).map_err(|e| e.in_file(path))
     }
 
-    /// Parses the text of an HF `config.json`.
+    /// Parses the text of an HF `config.json`: serde reads the fields (a wrong type is an
+    /// error naming the field), [`HfConfig::into_config`] validates them.
     pub fn from_json_str(text: &str) -> Result<Self, ModelError> {
         let v: Value = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("not valid JSON: {e}")))?;
         if !v.is_object() {
             return Err(ModelError::Config("expected a JSON object".into()));
         }
-        let model_type = v.get("model_type").and_then(Value::as_str).ok_or_else(|| bad("model_type", "missing"))?;
-        let architecture = match model_type {
-            "llama" => Architecture::Llama,
-            "mistral" => Architecture::Mistral,
-            "qwen2" => Architecture::Qwen2,
-            "qwen3" => Architecture::Qwen3,
-            other => {
-                return Err(bad(
-                    "model_type",
-                    format!("`{other}` is not supported (supported: llama, mistral, qwen2, qwen3)"),
-                ));
-            }
-        };
-
-        let hidden_size = need_usize(&v, "hidden_size")?;
-        let num_heads = need_usize(&v, "num_attention_heads")?;
-        let num_kv_heads = get_usize(&v, "num_key_value_heads")?.unwrap_or(num_heads);
-        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-            return Err(bad(
-                "num_key_value_heads",
-                format!("{num_kv_heads} does not divide num_attention_heads = {num_heads}"),
-            ));
-        }
-        let head_dim = match get_usize(&v, "head_dim")? {
-            Some(d) => d,
-            None => {
-                if hidden_size % num_heads != 0 {
-                    return Err(bad(
-                        "hidden_size",
-                        format!("{hidden_size} is not divisible by num_attention_heads = {num_heads}"),
-                    ));
-                }
-                hidden_size / num_heads
-            }
-        };
-        if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(bad("head_dim", format!("{head_dim} must be even and positive")));
-        }
-
-        if let Some(act) = v.get("hidden_act").and_then(Value::as_str)
-            && act != "silu"
-        {
-            return Err(bad("hidden_act", format!("`{act}` is not supported (only silu)")));
-        }
-        if get_bool(&v, "mlp_bias")?.unwrap_or(false) {
-            return Err(bad("mlp_bias", "true is not supported"));
-        }
-
-        let attention_bias = match architecture {
-            Architecture::Qwen2 => true,
-            _ => get_bool(&v, "attention_bias")?.unwrap_or(false),
-        };
-        if architecture == Architecture::Qwen3 && get_bool(&v, "attention_bias")?.unwrap_or(false) {
-            return Err(bad("attention_bias", "true is not supported for qwen3"));
-        }
-
-        // transformers >= 5 writes `rope_parameters` (theta and scaling together); older
-        // checkpoints have top-level `rope_theta` and `rope_scaling`.
-        let (rope_theta, rope_scaling) = match v.get("rope_parameters").filter(|p| !p.is_null()) {
-            Some(p) => (get_f64(p, "rope_theta")?, parse_rope_scaling(Some(p))?),
-            None => (get_f64(&v, "rope_theta")?, parse_rope_scaling(v.get("rope_scaling"))?),
-        };
-        let rope_theta = rope_theta.unwrap_or(10_000.0);
-        if rope_theta <= 0.0 {
-            return Err(bad("rope_theta", "must be positive"));
-        }
-
-        let max_position_embeddings = get_usize(&v, "max_position_embeddings")?.unwrap_or(2048);
-        let sliding_window = match architecture {
-            Architecture::Qwen2 | Architecture::Qwen3 => {
-                if get_bool(&v, "use_sliding_window")?.unwrap_or(false) {
-                    get_usize(&v, "sliding_window")?
-                } else {
-                    None
-                }
-            }
-            _ => get_usize(&v, "sliding_window")?,
-        };
-
-        let eps = get_f64(&v, "rms_norm_eps")?.unwrap_or(1e-6);
-        if eps <= 0.0 {
-            return Err(bad("rms_norm_eps", "must be positive"));
-        }
-
-        Ok(ModelConfig {
-            architecture,
-            vocab_size: need_usize(&v, "vocab_size")?,
-            hidden_size,
-            intermediate_size: need_usize(&v, "intermediate_size")?,
-            num_layers: need_usize(&v, "num_hidden_layers")?,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            rms_norm_eps: eps,
-            rope_theta,
-            rope_scaling,
-            max_position_embeddings,
-            tie_word_embeddings: get_bool(&v, "tie_word_embeddings")?.unwrap_or(false),
-            attention_bias,
-            qk_norm: architecture == Architecture::Qwen3,
-            sliding_window,
-            bos_token_id: token_ids(&v, "bos_token_id")?.first().copied(),
-            eos_token_ids: token_ids(&v, "eos_token_id")?,
-        })
+        let hf: HfConfig = serde_path_to_error::deserialize(v).map_err(|e| bad(&e.path().to_string(), e.inner()))?;
+        hf.into_config()
     }
 
     /// The HF `config.json` text for this configuration (used by GGUF import and random models).
     pub fn to_hf_json(&self) -> Value {
         let mut v = serde_json::json!({
-            "architectures": [match self.architecture {
-                Architecture::Llama => "LlamaForCausalLM",
-                Architecture::Mistral => "MistralForCausalLM",
-                Architecture::Qwen2 => "Qwen2ForCausalLM",
-                Architecture::Qwen3 => "Qwen3ForCausalLM",
-            }],
+            "architectures": [self.architecture.hf_class()],
             "model_type": self.architecture.as_str(),
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -337,47 +368,55 @@ impl ModelConfig {
     }
 }
 
-fn parse_rope_scaling(v: Option<&Value>) -> Result<RopeScaling, ModelError> {
-    let Some(v) = v else { return Ok(RopeScaling::None) };
-    if v.is_null() {
-        return Ok(RopeScaling::None);
-    }
-    let kind = v
-        .get("rope_type")
-        .or_else(|| v.get("type"))
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("rope_scaling", "has no `rope_type`"))?;
-    let factor = || {
-        get_f64(v, "factor")
-            .map_err(|_| bad("rope_scaling.factor", "expected a number"))?
-            .filter(|f| *f > 0.0)
-            .ok_or_else(|| bad("rope_scaling.factor", "missing or not positive"))
-    };
-    match kind {
-        "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear { factor: factor()? }),
-        "llama3" => {
-            let f = |name: &str| {
-                get_f64(v, name).ok().flatten().ok_or_else(|| bad(&format!("rope_scaling.{name}"), "missing"))
-            };
-            let s = Llama3RopeScaling {
-                factor: factor()?,
-                low_freq_factor: f("low_freq_factor")?,
-                high_freq_factor: f("high_freq_factor")?,
-                original_max_position_embeddings: get_usize(v, "original_max_position_embeddings")
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| bad("rope_scaling.original_max_position_embeddings", "missing"))?,
-            };
-            if s.high_freq_factor <= s.low_freq_factor {
-                return Err(bad("rope_scaling.high_freq_factor", "must be greater than low_freq_factor"));
+/// `rope_scaling` (or transformers 5's `rope_parameters`, which also holds `rope_theta`).
+#[derive(Deserialize)]
+struct HfRope {
+    rope_type: Option<String>,
+    /// The older spelling of `rope_type`.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    rope_theta: Option<f64>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
+}
+
+impl HfRope {
+    /// The scaling it asks for; `field` names it in errors.
+    fn scaling(&self, field: &str) -> Result<RopeScaling, ModelError> {
+        let Some(kind) = self.rope_type.as_deref().or(self.kind.as_deref()) else {
+            // `rope_parameters` may hold only the theta.
+            return if self.factor.is_none() { Ok(RopeScaling::None) } else { Err(bad(field, "has no `rope_type`")) };
+        };
+        let need = |value: Option<f64>, name: &str| {
+            value
+                .filter(|f| *f > 0.0 && f.is_finite())
+                .ok_or_else(|| bad(&format!("{field}.{name}"), "missing or not positive"))
+        };
+        match kind {
+            "default" => Ok(RopeScaling::None),
+            "linear" => Ok(RopeScaling::Linear { factor: need(self.factor, "factor")? }),
+            "llama3" => {
+                let s = Llama3RopeScaling {
+                    factor: need(self.factor, "factor")?,
+                    low_freq_factor: need(self.low_freq_factor, "low_freq_factor")?,
+                    high_freq_factor: need(self.high_freq_factor, "high_freq_factor")?,
+                    original_max_position_embeddings: self
+                        .original_max_position_embeddings
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| bad(&format!("{field}.original_max_position_embeddings"), "missing"))?,
+                };
+                if s.high_freq_factor <= s.low_freq_factor {
+                    return Err(bad(&format!("{field}.high_freq_factor"), "must be greater than low_freq_factor"));
+                }
+                Ok(RopeScaling::Llama3(s))
             }
-            Ok(RopeScaling::Llama3(s))
+            other => Err(bad(
+                &format!("{field}.rope_type"),
+                format!("`{other}` is not supported (supported: default, linear, llama3)"),
+            )),
         }
-        other => Err(bad(
-            "rope_scaling.rope_type",
-            format!("`{other}` is not supported (supported: default, linear, llama3)"),
-        )),
     }
 }
 

@@ -10,9 +10,9 @@
 pub mod config;
 pub mod flex_ops;
 pub mod gguf;
-pub mod gguf_builder;
 pub mod llama;
 pub mod ops;
+pub mod tensors;
 pub mod tokenizer;
 pub mod weights;
 

@@ -19,6 +19,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::ops::{AttnMask, Heads, LayerOps, Positions};
+use crate::tensors::{LayerTensor, ModelTensor};
 use crate::weights::{HostTensor, WeightSource, expect_tensor};
 use crate::{ModelConfig, ModelError};
 
@@ -246,68 +247,53 @@ impl<B: LayerOps> CausalLm<B> {
         source: &dyn WeightSource,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        let h = config.hidden_size;
         let (nh, nkv, hd) = (config.num_heads, config.num_kv_heads, config.head_dim);
-        let ffn = config.intermediate_size;
-        let get = |name: &str, shape: &[usize]| expect_tensor(source, name, shape);
-        let norm = |name: &str, dim: usize| -> Result<RmsNorm<B>, ModelError> {
-            Ok(RmsNorm { weight: Param::from_tensor(tensor1(get(name, &[dim])?, device)), eps: config.rms_norm_eps })
+        // Names and shapes come from the one table in `crate::tensors`.
+        let get = |t: ModelTensor| expect_tensor(source, &t.hf_name(), &t.shape(config));
+        let norm = |t: ModelTensor| -> Result<RmsNorm<B>, ModelError> {
+            Ok(RmsNorm { weight: Param::from_tensor(tensor1(get(t)?, device)), eps: config.rms_norm_eps })
         };
 
-        let embed = get("model.embed_tokens.weight", &[config.vocab_size, h])?;
-        let embed_tokens = Embedding { weight: Param::from_tensor(tensor2(embed, device)) };
+        let embed_tokens = Embedding { weight: Param::from_tensor(tensor2(get(ModelTensor::Embed)?, device)) };
 
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
-            let p = format!("model.layers.{i}");
-            let q = get(&format!("{p}.self_attn.q_proj.weight"), &[nh * hd, h])?;
-            let k = get(&format!("{p}.self_attn.k_proj.weight"), &[nkv * hd, h])?;
-            let v = get(&format!("{p}.self_attn.v_proj.weight"), &[nkv * hd, h])?;
+            let t = |lt: LayerTensor| ModelTensor::Layer(i, lt);
+            let (q, k, v) = (get(t(LayerTensor::Q))?, get(t(LayerTensor::K))?, get(t(LayerTensor::V))?);
             let qkv_bias = if config.attention_bias {
-                let qb = get(&format!("{p}.self_attn.q_proj.bias"), &[nh * hd])?;
-                let kb = get(&format!("{p}.self_attn.k_proj.bias"), &[nkv * hd])?;
-                let vb = get(&format!("{p}.self_attn.v_proj.bias"), &[nkv * hd])?;
-                Some(concat_rows(&[qb, kb, vb]))
+                let biases = [get(t(LayerTensor::QBias))?, get(t(LayerTensor::KBias))?, get(t(LayerTensor::VBias))?];
+                Some(concat_rows(&biases))
             } else {
                 None
             };
             let (q_norm, k_norm) = if config.qk_norm {
-                (
-                    Some(norm(&format!("{p}.self_attn.q_norm.weight"), hd)?),
-                    Some(norm(&format!("{p}.self_attn.k_norm.weight"), hd)?),
-                )
+                (Some(norm(t(LayerTensor::QNorm))?), Some(norm(t(LayerTensor::KNorm))?))
             } else {
                 (None, None)
             };
-            let o = get(&format!("{p}.self_attn.o_proj.weight"), &[h, nh * hd])?;
-            let gate = get(&format!("{p}.mlp.gate_proj.weight"), &[ffn, h])?;
-            let up = get(&format!("{p}.mlp.up_proj.weight"), &[ffn, h])?;
-            let down = get(&format!("{p}.mlp.down_proj.weight"), &[h, ffn])?;
+            let (gate, up) = (get(t(LayerTensor::Gate))?, get(t(LayerTensor::Up))?);
             layers.push(DecoderLayer {
-                input_layernorm: norm(&format!("{p}.input_layernorm.weight"), h)?,
+                input_layernorm: norm(t(LayerTensor::InputNorm))?,
                 self_attn: Attention {
                     qkv_proj: linear(concat_rows(&[q, k, v]), qkv_bias, device),
-                    o_proj: linear(o, None, device),
+                    o_proj: linear(get(t(LayerTensor::O))?, None, device),
                     q_norm,
                     k_norm,
                     num_heads: nh,
                     num_kv_heads: nkv,
                     head_dim: hd,
                 },
-                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                post_attention_layernorm: norm(t(LayerTensor::PostNorm))?,
                 mlp: Mlp {
                     gate_up_proj: linear(concat_rows(&[gate, up]), None, device),
-                    down_proj: linear(down, None, device),
-                    intermediate_size: ffn,
+                    down_proj: linear(get(t(LayerTensor::Down))?, None, device),
+                    intermediate_size: config.intermediate_size,
                 },
             });
         }
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(linear(get("lm_head.weight", &[config.vocab_size, h])?, None, device))
-        };
-        Ok(CausalLm { embed_tokens, layers, norm: norm("model.norm.weight", h)?, lm_head })
+        let lm_head =
+            if config.tie_word_embeddings { None } else { Some(linear(get(ModelTensor::LmHead)?, None, device)) };
+        Ok(CausalLm { embed_tokens, layers, norm: norm(ModelTensor::FinalNorm)?, lm_head })
     }
 }
 

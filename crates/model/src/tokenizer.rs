@@ -42,6 +42,11 @@ impl TextTokenizer {
         self.encode_with(text, true)
     }
 
+    /// Token ids of `text` alone, no special tokens added (a continuation after a prompt).
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        self.encode_with(text, false)
+    }
+
     fn encode_with(&self, text: &str, add_special: bool) -> Result<Vec<u32>, ModelError> {
         let enc = self
             .tokenizer

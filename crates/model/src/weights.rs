@@ -53,39 +53,10 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
 }
 
-/// The tensors a Llama-family model of this config has, with their PyTorch shapes, in file order.
+/// The tensors a model of this config has, with their PyTorch shapes, in file order (from the
+/// table in [`crate::tensors`]).
 pub fn tensor_specs(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let h = config.hidden_size;
-    let q = config.num_heads * config.head_dim;
-    let kv = config.num_kv_heads * config.head_dim;
-    let ffn = config.intermediate_size;
-    let mut specs = vec![("model.embed_tokens.weight".to_string(), vec![config.vocab_size, h])];
-    for i in 0..config.num_layers {
-        let p = format!("model.layers.{i}");
-        specs.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        specs.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
-        specs.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
-        specs.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
-        if config.attention_bias {
-            specs.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
-            specs.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
-            specs.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
-        }
-        if config.qk_norm {
-            specs.push((format!("{p}.self_attn.q_norm.weight"), vec![config.head_dim]));
-            specs.push((format!("{p}.self_attn.k_norm.weight"), vec![config.head_dim]));
-        }
-        specs.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
-        specs.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-        specs.push((format!("{p}.mlp.gate_proj.weight"), vec![ffn, h]));
-        specs.push((format!("{p}.mlp.up_proj.weight"), vec![ffn, h]));
-        specs.push((format!("{p}.mlp.down_proj.weight"), vec![h, ffn]));
-    }
-    specs.push(("model.norm.weight".to_string(), vec![h]));
-    if !config.tie_word_embeddings {
-        specs.push(("lm_head.weight".to_string(), vec![config.vocab_size, h]));
-    }
-    specs
+    crate::tensors::all(config).into_iter().map(|t| (t.hf_name(), t.shape(config))).collect()
 }
 
 /// Fetches a tensor and checks its shape against what the config implies.

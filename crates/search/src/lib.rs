@@ -16,3 +16,23 @@ pub mod sample;
 pub use model::ChainModel;
 pub use runs::{SearchRequest, Selection, Source, run_eval, run_search, select_items};
 pub use sample::{Baseline, Preset, SampleRecord, SearchSettings, default_batch, oracle_reward, search_item};
+
+/// An error of a search or eval run: which file, item or run directory, and what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// The run directory (its config, samples, lock or report).
+    #[error(transparent)]
+    Run(#[from] run_dir::RunError),
+    /// Loading benchmark data.
+    #[error(transparent)]
+    Data(#[from] cola_eval::EvalError),
+    /// Scoring one item.
+    #[error("{task} item {doc_id}: {error}")]
+    Item { task: String, doc_id: String, error: cola_eval::EvalError },
+    /// Reading or hashing a model or data file.
+    #[error("{}: {error}", path.display())]
+    File { path: std::path::PathBuf, error: String },
+    /// Handing a result to the caller (`run_eval`'s `on_result`).
+    #[error("writing a result: {0}")]
+    Output(std::io::Error),
+}

@@ -92,11 +92,11 @@ impl<'m, B: LayerOps> ChainModel<'m, B> {
         &mut self,
         key: Vec<u32>,
         start: impl FnOnce() -> Result<ChainState<B>, ExecError>,
-    ) -> Result<Vec<ChainState<B>>, String> {
+    ) -> Result<Vec<ChainState<B>>, ExecError> {
         let exec = &self.model.executor;
         if !self.caching {
-            let mut cache = PrefixCache::new(start().map_err(|e| e.to_string())?, 0);
-            let states = exec.run_batch_cached(&mut cache, &self.chains).map_err(|e| e.to_string())?;
+            let mut cache = PrefixCache::new(start()?, 0);
+            let states = exec.run_batch_cached(&mut cache, &self.chains)?;
             self.computed_steps += cache.stats().computed_steps;
             return Ok(states);
         }
@@ -105,21 +105,22 @@ impl<'m, B: LayerOps> ChainModel<'m, B> {
         let cache = match self.caches.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(PrefixCache::new(start().map_err(|e| e.to_string())?, per_input.max(1 << 20)))
+                v.insert(PrefixCache::new(start()?, per_input.max(1 << 20)))
             }
         };
-        exec.run_batch_cached(cache, &self.chains).map_err(|e| e.to_string())
+        exec.run_batch_cached(cache, &self.chains)
     }
 }
 
 impl<B: LayerOps> LanguageModel for ChainModel<'_, B> {
-    fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, String> {
-        self.model.prompt_ids(text, chat).map_err(|e| e.to_string())
+    type Error = ExecError;
+
+    fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, ExecError> {
+        self.model.prompt_ids(text, chat)
     }
 
-    fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, String> {
-        let enc = self.model.tokenizer.tokenizer.encode(text, false).map_err(|e| e.to_string())?;
-        Ok(enc.get_ids().to_vec())
+    fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, ExecError> {
+        Ok(self.model.tokenizer.encode_continuation(text)?)
     }
 
     fn decode(&self, ids: &[u32]) -> String {
@@ -134,31 +135,30 @@ impl<B: LayerOps> LanguageModel for ChainModel<'_, B> {
         self.chains.len()
     }
 
-    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<Vec<f32>>, String> {
+    fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<Vec<f32>>, ExecError> {
         let exec = &self.model.executor;
         let states = self.run_chains(prompt.to_vec(), || exec.start(prompt))?;
         Ok(exec.last_logits_batch(&states.iter().collect::<Vec<_>>()))
     }
 
-    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>, String> {
+    fn choice_logprobs(&mut self, prompt: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>, ExecError> {
         let exec = &self.model.executor;
         let mut key = prompt.to_vec();
         for c in continuations {
             key.push(KEY_SEPARATOR);
             key.extend_from_slice(c);
         }
-        let (root, layout) = exec.start_branches(prompt, continuations).map_err(|e| e.to_string())?;
+        let (root, layout) = exec.start_branches(prompt, continuations)?;
         let states = self.run_chains(key, || Ok(root))?;
-        exec.branch_logprobs_batch(&states.iter().collect::<Vec<_>>(), &layout).map_err(|e| e.to_string())
+        exec.branch_logprobs_batch(&states.iter().collect::<Vec<_>>(), &layout)
     }
 
-    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<Vec<u32>>, String> {
+    fn generate(&mut self, prompt: &[u32], max_new: usize, stop: &StopRule) -> Result<Vec<Vec<u32>>, ExecError> {
         let exec = &self.model.executor;
         let states = self.run_chains(prompt.to_vec(), || exec.start(prompt))?;
         let tokenizer = &self.model.tokenizer;
         exec.generate_batch(&states, max_new, |_, new| {
             stop.should_stop(new, |ids| tokenizer.decode(ids).unwrap_or_default())
         })
-        .map_err(|e| e.to_string())
     }
 }

@@ -10,6 +10,7 @@ use cola_model::LayerOps;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::SearchError;
 use crate::model::ChainModel;
 use crate::report::{Report, build_report, render_table, write_report};
 use crate::run_dir::{HashedFile, RunConfig, RunDir, Shard, read_timings};
@@ -65,14 +66,13 @@ impl TaskItems {
 }
 
 /// Loads and selects items. `data_dir` holds `oe_eval_tasks/`.
-pub fn select_items(data_dir: &Path, sel: &Selection) -> Result<Vec<TaskItems>, String> {
+pub fn select_items(data_dir: &Path, sel: &Selection) -> Result<Vec<TaskItems>, SearchError> {
     let mut out = Vec::new();
     for source in &sel.sources {
         let load = match source {
             Source::Task(t) => load_task(data_dir, *t, sel.subject.as_deref()),
             Source::File { path, name } => load_user_jsonl(path, name),
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         let items: Vec<Item> = load
             .items
             .iter()
@@ -112,9 +112,9 @@ pub struct SearchRequest {
 }
 
 /// sha256 of the weight files of a model directory, named relative to it.
-pub fn weight_hashes(model_dir: &Path) -> Result<Vec<HashedFile>, String> {
+pub fn weight_hashes(model_dir: &Path) -> Result<Vec<HashedFile>, SearchError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(model_dir)
-        .map_err(|e| format!("{}: {e}", model_dir.display()))?
+        .map_err(|e| SearchError::File { path: model_dir.to_path_buf(), error: e.to_string() })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json")
@@ -130,17 +130,20 @@ pub fn weight_hashes(model_dir: &Path) -> Result<Vec<HashedFile>, String> {
         .collect()
 }
 
-fn sha256(p: &Path) -> Result<String, String> {
-    cola_assets::sha256_file_cached(p).map_err(|e| e.to_string())
+fn sha256(p: &Path) -> Result<String, SearchError> {
+    cola_assets::sha256_file_cached(p).map_err(|e| SearchError::File { path: p.to_path_buf(), error: e.to_string() })
 }
 
 /// A data file as the config records it (see [`cola_assets::portable_path`]).
-fn hashed(p: &Path) -> Result<HashedFile, String> {
+fn hashed(p: &Path) -> Result<HashedFile, SearchError> {
     Ok(HashedFile { path: cola_assets::portable_path(p), sha256: sha256(p)? })
 }
 
 /// Runs (or resumes) a search and writes the report. Returns the report and the run directory.
-pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>) -> Result<(Report, RunDir), String> {
+pub fn run_search<B: LayerOps>(
+    req: &SearchRequest,
+    model: &LoadedChainModel<B>,
+) -> Result<(Report, RunDir), SearchError> {
     let tasks = select_items(&req.data_dir, &req.selection)?;
     let num_layers = model.executor.num_layers();
     let mut data = Vec::new();
@@ -164,8 +167,8 @@ pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>)
         backend: req.backend.clone(),
         versions: json!({"cola": env!("CARGO_PKG_VERSION"), "burn": "0.21.0"}),
     };
-    let run = RunDir::open(&req.out_dir, &config, req.force).map_err(|e| e.to_string())?;
-    let done = run.finished_keys().map_err(|e| e.to_string())?;
+    let run = RunDir::open(&req.out_dir, &config, req.force)?;
+    let done = run.finished_keys()?;
     let mut chain_model = ChainModel::new(model, Chain::identity(num_layers))
         .with_cache_budget_mib(req.cache_mib)
         .with_caching(req.cache_mib > 0);
@@ -179,8 +182,8 @@ pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>)
             let _span = tracing::info_span!("sample", task = %item.task, doc_id = %item.doc_id).entered();
             let started = std::time::Instant::now();
             let rec = search_item(&mut chain_model, item, &req.settings, req.seed)
-                .map_err(|e| format!("{} item {}: {e}", t.name, item.doc_id))?;
-            run.append(&rec, started.elapsed().as_secs_f64()).map_err(|e| e.to_string())?;
+                .map_err(|error| SearchError::Item { task: t.name.clone(), doc_id: item.doc_id.clone(), error })?;
+            run.append(&rec, started.elapsed().as_secs_f64())?;
             finished += 1;
             right += rec.static_correct as usize;
             fixed += (!rec.static_correct && rec.best_correct) as usize;
@@ -190,11 +193,10 @@ pub fn run_search<B: LayerOps>(req: &SearchRequest, model: &LoadedChainModel<B>)
         }
         pb.finish();
     }
-    let records = run.finished().map_err(|e| e.to_string())?;
+    let records = run.finished()?;
     let report = build_report(&records, num_layers);
     let timings = read_timings(&run.dir);
-    write_report(&run.dir, &report, &records, &timings, &[config], std::slice::from_ref(&run.dir))
-        .map_err(|e| e.to_string())?;
+    write_report(&run.dir, &report, &records, &timings, &[config], std::slice::from_ref(&run.dir))?;
     Ok((report, run))
 }
 
@@ -204,9 +206,13 @@ pub fn rescore<B: LayerOps>(
     item: &Item,
     chain: &Chain,
     scoring: &ScoringOptions,
-) -> Result<ItemResult, String> {
+) -> Result<ItemResult, SearchError> {
     let mut m = ChainModel::new(model, chain.clone()).with_caching(false);
-    score_item(&mut m, item, scoring).map_err(|e| e.to_string())
+    score_item(&mut m, item, scoring).map_err(|error| SearchError::Item {
+        task: item.task.clone(),
+        doc_id: item.doc_id.clone(),
+        error,
+    })
 }
 
 /// Scores items along one chain (`cargo xtask eval`); each result goes to `on_result` as it is
@@ -216,8 +222,8 @@ pub fn run_eval<B: LayerOps>(
     tasks: &[TaskItems],
     chain: &Chain,
     scoring: &ScoringOptions,
-    mut on_result: impl FnMut(&str, &ItemResult) -> Result<(), String>,
-) -> Result<Vec<Summary>, String> {
+    mut on_result: impl FnMut(&str, &ItemResult) -> std::io::Result<()>,
+) -> Result<Vec<Summary>, SearchError> {
     let mut m = ChainModel::new(model, chain.clone()).with_caching(false);
     let mut summaries = Vec::new();
     for t in tasks {
@@ -225,8 +231,12 @@ pub fn run_eval<B: LayerOps>(
         let pb = progress(t.items.len(), t.name.clone());
         let mut results = Vec::with_capacity(t.items.len());
         for item in &t.items {
-            let r = score_item(&mut m, item, scoring).map_err(|e| format!("{} item {}: {e}", t.name, item.doc_id))?;
-            on_result(&t.name, &r)?;
+            let r = score_item(&mut m, item, scoring).map_err(|error| SearchError::Item {
+                task: t.name.clone(),
+                doc_id: item.doc_id.clone(),
+                error,
+            })?;
+            on_result(&t.name, &r).map_err(SearchError::Output)?;
             results.push(r);
             let correct = results.iter().filter(|r| r.correct).count();
             pb.set_message(format!("acc {:.1}%", 100.0 * correct as f64 / results.len() as f64));

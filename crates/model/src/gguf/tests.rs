@@ -1,0 +1,140 @@
+//! GGUF reading, dequantisation and import, against files written by [`super::builder`].
+
+use super::*;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::builder::GgufBuilder as Builder;
+
+fn write(dir: &Path, bytes: &[u8]) -> PathBuf {
+    let p = dir.join("t.gguf");
+    File::create(&p).unwrap().write_all(bytes).unwrap();
+    p
+}
+
+#[test]
+fn q4_1_block_decodes_by_definition() {
+    // d = 0.5, m = -1.0; nibbles 0..15 in low halves, 15..0 in high halves.
+    let mut b = half::f16::from_f32(0.5).to_le_bytes().to_vec();
+    b.extend(half::f16::from_f32(-1.0).to_le_bytes());
+    for j in 0..16u8 {
+        b.push(j | ((15 - j) << 4));
+    }
+    let x = dequantize(GgmlType::Q4_1, &b);
+    for j in 0..16 {
+        assert_eq!(x[j], j as f32 * 0.5 - 1.0);
+        assert_eq!(x[j + 16], (15 - j) as f32 * 0.5 - 1.0);
+    }
+}
+
+#[test]
+fn q4_0_and_q8_0_blocks_decode_by_definition() {
+    let mut b = half::f16::from_f32(2.0).to_le_bytes().to_vec();
+    for j in 0..16u8 {
+        b.push(j | (j << 4));
+    }
+    let x = dequantize(GgmlType::Q4_0, &b);
+    assert_eq!(x[3], (3 - 8) as f32 * 2.0);
+    assert_eq!(x[16 + 15], (15 - 8) as f32 * 2.0);
+    let mut b = half::f16::from_f32(0.25).to_le_bytes().to_vec();
+    b.extend((0..32).map(|i| (i as i8 - 16) as u8));
+    let x = dequantize(GgmlType::Q8_0, &b);
+    assert_eq!(x[0], -4.0);
+    assert_eq!(x[31], 15.0 * 0.25);
+}
+
+#[test]
+fn unpermute_inverts_llama_cpp_permute() {
+    // llama.cpp: w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols)
+    let (heads, hd, cols) = (3, 8, 2);
+    let rows = heads * hd;
+    let hf: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+    let mut permuted = vec![0.0; hf.len()];
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..hd / 2 {
+                let src = h * hd + j * hd / 2 + i; // (h, j, i)
+                let dst = h * hd + i * 2 + j; // (h, i, j) after swapaxes
+                permuted[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    assert_eq!(unpermute_qk_rows(&permuted, rows, cols, heads), hf);
+}
+
+#[test]
+fn reads_metadata_and_f32_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let vals: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bytes =
+        Builder::new().kv_str("general.architecture", "llama").kv_u32("x", 7).tensor("w", &[3, 2], 0, &vals).build();
+    let f = GgufFile::open(&write(dir.path(), &bytes)).unwrap();
+    assert_eq!(f.metadata["x"], Value::U32(7));
+    let t = &f.tensors["w"];
+    assert_eq!(t.torch_shape(), vec![2, 3]);
+    assert_eq!(f.dequantize(t), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+}
+
+#[test]
+fn lying_counts_and_truncation_are_errors_not_allocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let vals = vec![0u8; 24];
+    let good = Builder::new().kv_str("general.architecture", "llama").tensor("w", &[3, 2], 0, &vals).build();
+    // tensor count claims 2^60
+    let mut lie = good.clone();
+    lie[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let e = GgufFile::open(&write(dir.path(), &lie)).err().unwrap().to_string();
+    assert!(e.contains("exceeds the file size") && e.contains("t.gguf"), "{e}");
+    // string length claims 2^40
+    let mut lie = good.clone();
+    lie[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let e = GgufFile::open(&write(dir.path(), &lie)).err().unwrap().to_string();
+    assert!(e.contains("exceeds the file size"), "{e}");
+    // data cut short
+    let e = GgufFile::open(&write(dir.path(), &good[..good.len() - 20])).err().unwrap().to_string();
+    assert!(e.contains("outside the file"), "{e}");
+    // bad magic and empty file
+    assert!(GgufFile::open(&write(dir.path(), b"GGUX")).err().unwrap().to_string().contains("magic"));
+    assert!(GgufFile::open(&write(dir.path(), b"")).is_err());
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+    /// Any corruption of a valid file (overwritten bytes, truncation) is an error or a
+    /// parse, never a panic or a huge allocation.
+    #[test]
+    fn corrupted_files_never_panic(
+        edits in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 1..8),
+        cut in 0usize..400,
+    ) {
+        let vals: Vec<u8> = (0..24u8).collect();
+        let mut bytes = Builder::new()
+            .kv_str("general.architecture", "llama")
+            .kv_u32("llama.block_count", 1)
+            .tensor("w", &[3, 2], 0, &vals)
+            .tensor("q", &[32], 8, &[7u8; 34])
+            .build();
+        for (at, b) in edits {
+            let i = at % bytes.len();
+            bytes[i] = b;
+        }
+        bytes.truncate(bytes.len() - cut % bytes.len());
+        let dir = tempfile::tempdir().unwrap();
+        if let Ok(f) = GgufFile::open(&write(dir.path(), &bytes)) {
+            for t in f.tensors.values() {
+                let _ = f.dequantize(t);
+            }
+            let _ = f.model_config();
+        }
+    }
+}
+
+#[test]
+fn unsupported_quantization_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = Builder::new().tensor("w", &[256], 12, &[0u8; 144]).build();
+    let e = GgufFile::open(&write(dir.path(), &bytes)).err().unwrap().to_string();
+    assert!(e.contains("Q4_K") && e.contains("`w`"), "{e}");
+}
