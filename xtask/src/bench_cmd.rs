@@ -165,11 +165,7 @@ impl WithBackend for Bench {
 /// the prefix cache on and off (the two must record the same chains and predictions), and in
 /// batches of `batch` with the cache on.
 fn search_throughput<B: LayerOps>(
-    model: &LoadedChainModel<B>,
-    task: cola_eval::Task,
-    samples: usize,
-    sims: usize,
-    mode: cola_eval::ScoringMode,
+    model: &LoadedChainModel<B>, task: cola_eval::Task, samples: usize, sims: usize, mode: cola_eval::ScoringMode,
     batch: usize,
 ) -> Result<Value> {
     use cola_eval::{ScoringMode, ScoringOptions};

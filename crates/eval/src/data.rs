@@ -286,11 +286,7 @@ fn math_level(v: Option<&Value>) -> Option<u8> {
 }
 
 fn load_math(
-    path: &Path,
-    task: Task,
-    subject: Option<&str>,
-    level: Option<u8>,
-    report: &mut LoadReport,
+    path: &Path, task: Task, subject: Option<&str>, level: Option<u8>, report: &mut LoadReport,
 ) -> Result<(), EvalError> {
     for (id, doc) in olmo_docs(path, report)? {
         let where_ = format!("{} (doc_id {id})", path.display());

@@ -38,9 +38,7 @@ pub trait LanguageModel {
     fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<Vec<f32>>, Self::Error>;
     /// Per variant, per continuation `c`: `log p(c[i] | prompt, c[..i])` for each i.
     fn choice_logprobs(
-        &mut self,
-        prompt: &[u32],
-        continuations: &[Vec<u32>],
+        &mut self, prompt: &[u32], continuations: &[Vec<u32>],
     ) -> Result<Vec<Vec<Vec<f32>>>, Self::Error>;
     /// Per variant: greedy generation of at most `max_new` tokens, ending early as `stop` says
     /// (each variant at its own stop). Returns the new ids (including a final stop id, if one
@@ -181,9 +179,7 @@ fn letter_answer_viable(text: &str) -> bool {
 
 /// Scores one item with a model of one variant.
 pub fn score_item<M: LanguageModel>(
-    model: &mut M,
-    item: &Item,
-    opts: &ScoringOptions,
+    model: &mut M, item: &Item, opts: &ScoringOptions,
 ) -> Result<ItemResult, EvalError> {
     let mut results = score_item_variants(model, item, opts)?;
     if results.len() != 1 {
@@ -198,9 +194,7 @@ pub fn score_item<M: LanguageModel>(
 /// Scores one item with every variant of `model` (one request, answered by all): one result
 /// per variant, in order.
 pub fn score_item_variants<M: LanguageModel>(
-    model: &mut M,
-    item: &Item,
-    opts: &ScoringOptions,
+    model: &mut M, item: &Item, opts: &ScoringOptions,
 ) -> Result<Vec<ItemResult>, EvalError> {
     let variants = model.variants();
     let check = |n: usize| {
@@ -305,10 +299,7 @@ pub fn score_item_variants<M: LanguageModel>(
 /// Greedy generation by every variant until a stop id, `on_text` on the decoded text, or
 /// `max_new` tokens. The returned texts leave the stop ids out.
 fn generate_texts<M: LanguageModel>(
-    model: &mut M,
-    prompt: &[u32],
-    max_new: usize,
-    on_text: fn(&str) -> bool,
+    model: &mut M, prompt: &[u32], max_new: usize, on_text: fn(&str) -> bool,
 ) -> Result<Vec<String>, EvalError> {
     let stop = StopRule { ids: model.stop_ids(), on_text };
     let generated = model.generate(prompt, max_new, &stop).map_err(model_err)?;

@@ -71,9 +71,7 @@ impl<B: LayerOps> Executor<B> {
     /// chain of the batch) holds for one of its prefixes, with the layer-call schedule of this
     /// module. Every state computed is stored in the cache. Returns one state per chain.
     pub fn run_batch_cached(
-        &self,
-        cache: &mut PrefixCache<B>,
-        chains: &[Chain],
+        &self, cache: &mut PrefixCache<B>, chains: &[Chain],
     ) -> Result<Vec<ChainState<B>>, ExecError> {
         let _span = tracing::debug_span!("prefill", chains = chains.len()).entered();
         for chain in chains {
@@ -193,10 +191,7 @@ impl<B: LayerOps> Executor<B> {
     /// with one LM-head call. State `i` leaves after `max_new` tokens or when `done(i, new_ids)`
     /// says so. Returns the new ids of each state.
     pub fn generate_batch(
-        &self,
-        states: &[ChainState<B>],
-        max_new: usize,
-        mut done: impl FnMut(usize, &[u32]) -> bool,
+        &self, states: &[ChainState<B>], max_new: usize, mut done: impl FnMut(usize, &[u32]) -> bool,
     ) -> Result<Vec<Vec<u32>>, ExecError> {
         let _span = tracing::debug_span!("decode", chains = states.len(), max_new).entered();
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); states.len()];
@@ -227,9 +222,7 @@ impl<B: LayerOps> Executor<B> {
     /// [`Self::branch_logprobs`] for several states of the same token tree, with one LM-head
     /// call for all.
     pub fn branch_logprobs_batch(
-        &self,
-        states: &[&ChainState<B>],
-        layout: &Branches,
+        &self, states: &[&ChainState<B>], layout: &Branches,
     ) -> Result<Vec<Vec<Vec<f32>>>, ExecError> {
         if states.iter().any(|s| s.tree.is_none() || s.ids.len() != layout.positions.len()) {
             return Err(ExecError::Input("branch_logprobs needs a state made by start_branches".into()));

@@ -150,9 +150,7 @@ impl<B: LayerOps> Executor<B> {
     /// The state before any layer for a prompt followed by several alternative continuations,
     /// laid out as one token tree so a single pass scores them all (see [`Branches`]).
     pub fn start_branches(
-        &self,
-        prompt: &[u32],
-        branches: &[Vec<u32>],
+        &self, prompt: &[u32], branches: &[Vec<u32>],
     ) -> Result<(ChainState<B>, Branches), ExecError> {
         if prompt.is_empty() {
             return Err(ExecError::Input("the prompt has no tokens".into()));
@@ -218,10 +216,7 @@ impl<B: LayerOps> Executor<B> {
 
     /// Greedy decoding that ends after `max_new` tokens or when `done(new_ids)` says so.
     pub fn generate_until(
-        &self,
-        state: &ChainState<B>,
-        max_new: usize,
-        mut done: impl FnMut(&[u32]) -> bool,
+        &self, state: &ChainState<B>, max_new: usize, mut done: impl FnMut(&[u32]) -> bool,
     ) -> Result<Vec<u32>, ExecError> {
         Ok(self.generate_batch(std::slice::from_ref(state), max_new, |_, new| done(new))?.remove(0))
     }

@@ -39,9 +39,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// reorder chains on backends `A` and `B`, each chain alone and all of them as one batch;
 /// returns one line per comparison.
 pub fn compare_backends<A: LayerOps, B: LayerOps>(
-    layers: usize,
-    da: A::Device,
-    db: B::Device,
+    layers: usize, da: A::Device, db: B::Device,
 ) -> Result<Vec<ParityLine>, ExecError> {
     let config = parity_config(layers);
     let (ea, eb) = (executor::<A>(&config, da)?, executor::<B>(&config, db)?);

@@ -255,9 +255,7 @@ impl<'p, P: Problem> Evaluator<'p, P> {
 /// Runs MCTS from `problem.root()`. The root is evaluated even if it lies outside the length
 /// bounds (it is the reference the search improves on); no other out-of-bounds state is.
 pub fn search<P: Problem>(
-    problem: &mut P,
-    config: &MctsConfig,
-    rng: &mut SearchRng,
+    problem: &mut P, config: &MctsConfig, rng: &mut SearchRng,
 ) -> SearchResult<P::State, P::Payload> {
     let root_state = problem.root();
     let mut ev = Evaluator::new(problem, config.min_len, config.max_len);
@@ -315,10 +313,7 @@ pub fn search<P: Problem>(
 /// new child. A walk that ends in a node with nothing left marks it exhausted and starts over;
 /// None once the root itself is exhausted.
 fn walk<P: Problem>(
-    nodes: &mut Vec<Node<P::Action>>,
-    ev: &mut Evaluator<'_, P>,
-    rng: &mut SearchRng,
-    config: &MctsConfig,
+    nodes: &mut Vec<Node<P::Action>>, ev: &mut Evaluator<'_, P>, rng: &mut SearchRng, config: &MctsConfig,
     simulation: usize,
 ) -> Option<(Vec<usize>, usize)> {
     'walk: loop {
@@ -380,10 +375,7 @@ fn select_child<A, S, P>(nodes: &[Node<A>], node: usize, entries: &[Entry<S, P>]
 /// child; creates that child (queuing its state for evaluation if new). None if the actions run
 /// out.
 fn expand_one<P: Problem>(
-    nodes: &mut Vec<Node<P::Action>>,
-    node: usize,
-    ev: &mut Evaluator<'_, P>,
-    simulation: usize,
+    nodes: &mut Vec<Node<P::Action>>, node: usize, ev: &mut Evaluator<'_, P>, simulation: usize,
 ) -> Option<usize> {
     loop {
         let action = nodes[node].untried.as_mut().expect("actions computed").pop()?;

@@ -25,9 +25,7 @@ pub struct RandomConfig {
 /// states are evaluated (or 100 draws in a row find nothing new: the reachable space is used up),
 /// evaluating them in batches of `config.batch`.
 pub fn random_search<P: Problem>(
-    problem: &mut P,
-    config: &RandomConfig,
-    rng: &mut SearchRng,
+    problem: &mut P, config: &RandomConfig, rng: &mut SearchRng,
 ) -> SearchResult<P::State, P::Payload> {
     let root = problem.root();
     let mut ev = Evaluator::new(problem, config.min_len, config.max_len);

@@ -220,9 +220,7 @@ fn mcts_finds_the_hidden_optimum_more_often_than_random_search() {
 
 /// A chain problem that records the size of every evaluation batch and every state evaluated.
 fn batch_recording(
-    n: usize,
-    preset: ActionPreset,
-    reward: fn(&[usize]) -> f64,
+    n: usize, preset: ActionPreset, reward: fn(&[usize]) -> f64,
 ) -> (Recorded, Calls, std::rc::Rc<std::cell::RefCell<Vec<usize>>>) {
     let sizes = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let calls: Calls = Default::default();

@@ -317,10 +317,7 @@ impl LayerOps for Flex {
     }
 
     fn split_heads_rope(
-        qkv: Tensor<Self, 2>,
-        heads: Heads,
-        rope: &Rope<Self>,
-        positions: &Positions<Self>,
+        qkv: Tensor<Self, 2>, heads: Heads, rope: &Rope<Self>, positions: &Positions<Self>,
         norms: Option<(&RmsNorm<Self>, &RmsNorm<Self>)>,
     ) -> (Tensor<Self, 3>, Tensor<Self, 3>, Tensor<Self, 3>) {
         if reference_forced() {
@@ -382,11 +379,7 @@ impl LayerOps for Flex {
     }
 
     fn attend(
-        q: Tensor<Self, 3>,
-        k: Tensor<Self, 3>,
-        v: Tensor<Self, 3>,
-        heads: Heads,
-        mask: &AttnMask<Self>,
+        q: Tensor<Self, 3>, k: Tensor<Self, 3>, v: Tensor<Self, 3>, heads: Heads, mask: &AttnMask<Self>,
     ) -> Tensor<Self, 2> {
         if reference_forced() {
             return reference::attend(q, k, v, heads, mask);

@@ -118,10 +118,7 @@ impl<B: LayerOps> Attention<B> {
     /// Returns the attention output `[rows, hidden]` and, per segment, the K/V including its new
     /// positions.
     pub fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        rope: &Rope<B>,
-        segments: &[Segment<'_, B>],
+        &self, x: Tensor<B, 2>, rope: &Rope<B>, segments: &[Segment<'_, B>],
     ) -> (Tensor<B, 2>, Vec<KvCache<B>>) {
         let heads = self.heads();
         let qkv = project(&self.qkv_proj, x);
@@ -185,10 +182,7 @@ impl<B: LayerOps> DecoderLayer<B> {
     /// segment's positions following its `past` (or given by its `tree`). Returns the new
     /// hidden rows and each segment's K/V.
     pub fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        rope: &Rope<B>,
-        segments: &[Segment<'_, B>],
+        &self, x: Tensor<B, 2>, rope: &Rope<B>, segments: &[Segment<'_, B>],
     ) -> (Tensor<B, 2>, Vec<KvCache<B>>) {
         let (attn, caches) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, segments);
         let x = x + attn;
@@ -243,9 +237,7 @@ impl<B: LayerOps> CausalLm<B> {
 
     /// Builds the model from named HF tensors, checking every shape against `config`.
     pub fn from_source(
-        config: &ModelConfig,
-        source: &dyn WeightSource,
-        device: &B::Device,
+        config: &ModelConfig, source: &dyn WeightSource, device: &B::Device,
     ) -> Result<Self, ModelError> {
         let (nh, nkv, hd) = (config.num_heads, config.num_kv_heads, config.head_dim);
         // Names and shapes come from the one table in `crate::tensors`.

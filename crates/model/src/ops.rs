@@ -63,10 +63,7 @@ pub trait LayerOps: Backend {
     /// (`q [q, s, dim]`, `k [kv, s, dim]`, `v [kv, s, dim]`), with the optional per-head RMSNorm
     /// and rotate-half RoPE applied to q and k.
     fn split_heads_rope(
-        qkv: Tensor<Self, 2>,
-        heads: Heads,
-        rope: &Rope<Self>,
-        positions: &Positions<Self>,
+        qkv: Tensor<Self, 2>, heads: Heads, rope: &Rope<Self>, positions: &Positions<Self>,
         norms: Option<(&RmsNorm<Self>, &RmsNorm<Self>)>,
     ) -> (Tensor<Self, 3>, Tensor<Self, 3>, Tensor<Self, 3>) {
         reference::split_heads_rope(qkv, heads, rope, positions, norms)
@@ -74,11 +71,7 @@ pub trait LayerOps: Backend {
 
     /// Softmax attention of `q [q, s, dim]` over `k`, `v` `[kv, t, dim]` -> `[s, q * dim]`.
     fn attend(
-        q: Tensor<Self, 3>,
-        k: Tensor<Self, 3>,
-        v: Tensor<Self, 3>,
-        heads: Heads,
-        mask: &AttnMask<Self>,
+        q: Tensor<Self, 3>, k: Tensor<Self, 3>, v: Tensor<Self, 3>, heads: Heads, mask: &AttnMask<Self>,
     ) -> Tensor<Self, 2> {
         reference::attend(q, k, v, heads, mask)
     }
@@ -95,10 +88,7 @@ pub mod reference {
     use super::*;
 
     pub fn split_heads_rope<B: Backend>(
-        qkv: Tensor<B, 2>,
-        heads: Heads,
-        rope: &Rope<B>,
-        positions: &Positions<B>,
+        qkv: Tensor<B, 2>, heads: Heads, rope: &Rope<B>, positions: &Positions<B>,
         norms: Option<(&RmsNorm<B>, &RmsNorm<B>)>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
         let [s, _] = qkv.dims();
@@ -123,11 +113,7 @@ pub mod reference {
     }
 
     pub fn attend<B: Backend>(
-        q: Tensor<B, 3>,
-        k: Tensor<B, 3>,
-        v: Tensor<B, 3>,
-        heads: Heads,
-        mask: &AttnMask<B>,
+        q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: Heads, mask: &AttnMask<B>,
     ) -> Tensor<B, 2> {
         let [nh, s, hd] = q.dims();
         let [nkv, t, _] = k.dims();

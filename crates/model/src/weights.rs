@@ -257,8 +257,7 @@ fn bytemuck_f32(data: &[f32]) -> &[u8] {
 
 /// Collects every tensor of a model from `source` in file order (for writing a checkpoint).
 pub fn collect_tensors(
-    config: &ModelConfig,
-    source: &dyn WeightSource,
+    config: &ModelConfig, source: &dyn WeightSource,
 ) -> Result<Vec<(String, HostTensor)>, ModelError> {
     tensor_specs(config)
         .into_iter()

@@ -89,9 +89,7 @@ impl<'m, B: LayerOps> ChainModel<'m, B> {
     /// cache holds (without caching: from a cache that lives for this call only, so prefixes
     /// shared inside the batch are still computed once).
     fn run_chains(
-        &mut self,
-        key: Vec<u32>,
-        start: impl FnOnce() -> Result<ChainState<B>, ExecError>,
+        &mut self, key: Vec<u32>, start: impl FnOnce() -> Result<ChainState<B>, ExecError>,
     ) -> Result<Vec<ChainState<B>>, ExecError> {
         let exec = &self.model.executor;
         if !self.caching {

@@ -215,12 +215,8 @@ pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRu
 /// Everything but the `Runs:` and `Search time:` lines of report.md depends only on the records
 /// and configs, so shards merged give the report of the run done whole.
 pub fn write_report(
-    out_dir: &Path,
-    report: &Report,
-    records: &[SampleRecord],
-    timings: &HashMap<(String, String), f64>,
-    configs: &[RunConfig],
-    sources: &[PathBuf],
+    out_dir: &Path, report: &Report, records: &[SampleRecord], timings: &HashMap<(String, String), f64>,
+    configs: &[RunConfig], sources: &[PathBuf],
 ) -> Result<Vec<PathBuf>, RunError> {
     let mut files = Vec::new();
     let figures = write_figures(out_dir, report)?;

@@ -141,8 +141,7 @@ fn hashed(p: &Path) -> Result<HashedFile, SearchError> {
 
 /// Runs (or resumes) a search and writes the report. Returns the report and the run directory.
 pub fn run_search<B: LayerOps>(
-    req: &SearchRequest,
-    model: &LoadedChainModel<B>,
+    req: &SearchRequest, model: &LoadedChainModel<B>,
 ) -> Result<(Report, RunDir), SearchError> {
     let tasks = select_items(&req.data_dir, &req.selection)?;
     let num_layers = model.executor.num_layers();
@@ -202,10 +201,7 @@ pub fn run_search<B: LayerOps>(
 
 /// Re-scores recorded chains: the prediction each chain gives now (used to check records).
 pub fn rescore<B: LayerOps>(
-    model: &LoadedChainModel<B>,
-    item: &Item,
-    chain: &Chain,
-    scoring: &ScoringOptions,
+    model: &LoadedChainModel<B>, item: &Item, chain: &Chain, scoring: &ScoringOptions,
 ) -> Result<ItemResult, SearchError> {
     let mut m = ChainModel::new(model, chain.clone()).with_caching(false);
     score_item(&mut m, item, scoring).map_err(|error| SearchError::Item {
@@ -218,10 +214,7 @@ pub fn rescore<B: LayerOps>(
 /// Scores items along one chain (`cargo xtask eval`); each result goes to `on_result` as it is
 /// ready. Returns one summary per source.
 pub fn run_eval<B: LayerOps>(
-    model: &LoadedChainModel<B>,
-    tasks: &[TaskItems],
-    chain: &Chain,
-    scoring: &ScoringOptions,
+    model: &LoadedChainModel<B>, tasks: &[TaskItems], chain: &Chain, scoring: &ScoringOptions,
     mut on_result: impl FnMut(&str, &ItemResult) -> std::io::Result<()>,
 ) -> Result<Vec<Summary>, SearchError> {
     let mut m = ChainModel::new(model, chain.clone()).with_caching(false);

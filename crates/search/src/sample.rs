@@ -235,10 +235,7 @@ pub fn oracle_reward(result: &ItemResult) -> f64 {
 
 /// Searches chains for one item. The model's prefix caches are cleared before and after.
 pub fn search_item<B: LayerOps>(
-    model: &mut ChainModel<'_, B>,
-    item: &Item,
-    settings: &SearchSettings,
-    seed: u64,
+    model: &mut ChainModel<'_, B>, item: &Item, settings: &SearchSettings, seed: u64,
 ) -> Result<SampleRecord, EvalError> {
     let n = model.loaded().executor.num_layers();
     let sample_id = format!("{}/{}", item.task, item.doc_id);
