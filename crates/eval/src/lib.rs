@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod prompts;
 pub mod scoring;
 
-pub use data::{AnswerForm, Item, ItemKind, LoadReport, Task, load_task, load_user_jsonl};
+pub use data::{AnswerForm, Item, ItemKind, LoadReport, Split, Task, load_task, load_user_jsonl};
 pub use metrics::Summary;
 pub use scoring::{ItemResult, LanguageModel, ScoringMode, ScoringOptions, StopRule, score_item, score_item_variants};
 

@@ -70,6 +70,9 @@ pub struct RunConfig {
     pub limit: Option<usize>,
     pub offset: usize,
     pub shard: Option<Shard>,
+    /// Left out when not given, so configs made before splits existed resume unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<cola_eval::Split>,
     pub seed: u64,
     pub settings: SearchSettings,
     pub model_dir: String,

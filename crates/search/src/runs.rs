@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cola_eval::{Item, ItemResult, LoadReport, ScoringOptions, Summary, Task, load_task, load_user_jsonl, score_item};
+use cola_eval::{
+    Item, ItemResult, LoadReport, ScoringOptions, Split, Summary, Task, load_task, load_user_jsonl, score_item,
+};
 use cola_executor::{Chain, LoadedChainModel};
 use cola_model::LayerOps;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -44,6 +46,8 @@ pub struct Selection {
     pub offset: usize,
     pub shard: Option<Shard>,
     pub subject: Option<String>,
+    /// Validation or test (None: each task's default, see [`cola_eval::Split`]).
+    pub split: Option<Split>,
 }
 
 /// Items of one source after offset, limit and shard, plus what loading skipped.
@@ -70,7 +74,7 @@ pub fn select_items(data_dir: &Path, sel: &Selection) -> Result<Vec<TaskItems>, 
     let mut out = Vec::new();
     for source in &sel.sources {
         let load = match source {
-            Source::Task(t) => load_task(data_dir, *t, sel.subject.as_deref()),
+            Source::Task(t) => load_task(data_dir, *t, sel.subject.as_deref(), sel.split),
             Source::File { path, name } => load_user_jsonl(path, name),
         }?;
         let items: Vec<Item> = load
@@ -157,6 +161,7 @@ pub fn run_search<B: LayerOps>(
         limit: req.selection.limit,
         offset: req.selection.offset,
         shard: req.selection.shard,
+        split: req.selection.split,
         seed: req.seed,
         settings: req.settings.clone(),
         model_dir: cola_assets::portable_path(model_dir),
