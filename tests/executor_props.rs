@@ -338,3 +338,43 @@ fn shared_prefixes_in_a_batch_are_computed_once() {
     // Distinct non-empty prefixes: [0], [0,1], [0,1,2], [0,1,2,3], [0,1,2,2], [0,1,2,2,3], [0,1,3], [0,1,2,3,3].
     assert_eq!(cache.stats().computed_steps, 8);
 }
+
+/// Random weights with some tensors replaced by zeros.
+struct Zeroed<'a> {
+    inner: &'a cola_model::weights::RandomWeights,
+    zero: Vec<String>,
+}
+
+impl cola_model::WeightSource for Zeroed<'_> {
+    fn tensor(&self, name: &str) -> Result<cola_model::HostTensor, cola_model::ModelError> {
+        let t = self.inner.tensor(name)?;
+        Ok(if self.zero.iter().any(|z| z == name) {
+            cola_model::HostTensor::new(t.shape.clone(), vec![0.0; t.data.len()])
+        } else {
+            t
+        })
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+}
+
+/// A layer whose attention output and MLP down projection are zero adds nothing to the residual
+/// stream: its input and output are equal, its Block Influence is 0, and pruning drops it first.
+#[test]
+fn a_layer_that_changes_nothing_has_no_influence_and_is_pruned_first() {
+    use cola_model::WeightSource;
+    let config = tiny_config("llama", 6);
+    let weights = cola_model::weights::RandomWeights::new(&config, 11);
+    let zero =
+        vec!["model.layers.2.self_attn.o_proj.weight".to_string(), "model.layers.2.mlp.down_proj.weight".to_string()];
+    assert!(zero.iter().all(|z| weights.contains(z)));
+    let source = Zeroed { inner: &weights, zero };
+    let model = CausalLm::<Cpu>::from_source(&config, &source, &Default::default()).unwrap();
+    let exec = Executor::new(model, config.clone(), Default::default());
+    let bi = exec.block_influence(&[3, 17, 29, 5, 8]).unwrap();
+    assert_eq!(bi.len(), 6);
+    assert!(bi[2].abs() < 1e-6, "layer 2 influence {}", bi[2]);
+    assert!(bi.iter().enumerate().all(|(l, &b)| l == 2 || b > 1e-4), "{bi:?}");
+    assert_eq!(cola_executor::prune_by_influence(&bi, 1).layers(), &[0, 1, 3, 4, 5]);
+}

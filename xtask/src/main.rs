@@ -47,6 +47,10 @@ enum Command {
     },
     /// Score a benchmark along one chain (default: the original model).
     Eval(search_cmds::EvalArgs),
+    /// The static pruning baseline (ShortGPT): each layer's Block Influence on the items'
+    /// prompts, and the chains without the least influential layers (score them with `eval
+    /// --chain`, on another split than the one they were calibrated on).
+    Prune(search_cmds::PruneArgs),
     /// Search chains of layers per sample with MCTS and report what it found. With no
     /// arguments: a quick run on a few ARC-Easy samples with the default model.
     Search(search_cmds::SearchArgs),
@@ -147,6 +151,7 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench_cmd::bench(args),
         Command::Eval(args) => search_cmds::eval(args),
         Command::Search(args) => search_cmds::search(args),
+        Command::Prune(args) => search_cmds::prune(args),
         Command::Report(args) => search_cmds::report_cmd(args),
     }
 }

@@ -375,3 +375,57 @@ pub fn report_cmd(args: ReportArgs) -> Result<()> {
     println!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    items: ItemArgs,
+    /// How many layers to drop; one pruned chain per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8])]
+    drop: Vec<usize>,
+    /// Print one JSON object: {"influence": [...], "chains": {"k": "chain", ...}}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn prune(args: PruneArgs) -> Result<()> {
+    let model = args.model.clone();
+    model.dispatch(|dir| Prune { args, dir })
+}
+
+struct Prune {
+    args: PruneArgs,
+    dir: PathBuf,
+}
+
+impl WithBackend for Prune {
+    type Output = Result<()>;
+    fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
+        let Prune { args, dir } = self;
+        let selection = args.items.selection(None, None)?;
+        let tasks = cola_search::select_items(&data_dir(&selection)?, &selection)?;
+        let model = crate::load_model::<B>(&dir, device)?;
+        let influence = cola_search::influence::mean_block_influence(&model, &tasks)?;
+        let chains: Vec<(usize, cola_executor::Chain)> =
+            args.drop.iter().map(|&k| (k, cola_executor::prune_by_influence(&influence, k))).collect();
+        if args.json {
+            let chains: serde_json::Map<String, serde_json::Value> =
+                chains.iter().map(|(k, c)| (k.to_string(), json!(c.to_string()))).collect();
+            println!("{}", json!({"influence": influence, "chains": chains}));
+            return Ok(());
+        }
+        let n: usize = tasks.iter().map(|t| t.items.len()).sum();
+        println!("Block Influence (1 - mean cos(input, output)) over {n} prompts, lowest first:");
+        let mut order: Vec<usize> = (0..influence.len()).collect();
+        order.sort_by(|&a, &b| influence[a].total_cmp(&influence[b]));
+        for l in order {
+            println!("  layer {l:>3}  {:.5}", influence[l]);
+        }
+        for (k, chain) in &chains {
+            println!("drop {k}: --chain {chain}");
+        }
+        Ok(())
+    }
+}

@@ -65,6 +65,14 @@ pub struct Item {
 }
 
 impl Item {
+    /// The question stem or the math problem alone (no options, no instructions).
+    pub fn text(&self) -> &str {
+        match &self.kind {
+            ItemKind::MultipleChoice { question, .. } => question,
+            ItemKind::Math { problem, .. } => problem,
+        }
+    }
+
     /// The gold answer as text: the letter for multiple choice, the reference for math.
     pub fn gold_text(&self) -> String {
         match &self.kind {

@@ -7,6 +7,7 @@
 //! This is the glue crate: it depends on the executor, MCTS and evaluation crates; nothing but
 //! xtask depends on it.
 
+pub mod influence;
 pub mod model;
 pub mod report;
 pub mod run_dir;

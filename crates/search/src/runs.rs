@@ -59,7 +59,7 @@ pub struct TaskItems {
 
 impl TaskItems {
     /// Lists (the first ten of) the items loading skipped, with why, on stderr.
-    fn print_skipped(&self) {
+    pub(crate) fn print_skipped(&self) {
         if !self.load.skipped.is_empty() {
             eprintln!("{}: {} items skipped while loading:", self.name, self.load.skipped.len());
             for s in self.load.skipped.iter().take(10) {
@@ -91,7 +91,7 @@ pub fn select_items(data_dir: &Path, sel: &Selection) -> Result<Vec<TaskItems>, 
     Ok(out)
 }
 
-fn progress(len: usize, prefix: String) -> ProgressBar {
+pub(crate) fn progress(len: usize, prefix: String) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
         ProgressStyle::with_template("{prefix:>14} [{bar:28}] {pos}/{len} {msg} [{elapsed_precise}, ETA {eta}]")
