@@ -309,7 +309,9 @@ proptest! {
     /// Decoding in lockstep with per-chain stops: each chain leaves at its own stop and its ids
     /// are those of decoding it alone to that stop.
     #[test]
-    fn lockstep_decoding_stops_each_chain_on_its_own(arch in arch(), family in chain_family(), ids in prompt(), stops in prop::collection::vec(1usize..6, 10)) {
+    fn lockstep_decoding_stops_each_chain_on_its_own(
+        arch in arch(), family in chain_family(), ids in prompt(), stops in prop::collection::vec(1usize..6, 10),
+    ) {
         let config = tiny_config(arch, NUM_LAYERS);
         let (exec, _) = tiny_executor(&config, 5);
         let states: Vec<_> = family.iter().map(|c| exec.run(&Chain::new(c.clone()), &ids).unwrap()).collect();

@@ -57,7 +57,11 @@ proptest! {
         // The budget is spent exactly unless the reachable space ran out.
         if result.simulations < budget {
             let reachable = reachable_states(n, preset, min_len, max_len, budget + 2);
-            prop_assert!(reachable <= budget + 1, "stopped at {} of {budget} with {reachable} states reachable", result.simulations);
+            prop_assert!(
+                reachable <= budget + 1,
+                "stopped at {} of {budget} with {reachable} states reachable",
+                result.simulations
+            );
         }
     }
 
@@ -70,7 +74,9 @@ proptest! {
         };
         let (a, b, c) = (run("q1"), run("q1"), run("q2"));
         prop_assert_eq!(&a, &b);
-        let states = |r: &cola_mcts::SearchResult<Vec<usize>, usize>| r.evaluated.iter().map(|e| e.state.clone()).collect::<Vec<_>>();
+        let states = |r: &cola_mcts::SearchResult<Vec<usize>, usize>| {
+            r.evaluated.iter().map(|e| e.state.clone()).collect::<Vec<_>>()
+        };
         prop_assert_ne!(states(&a), states(&c));
     }
 
@@ -90,7 +96,9 @@ proptest! {
     }
 
     #[test]
-    fn random_baseline_spends_exactly_the_evaluation_budget(n in 8usize..14, preset in preset(), seed in 0u64..500, budget in 2usize..60) {
+    fn random_baseline_spends_exactly_the_evaluation_budget(
+        n in 8usize..14, preset in preset(), seed in 0u64..500, budget in 2usize..60,
+    ) {
         let (mut p, calls) = recording(n, preset, |_| 0.0);
         let cfg = RandomConfig { evaluations: budget, max_edits: 6, min_len: n / 2, max_len: n + 4, batch: 1 };
         let r = random_search(&mut p, &cfg, &mut sample_rng(seed, "r"));
@@ -242,7 +250,9 @@ proptest! {
     /// Batched MCTS and random search: batches of at most K states, each state evaluated once,
     /// within the bounds and the budget, and the same result for the same seed.
     #[test]
-    fn batched_search_keeps_the_evaluation_discipline(n in 6usize..12, preset in preset(), seed in 0u64..500, k in 2usize..9, budget in 1usize..60) {
+    fn batched_search_keeps_the_evaluation_discipline(
+        n in 6usize..12, preset in preset(), seed in 0u64..500, k in 2usize..9, budget in 1usize..60,
+    ) {
         let reward = |c: &[usize]| if c.len().is_multiple_of(3) { 1.0 } else { 0.0 };
         let config = MctsConfig { simulations: budget, batch: k, ..MctsConfig::new(n, n / 2, n + 3) };
         let (mut p, calls, sizes) = batch_recording(n, preset, reward);
