@@ -6,7 +6,7 @@
 use cola_eval::{ScoringMode, ScoringOptions, load_user_jsonl};
 use cola_executor::backend::Cpu;
 use cola_executor::{Chain, LoadedChainModel};
-use cola_tests::{tiny_search_request, write_tiny_model_dir, write_tiny_task};
+use cola_tests::{TINY_LAYERS, tiny_search_request, write_tiny_fixture};
 use serde_json::Value;
 
 const MODES: [ScoringMode; 2] = [ScoringMode::Loglik, ScoringMode::Generate];
@@ -19,10 +19,7 @@ struct Setup {
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("model");
-    write_tiny_model_dir(&model_dir, 6, 99);
-    let data = dir.path().join("tiny.jsonl");
-    write_tiny_task(&data, 3);
+    let (model_dir, data) = write_tiny_fixture(dir.path(), 3);
     let model = LoadedChainModel::<Cpu>::load(&model_dir, Default::default()).unwrap();
     Setup { dir, data, model }
 }
@@ -30,7 +27,7 @@ fn setup() -> Setup {
 /// The records of a search with the golden file's settings and `batch`.
 fn records(s: &Setup, mode: ScoringMode, batch: usize, run: &str) -> Vec<Value> {
     let out = s.dir.path().join(format!("{run}-{}-{batch}", mode.name()));
-    let mut req = tiny_search_request(&s.data, &out, 6);
+    let mut req = tiny_search_request(&s.data, &out, TINY_LAYERS);
     req.settings.simulations = 40;
     req.settings.scoring = ScoringOptions { max_new_tokens: Some(4), ..ScoringOptions::new(mode) };
     req.settings.batch = batch;

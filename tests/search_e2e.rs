@@ -12,17 +12,12 @@ use cola_executor::backend::Cpu;
 use cola_executor::{Chain, LoadedChainModel};
 use cola_search::SearchError;
 use cola_search::run_dir::{RunDir, RunError, read_samples};
-use cola_tests::{tiny_search_request, write_tiny_model_dir, write_tiny_task};
+use cola_tests::{TINY_LAYERS as LAYERS, tiny_search_request, write_tiny_fixture};
 use serde_json::Value;
-
-const LAYERS: usize = 6;
 
 fn setup(items: usize) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("model");
-    write_tiny_model_dir(&model_dir, LAYERS, 99);
-    let data = dir.path().join("tiny.jsonl");
-    write_tiny_task(&data, items);
+    let (model_dir, data) = write_tiny_fixture(dir.path(), items);
     (dir, model_dir, data)
 }
 

@@ -235,6 +235,18 @@ pub fn write_tiny_task(path: &Path, n: usize) {
     std::fs::write(path, lines.join("\n") + "\n").expect("write task");
 }
 
+/// Layers of the tiny model [`write_tiny_fixture`] writes.
+pub const TINY_LAYERS: usize = 6;
+
+/// The end-to-end tests' fixture in `dir`: `model/` ([`TINY_LAYERS`] layers, seed 99) and
+/// `tiny.jsonl` with `items` items. Returns (model dir, data file).
+pub fn write_tiny_fixture(dir: &Path, items: usize) -> (PathBuf, PathBuf) {
+    let (model_dir, data) = (dir.join("model"), dir.join("tiny.jsonl"));
+    write_tiny_model_dir(&model_dir, TINY_LAYERS, 99);
+    write_tiny_task(&data, items);
+    (model_dir, data)
+}
+
 /// The search settings the end-to-end tests use on tiny models.
 pub fn tiny_search_request(data: &Path, out: &Path, num_layers: usize) -> cola_search::SearchRequest {
     use cola_eval::{ScoringMode, ScoringOptions};

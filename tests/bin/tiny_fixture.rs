@@ -22,7 +22,6 @@ fn main() {
         eprintln!("tiny_fixture: {}: {e}", dir.display());
         std::process::exit(1);
     }
-    cola_tests::write_tiny_model_dir(&dir.join("model"), 6, 99);
-    cola_tests::write_tiny_task(&dir.join("tiny.jsonl"), items);
+    cola_tests::write_tiny_fixture(&dir, items);
     println!("wrote {0}/model and {0}/tiny.jsonl ({items} items)", dir.display());
 }

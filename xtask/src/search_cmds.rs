@@ -76,6 +76,12 @@ impl ItemArgs {
         })
     }
 
+    /// The selected items, without a default task or shard (`eval`, `prune`).
+    fn load(&self) -> Result<Vec<cola_search::runs::TaskItems>> {
+        let selection = self.selection(None, None)?;
+        Ok(cola_search::select_items(&data_dir(&selection)?, &selection)?)
+    }
+
     fn all_multiple_choice(&self) -> bool {
         self.data.is_none() && self.tasks.iter().all(|t| t.is_multiple_choice())
     }
@@ -136,8 +142,7 @@ impl WithBackend for Eval {
     type Output = Result<()>;
     fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
         let Eval { args, dir } = self;
-        let selection = args.items.selection(None, None)?;
-        let tasks = cola_search::select_items(&data_dir(&selection)?, &selection)?;
+        let tasks = args.items.load()?;
         let model = crate::load_model::<B>(&dir, device)?;
         let chain = chain_arg(args.chain.as_deref(), model.executor.num_layers())?;
         let mode = args.scoring.unwrap_or(if args.items.all_multiple_choice() {
@@ -404,8 +409,7 @@ impl WithBackend for Prune {
     type Output = Result<()>;
     fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
         let Prune { args, dir } = self;
-        let selection = args.items.selection(None, None)?;
-        let tasks = cola_search::select_items(&data_dir(&selection)?, &selection)?;
+        let tasks = args.items.load()?;
         let model = crate::load_model::<B>(&dir, device)?;
         let influence = cola_search::influence::mean_block_influence(&model, &tasks)?;
         let chains: Vec<(usize, cola_executor::Chain)> =
@@ -418,9 +422,7 @@ impl WithBackend for Prune {
         }
         let n: usize = tasks.iter().map(|t| t.items.len()).sum();
         println!("Block Influence (1 - mean cos(input, output)) over {n} prompts, lowest first:");
-        let mut order: Vec<usize> = (0..influence.len()).collect();
-        order.sort_by(|&a, &b| influence[a].total_cmp(&influence[b]));
-        for l in order {
+        for l in cola_executor::least_influential_first(&influence) {
             println!("  layer {l:>3}  {:.5}", influence[l]);
         }
         for (k, chain) in &chains {

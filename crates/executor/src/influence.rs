@@ -38,11 +38,18 @@ fn cosine(x: &[f32], y: &[f32]) -> f64 {
     if xx == 0.0 || yy == 0.0 { if xx == yy { 1.0 } else { 0.0 } } else { xy / (xx.sqrt() * yy.sqrt()) }
 }
 
-/// The original chain without the `drop` layers of lowest influence (ties: the later layer
-/// goes first), layers kept in order.
-pub fn prune_by_influence(influence: &[f64], drop: usize) -> Chain {
+/// Layer indices from the least to the most influential (ties: the later layer first, so it is
+/// pruned first).
+pub fn least_influential_first(influence: &[f64]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..influence.len()).collect();
     order.sort_by(|&a, &b| influence[a].total_cmp(&influence[b]).then(b.cmp(&a)));
+    order
+}
+
+/// The original chain without the `drop` layers of lowest influence
+/// ([`least_influential_first`]), layers kept in order.
+pub fn prune_by_influence(influence: &[f64], drop: usize) -> Chain {
+    let order = least_influential_first(influence);
     let dropped = &order[..drop.min(influence.len().saturating_sub(1))];
     Chain::new((0..influence.len()).filter(|l| !dropped.contains(l)).collect())
 }

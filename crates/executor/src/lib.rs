@@ -28,7 +28,7 @@ use cola_model::{CausalLm, KvCache, LayerOps, ModelConfig, ModelError, Rope, Tok
 
 pub use branches::Branches;
 pub use chain::{Chain, ChainError, LengthBounds};
-pub use influence::prune_by_influence;
+pub use influence::{least_influential_first, prune_by_influence};
 pub use loaded::LoadedChainModel;
 use logits::to_vec;
 pub use logits::{argmax, log_softmax_at};

@@ -28,30 +28,12 @@ mod tests {
 
     #[test]
     fn same_inputs_same_stream_different_samples_different_streams() {
-        let a: Vec<u64> = (0..8)
-            .map({
-                let mut r = sample_rng(1, "arc-easy/17");
-                move |_| r.random()
-            })
-            .collect();
-        let b: Vec<u64> = (0..8)
-            .map({
-                let mut r = sample_rng(1, "arc-easy/17");
-                move |_| r.random()
-            })
-            .collect();
-        let c: Vec<u64> = (0..8)
-            .map({
-                let mut r = sample_rng(1, "arc-easy/18");
-                move |_| r.random()
-            })
-            .collect();
-        let d: Vec<u64> = (0..8)
-            .map({
-                let mut r = sample_rng(2, "arc-easy/17");
-                move |_| r.random()
-            })
-            .collect();
+        let draws = |seed: u64, id: &str| -> Vec<u64> {
+            let mut r = sample_rng(seed, id);
+            (0..8).map(|_| r.random()).collect()
+        };
+        let (a, b, c, d) =
+            (draws(1, "arc-easy/17"), draws(1, "arc-easy/17"), draws(1, "arc-easy/18"), draws(2, "arc-easy/17"));
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);

@@ -11,7 +11,7 @@ use cola_executor::Chain;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::run_dir::{MergedRuns, RunConfig, RunError, merge_runs, write_atomic};
+use crate::run_dir::{MergedRuns, RunConfig, RunError, jsonl_line, merge_runs, write_atomic};
 use crate::sample::SampleRecord;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -162,7 +162,7 @@ pub fn render_table(report: &Report) -> String {
 }
 
 /// Mean seconds per sample of each task, over the samples with a timing (timings live apart
-/// from the records: see `run::TIMINGS_FILE`). One line, for the end of a run and report.md.
+/// from the records: see `run_dir::TIMINGS_FILE`). One line, for the end of a run and report.md.
 pub fn render_timing(records: &[SampleRecord], timings: &HashMap<(String, String), f64>) -> String {
     let mut by_task: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
     for r in records {
@@ -202,8 +202,7 @@ pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRu
     // A directory of its own also gets the merged records (never a run's own samples.jsonl).
     let same = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
     if !runs.iter().any(|r| same(r, out_dir)) {
-        let lines: String =
-            merged.records.iter().map(|r| serde_json::to_string(r).expect("record serializes") + "\n").collect();
+        let lines: String = merged.records.iter().map(jsonl_line).collect();
         let path = out_dir.join(crate::run_dir::SAMPLES_FILE);
         write_atomic(&path, lines.as_bytes())?;
         files.push(path);

@@ -123,10 +123,14 @@ fn lock(dir: &Path) -> Result<File, RunError> {
     }
     let host = fs::read_to_string("/proc/sys/kernel/hostname")
         .map_or_else(|_| "this machine".into(), |h| h.trim().to_string());
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let since = unix_seconds();
     file.set_len(0).map_err(io_err(&path))?;
     writeln!(file, "process {} on {host} (since unix time {since})", std::process::id()).map_err(io_err(&path))?;
     Ok(file)
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Appends a newline to `path` if its last byte is not one, so the next append starts a line.
@@ -173,8 +177,7 @@ impl RunDir {
                         ),
                     });
                 }
-                let stamp =
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let stamp = unix_seconds();
                 for name in [SAMPLES_FILE, TIMINGS_FILE] {
                     let old = dir.join(name);
                     if old.exists() {
@@ -224,9 +227,15 @@ impl RunDir {
     }
 }
 
-fn append_line(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
+/// `value` as one JSON line, newline included (the form of samples.jsonl and timings.jsonl).
+pub fn jsonl_line(value: &impl Serialize) -> String {
     let mut line = serde_json::to_string(value).expect("record serializes");
     line.push('\n');
+    line
+}
+
+fn append_line(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
+    let line = jsonl_line(value);
     let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
     f.write_all(line.as_bytes()).map_err(io_err(path))?;
     f.sync_data().map_err(io_err(path))
