@@ -39,7 +39,18 @@ cleanup() {
     done
     # The daemons' leftovers (slurmscriptd) by their config path.
     $sudo pkill -f "$work/" 2>/dev/null || true
-    if [ "$keep_work" = 0 ]; then rm -rf "$work"; else echo "logs and runs kept in $work"; fi
+    # slurmctld saves its state while it shuts down: wait for every daemon to be gone before
+    # removing their directory (else the removal races with the last writes).
+    for _ in $(seq 1 100); do
+        pgrep -f "$work/" >/dev/null || break
+        sleep 0.1
+    done
+    if [ "$keep_work" = 0 ]; then
+        # The verdict is already printed; a leftover file must not turn it into a failure.
+        rm -rf "$work" || echo "could not remove $work (a daemon still writing?)"
+    else
+        echo "logs and runs kept in $work"
+    fi
 }
 trap cleanup EXIT
 "$target/debug/tiny_fixture" "$work" 9 >/dev/null
