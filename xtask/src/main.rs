@@ -54,6 +54,12 @@ enum Command {
     /// Search chains of layers per sample with MCTS and report what it found. With no
     /// arguments: a quick run on a few ARC-Easy samples with the default model.
     Search(search_cmds::SearchArgs),
+    /// Do chains found with labels help on unseen items? Calibrate on validation items (ShortGPT
+    /// pruning; a task-level chain search rewarded by calibration accuracy), then score static,
+    /// pruned, task chains, vote and confidence on test items without their labels, with 95%
+    /// bootstrap intervals, layers executed and seconds per item (report.md, report.json,
+    /// pareto.svg). Resumes.
+    Transfer(search_cmds::TransferArgs),
     /// Write report.md and figures for finished run directories (shards are merged).
     Report(search_cmds::ReportArgs),
     /// Prefill and decode speed on the model (with --vs-torch: next to PyTorch, as ratios).
@@ -152,6 +158,7 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Eval(args) => search_cmds::eval(args),
         Command::Search(args) => search_cmds::search(args),
         Command::Prune(args) => search_cmds::prune(args),
+        Command::Transfer(args) => search_cmds::transfer(args),
         Command::Report(args) => search_cmds::report_cmd(args),
     }
 }

@@ -1,5 +1,5 @@
-//! `eval`, `search` and `report`: benchmarks along one chain, per-sample chain search, and the
-//! findings of finished runs.
+//! `eval`, `search`, `report`, `prune` and `transfer`: benchmarks along one chain, per-sample
+//! chain search, the findings of finished runs, the ShortGPT baseline, and held-out use of chains.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -12,6 +12,7 @@ use cola_executor::backend::WithBackend;
 use cola_mcts::chains::ActionPreset;
 use cola_model::LayerOps;
 use cola_search::run_dir::Shard;
+use cola_search::transfer::{TransferRequest, TransferSettings};
 use cola_search::{Baseline, Preset, SearchRequest, SearchSettings, Selection, Source, report};
 use serde_json::json;
 
@@ -428,6 +429,156 @@ impl WithBackend for Prune {
         for (k, chain) in &chains {
             println!("drop {k}: --chain {chain}");
         }
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TransferArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Benchmark with both a validation and a test split: arc-easy, arc-challenge, openbookqa.
+    /// Calibration uses the first items of its validation split, the held-out set the first
+    /// items of its test split.
+    #[arg(long, value_parser = parse_task, required_unless_present = "calibration_data")]
+    task: Option<Task>,
+    /// Your own calibration items instead (JSONL, multiple choice); needs --heldout-data.
+    #[arg(long, value_name = "FILE.jsonl", requires = "heldout_data", conflicts_with = "task")]
+    calibration_data: Option<PathBuf>,
+    /// Your own held-out items (JSONL, multiple choice; no question may be a calibration one).
+    #[arg(long, value_name = "FILE.jsonl", requires = "calibration_data")]
+    heldout_data: Option<PathBuf>,
+    /// Calibration items (the first N).
+    #[arg(long, value_name = "N", default_value_t = 150)]
+    calibration: usize,
+    /// Held-out items (the first N).
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    heldout: usize,
+    /// Simulations of the task-level search; each scores at most one new chain on every
+    /// calibration item.
+    #[arg(long, default_value_t = 100)]
+    sims: usize,
+    /// Edit actions of the task-level search: paper, polar, drllm, skip-only, repeat-only.
+    #[arg(long, value_parser = parse_actions, default_value = "paper")]
+    actions: ActionPreset,
+    /// Length penalty λ in the UCB score (the paper's 5 by default).
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// loglik or letter (the confidence strategy needs choice scores, so not generate).
+    #[arg(long, value_parser = parse_mode, default_value = "loglik")]
+    scoring: ScoringMode,
+    /// ShortGPT baseline: how many layers to drop; one strategy per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [2usize, 4, 8])]
+    drop: Vec<usize>,
+    /// How many of the best task chains vote (and, with the original model, are the
+    /// candidates of `confidence` and `oracle`).
+    #[arg(long, value_name = "M", default_value_t = 5)]
+    top: usize,
+    /// Chains scored together in the task-level search (default as `search`).
+    #[arg(long, value_name = "K", value_parser = parse_batch)]
+    batch: Option<usize>,
+    /// Bootstrap resamples for the 95% intervals.
+    #[arg(long, default_value_t = 2000)]
+    resamples: usize,
+    /// Seed of the task-level search and of the bootstrap resamples.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run directory (default: runs/transfer-<task>-c<N>-h<N>-s<seed>). Rerunning with the
+    /// same directory resumes.
+    #[arg(long, value_name = "RUN_DIR")]
+    out: Option<PathBuf>,
+    /// Start the run directory over if its settings differ.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn transfer(args: TransferArgs) -> Result<()> {
+    let model = args.model.clone();
+    model.dispatch(|dir| Transfer { args, dir })
+}
+
+struct Transfer {
+    args: TransferArgs,
+    dir: PathBuf,
+}
+
+impl WithBackend for Transfer {
+    type Output = Result<()>;
+    fn run<B: LayerOps>(self, device: B::Device) -> Result<()> {
+        let Transfer { args, dir } = self;
+        let select = |source: Source, split: Option<Split>, n: usize| Selection {
+            sources: vec![source],
+            limit: Some(n),
+            offset: 0,
+            shard: None,
+            subject: None,
+            split,
+        };
+        let file = |p: &PathBuf| Source::File {
+            path: p.clone(),
+            name: p.file_stem().map_or("data".into(), |s| s.to_string_lossy().to_string()),
+        };
+        let (calibration, heldout) = match (&args.task, &args.calibration_data, &args.heldout_data) {
+            (Some(t), None, None) => (
+                select(Source::Task(*t), Some(Split::Validation), args.calibration),
+                select(Source::Task(*t), Some(Split::Test), args.heldout),
+            ),
+            (None, Some(c), Some(h)) => (select(file(c), None, args.calibration), select(file(h), None, args.heldout)),
+            _ => bail!("give --task T, or --calibration-data and --heldout-data"),
+        };
+        if args.top == 0 {
+            bail!("--top must be at least 1");
+        }
+        let data_dir = data_dir(&calibration)?;
+        let model = crate::load_model::<B>(&dir, device)?;
+        let n = model.executor.num_layers();
+        let (min_len, max_len) = SearchSettings::paper_bounds(n);
+        let paper = SearchSettings::paper(n, ScoringOptions::new(args.scoring));
+        let settings = TransferSettings {
+            scoring: ScoringOptions::new(args.scoring),
+            actions: args.actions,
+            simulations: args.sims,
+            lambda: args.lambda.unwrap_or(paper.lambda),
+            c: paper.c,
+            epsilon: paper.epsilon,
+            min_len,
+            max_len,
+            batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), args.scoring)),
+            drop: args.drop.clone(),
+            top: args.top,
+            resamples: args.resamples,
+        };
+        let out_dir = args.out.clone().unwrap_or_else(|| {
+            PathBuf::from("runs").join(format!(
+                "transfer-{}-c{}-h{}-s{}",
+                calibration.sources[0].name(),
+                args.calibration,
+                args.heldout,
+                args.seed
+            ))
+        });
+        eprintln!(
+            "transfer: calibrate on {} {} items ({} simulations in batches of {}), hold out {} items, run dir {}",
+            args.calibration,
+            calibration.sources[0].name(),
+            settings.simulations,
+            settings.batch,
+            args.heldout,
+            out_dir.display()
+        );
+        let req = TransferRequest {
+            calibration,
+            heldout,
+            data_dir,
+            out_dir: out_dir.clone(),
+            force: args.force,
+            seed: args.seed,
+            settings,
+            backend: args.model.backend.name().into(),
+        };
+        let (report, files) = cola_search::transfer::run_transfer(&req, &model)?;
+        println!("{}", cola_search::transfer::render_summary(&report));
+        println!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
         Ok(())
     }
 }

@@ -81,6 +81,14 @@ impl Fixture {
     fn search(&self, data: &str, out: &str) -> Vec<String> {
         strings(&["search", "--model", &self.arg("model"), "--data", data, "--sims", "3", "--batch", "1", "--out", out])
     }
+
+    fn transfer(&self, calibration: &str, heldout: &str, extra: &[&str]) -> Vec<String> {
+        let mut a =
+            strings(&["transfer", "--model", &self.arg("model"), "--sims", "2", "--out", &self.arg("transfer")]);
+        a.extend(strings(&["--calibration-data", calibration, "--heldout-data", heldout]));
+        a.extend(strings(extra));
+        a
+    }
 }
 
 fn strings(a: &[&str]) -> Vec<String> {
@@ -135,6 +143,7 @@ fn case(name: impl Into<String>, args: Vec<String>, expect: &[&str]) -> Case {
 
 fn cases(f: &Fixture) -> Vec<Case> {
     let (model, data) = (f.arg("model"), f.arg("data.jsonl"));
+    let held = f.data("held.jsonl", "{\"question\": \"Unseen?\", \"choices\": [\"a\", \"b\"], \"answer\": 1}\n");
     let mut cases = vec![
         // Chains.
         case("empty chain", f.eval(&model, &data, Some("")), &["--chain", "chain is empty"]),
@@ -298,6 +307,28 @@ fn cases(f: &Fixture) -> Vec<Case> {
                 None,
             ),
             &["math.jsonl:1", "`answer`", "does not parse"],
+        ),
+        // transfer.
+        case(
+            "transfer: held-out items seen in calibration",
+            f.transfer(&data, &data, &[]),
+            &["held-out item", "of data", "is also a calibration item"],
+        ),
+        case(
+            "transfer: --drop all layers",
+            f.transfer(&data, &held, &["--drop", "6"]),
+            &["--drop 6", "between 1 and 5 layers"],
+        ),
+        case("transfer: generate scoring", f.transfer(&data, &held, &["--scoring", "generate"]), &["loglik or letter"]),
+        case(
+            "transfer: math items",
+            f.transfer(&f.data("sum.jsonl", "{\"question\": \"1 + 1?\", \"answer\": \"2\"}\n"), &held, &[]),
+            &["calibration items", "is not multiple choice"],
+        ),
+        case(
+            "transfer: calibration file without held-out file",
+            strings(&["transfer", "--model", &model, "--calibration-data", &data]),
+            &["--heldout-data"],
         ),
         // Run directories.
         case("--out that is a file", f.search(&data, &data), &["data.jsonl", "is a file, not a run directory"]),

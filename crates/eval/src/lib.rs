@@ -13,7 +13,7 @@ pub mod prompts;
 pub mod scoring;
 
 pub use data::{AnswerForm, Item, ItemKind, LoadReport, Split, Task, load_task, load_user_jsonl};
-pub use metrics::Summary;
+pub use metrics::{Summary, bootstrap_interval};
 pub use scoring::{ItemResult, LanguageModel, ScoringMode, ScoringOptions, StopRule, score_item, score_item_variants};
 
 /// A problem with benchmark data or with scoring, naming the file and line where there is one.

@@ -129,6 +129,12 @@ pub struct ItemResult {
     /// `generate` mode: the generated text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generated: Option<String>,
+    /// How far the predicted choice's score is ahead of the runner-up's, in the score that made
+    /// the prediction (`letter`: label logits; `loglik`: summed log-probabilities); None in
+    /// `generate` mode. Comparable across chains on the same item (the confidence strategy of
+    /// `transfer` reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
 }
 
 impl ItemResult {
@@ -141,6 +147,7 @@ impl ItemResult {
             correct: false,
             correct_norm: None,
             generated: None,
+            margin: None,
         }
     }
 }
@@ -157,6 +164,13 @@ fn argmax(v: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// `scores[pick]` minus the best other score (0 with a single score).
+fn margin(scores: &[f32], pick: usize) -> f64 {
+    let runner_up =
+        scores.iter().enumerate().filter(|&(i, _)| i != pick).map(|(_, &s)| s).fold(f32::NEG_INFINITY, f32::max);
+    if runner_up.is_finite() { f64::from(scores[pick] - runner_up) } else { 0.0 }
 }
 
 /// Whether a partial single-letter answer could still match the strict regex; once it cannot,
@@ -235,6 +249,7 @@ pub fn score_item_variants<M: LanguageModel>(
                 let pick = argmax(&scores);
                 result.prediction = Some(letter(pick).to_string());
                 result.correct = pick == *gold;
+                result.margin = Some(margin(&scores, pick));
             }
         }
         (ItemKind::MultipleChoice { question, choices, gold, .. }, ScoringMode::Loglik) => {
@@ -258,6 +273,7 @@ pub fn score_item_variants<M: LanguageModel>(
                 result.prediction = Some(letter(pick).to_string());
                 result.correct = pick == *gold;
                 result.correct_norm = Some(pick_norm == *gold);
+                result.margin = Some(margin(&raw, pick));
             }
         }
         (ItemKind::MultipleChoice { question, choices, gold, .. }, ScoringMode::Generate) => {

@@ -2,7 +2,8 @@
 //! ([`model::ChainModel`], with prefix caching), the chain search for one item
 //! ([`sample::search_item`]: static prediction, MCTS, random baseline), run directories that
 //! resume after a crash ([`run_dir`]), whole runs over selected items with a progress bar
-//! ([`runs`]: `run_search`, `run_eval`), and the paper's findings as a report ([`report`]).
+//! ([`runs`]: `run_search`, `run_eval`), the paper's findings as a report ([`report`]), and
+//! held-out, label-free use of chains with baselines and error bars ([`transfer`]).
 //!
 //! This is the glue crate: it depends on the executor, MCTS and evaluation crates; nothing but
 //! xtask depends on it.
@@ -13,6 +14,7 @@ pub mod report;
 pub mod run_dir;
 pub mod runs;
 pub mod sample;
+pub mod transfer;
 
 pub use model::ChainModel;
 pub use runs::{SearchRequest, Selection, Source, run_eval, run_search, select_items};

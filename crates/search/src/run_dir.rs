@@ -142,68 +142,70 @@ fn finish_line(path: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Opens (creating if needed) the run directory `dir` for the config `wanted`, takes its lock
+/// and writes config.json. An existing directory with another config is refused unless `force`,
+/// which moves its `records` files aside and starts over. The returned file holds the lock.
+pub fn open_locked(dir: &Path, wanted: &Value, force: bool, records: &[&str]) -> Result<File, RunError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(RunError::Invalid { path: dir.to_path_buf(), message: "is a file, not a run directory".into() });
+    }
+    fs::create_dir_all(dir).map_err(|e| RunError::Invalid {
+        path: dir.to_path_buf(),
+        message: format!("cannot create the run directory: {e}"),
+    })?;
+    let lock = lock(dir)?;
+    let cfg_path = dir.join(CONFIG_FILE);
+    if cfg_path.exists() {
+        let text = fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
+        let existing: Value = serde_json::from_str(&text).map_err(|e| RunError::Invalid {
+            path: cfg_path.clone(),
+            message: format!("not valid JSON ({e}); remove it or use --force"),
+        })?;
+        if existing != *wanted {
+            if !force {
+                return Err(RunError::Invalid {
+                    path: cfg_path,
+                    message: format!(
+                        "this run directory was made with different settings ({}); use another --out, or --force to start it over",
+                        describe_difference(&existing, wanted)
+                    ),
+                });
+            }
+            let stamp = unix_seconds();
+            for name in records {
+                let old = dir.join(name);
+                if old.exists() {
+                    let aside = dir.join(format!("{name}.replaced-{stamp}"));
+                    fs::rename(&old, &aside).map_err(io_err(&aside))?;
+                }
+            }
+        }
+    }
+    let tmp = dir.join("config.json.partial");
+    fs::write(&tmp, serde_json::to_string_pretty(wanted).expect("json")).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &cfg_path).map_err(io_err(&cfg_path))?;
+    Ok(lock)
+}
+
 impl RunDir {
     /// Opens (creating if needed) `dir` for `config` and takes its lock. An existing directory
     /// with another config is refused unless `force`, which moves its samples aside and starts
     /// over.
     pub fn open(dir: &Path, config: &RunConfig, force: bool) -> Result<Self, RunError> {
-        if dir.exists() && !dir.is_dir() {
-            return Err(RunError::Invalid {
-                path: dir.to_path_buf(),
-                message: "is a file, not a run directory".into(),
-            });
-        }
-        fs::create_dir_all(dir).map_err(|e| RunError::Invalid {
-            path: dir.to_path_buf(),
-            message: format!("cannot create the run directory: {e}"),
-        })?;
-        let lock = lock(dir)?;
-        let cfg_path = dir.join(CONFIG_FILE);
-        let samples_path = dir.join(SAMPLES_FILE);
         let wanted = serde_json::to_value(config).expect("config serializes");
-        if cfg_path.exists() {
-            let text = fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
-            let existing: Value = serde_json::from_str(&text).map_err(|e| RunError::Invalid {
-                path: cfg_path.clone(),
-                message: format!("not valid JSON ({e}); remove it or use --force"),
-            })?;
-            if existing != wanted {
-                if !force {
-                    return Err(RunError::Invalid {
-                        path: cfg_path,
-                        message: format!(
-                            "this run directory was made with different settings ({}); use another --out, or --force to start it over",
-                            describe_difference(&existing, &wanted)
-                        ),
-                    });
-                }
-                let stamp = unix_seconds();
-                for name in [SAMPLES_FILE, TIMINGS_FILE] {
-                    let old = dir.join(name);
-                    if old.exists() {
-                        let aside = dir.join(format!("{name}.replaced-{stamp}"));
-                        fs::rename(&old, &aside).map_err(io_err(&aside))?;
-                    }
-                }
-            }
-        }
-        let tmp = dir.join("config.json.partial");
-        fs::write(&tmp, serde_json::to_string_pretty(&wanted).expect("json")).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &cfg_path).map_err(io_err(&cfg_path))?;
-        Ok(RunDir { dir: dir.to_path_buf(), samples_path, timings_path: dir.join(TIMINGS_FILE), _lock: lock })
+        let lock = open_locked(dir, &wanted, force, &[SAMPLES_FILE, TIMINGS_FILE])?;
+        Ok(RunDir {
+            dir: dir.to_path_buf(),
+            samples_path: dir.join(SAMPLES_FILE),
+            timings_path: dir.join(TIMINGS_FILE),
+            _lock: lock,
+        })
     }
 
     /// Finished samples, after dropping a torn last line (which is also cut from the file, so
     /// the next append starts on a clean line).
     pub fn finished(&self) -> Result<Vec<SampleRecord>, RunError> {
-        let (records, good_len) = read_samples(&self.samples_path)?;
-        if let Some(len) = good_len {
-            let f = OpenOptions::new().write(true).open(&self.samples_path).map_err(io_err(&self.samples_path))?;
-            f.set_len(len).map_err(io_err(&self.samples_path))?;
-        } else {
-            // A whole last record whose newline never made it to disk: finish the line.
-            finish_line(&self.samples_path)?;
-        }
+        let records = read_records_repairing(&self.samples_path, "a sample record")?;
         finish_line(&self.timings_path)?;
         Ok(records)
     }
@@ -234,7 +236,7 @@ pub fn jsonl_line(value: &impl Serialize) -> String {
     line
 }
 
-fn append_line(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
+pub fn append_line(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
     let line = jsonl_line(value);
     let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
     f.write_all(line.as_bytes()).map_err(io_err(path))?;
@@ -277,6 +279,13 @@ fn short(v: Option<&Value>) -> String {
 /// because its last line is torn. A bad line anywhere else is an error (the file was edited or
 /// corrupted, not interrupted).
 pub fn read_samples(path: &Path) -> Result<(Vec<SampleRecord>, Option<u64>), RunError> {
+    read_records(path, "a sample record")
+}
+
+/// Reads a JSONL file of records of type `T` (`what` names one in errors), as [`read_samples`].
+pub fn read_records<T: serde::de::DeserializeOwned>(
+    path: &Path, what: &str,
+) -> Result<(Vec<T>, Option<u64>), RunError> {
     if !path.exists() {
         return Ok((vec![], None));
     }
@@ -288,8 +297,7 @@ pub fn read_samples(path: &Path) -> Result<(Vec<SampleRecord>, Option<u64>), Run
     while let Some(line) = lines.next() {
         line_no += 1;
         let is_last = lines.peek().is_none();
-        let parsed =
-            std::str::from_utf8(line).ok().and_then(|t| serde_json::from_str::<SampleRecord>(t.trim_end()).ok());
+        let parsed = std::str::from_utf8(line).ok().and_then(|t| serde_json::from_str::<T>(t.trim_end()).ok());
         match parsed {
             // A last line that parses is whole even if its newline never reached the disk.
             Some(r) => records.push(r),
@@ -298,13 +306,27 @@ pub fn read_samples(path: &Path) -> Result<(Vec<SampleRecord>, Option<u64>), Run
             _ => {
                 return Err(RunError::Invalid {
                     path: path.to_path_buf(),
-                    message: format!("line {line_no} is not a sample record (edited or corrupted file)"),
+                    message: format!("line {line_no} is not {what} (edited or corrupted file)"),
                 });
             }
         }
         offset += line.len();
     }
     Ok((records, None))
+}
+
+/// The records of a JSONL file of `T` after dropping a torn last line, which is also cut from
+/// the file (so the next append starts on a clean line).
+pub fn read_records_repairing<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<T>, RunError> {
+    let (records, good_len) = read_records(path, what)?;
+    if let Some(len) = good_len {
+        let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+        f.set_len(len).map_err(io_err(path))?;
+    } else {
+        // A whole last record whose newline never made it to disk: finish the line.
+        finish_line(path)?;
+    }
+    Ok(records)
 }
 
 /// Finished run directories read together: shards of one run merge into the run done whole.

@@ -139,7 +139,7 @@ fn sha256(p: &Path) -> Result<String, SearchError> {
 }
 
 /// A data file as the config records it (see [`cola_assets::portable_path`]).
-fn hashed(p: &Path) -> Result<HashedFile, SearchError> {
+pub(crate) fn hashed(p: &Path) -> Result<HashedFile, SearchError> {
     Ok(HashedFile { path: cola_assets::portable_path(p), sha256: sha256(p)? })
 }
 
