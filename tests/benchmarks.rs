@@ -109,3 +109,20 @@ fn gsm8k_and_math500_have_gold_answers() {
         m.items.iter().all(|i| matches!(&i.kind, ItemKind::Math { level: Some(1..=5), form: AnswerForm::Boxed, .. }))
     );
 }
+
+#[test]
+fn math_problems_carry_the_packages_few_shot_prompts() {
+    let dir = data_dir();
+    // GSM8K: 8 worked questions ending "So the answer is N.", then the problem.
+    for item in &load_task(&dir, Task::Gsm8k, None, None).unwrap().items {
+        let ItemKind::Math { problem, few_shot: Some(p), .. } = &item.kind else { panic!("{} has none", item.doc_id) };
+        assert!(p.ends_with(&format!("Question: {problem}\nAnswer:")), "{}", item.doc_id);
+        assert_eq!(p.matches("So the answer is").count(), 8, "{}", item.doc_id);
+    }
+    // MATH: Minerva's 4 worked problems, then `Problem:\n{problem}\n\nSolution:`.
+    for item in &load_task(&dir, Task::Math { level: None }, None, None).unwrap().items {
+        let ItemKind::Math { problem, few_shot: Some(p), .. } = &item.kind else { panic!("{} has none", item.doc_id) };
+        assert!(p.ends_with(&format!("Problem:\n{problem}\n\nSolution:")), "{}", item.doc_id);
+        assert_eq!(p.matches("I hope it is correct.").count(), 4, "{}", item.doc_id);
+    }
+}

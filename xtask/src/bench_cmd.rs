@@ -186,7 +186,7 @@ fn search_throughput<B: LayerOps>(
     let settings = SearchSettings {
         simulations: sims,
         baseline: Baseline::None,
-        ..SearchSettings::paper(n, ScoringOptions { mode, chat, max_new_tokens: None })
+        ..SearchSettings::paper(n, ScoringOptions { chat, ..ScoringOptions::new(mode) })
     };
     let mut per_mode = Vec::new();
     for (caching, k) in [(true, 1), (false, 1), (true, batch)] {

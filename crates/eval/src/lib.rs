@@ -14,7 +14,9 @@ pub mod scoring;
 
 pub use data::{AnswerForm, Item, ItemKind, LoadReport, Split, Task, load_task, load_user_jsonl};
 pub use metrics::{Summary, bootstrap_interval};
-pub use scoring::{ItemResult, LanguageModel, ScoringMode, ScoringOptions, StopRule, score_item, score_item_variants};
+pub use scoring::{
+    ItemResult, LanguageModel, MathPrompt, ScoringMode, ScoringOptions, StopRule, score_item, score_item_variants,
+};
 
 /// A problem with benchmark data or with scoring, naming the file and line where there is one.
 #[derive(Debug, thiserror::Error)]

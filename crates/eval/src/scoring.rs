@@ -12,7 +12,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{AnswerForm, Item, ItemKind, letter};
-use crate::grading::{extract_gsm8k, extract_letter, extract_math, math_equal};
+use crate::grading::{answer_complete, extract_gsm8k, extract_letter, extract_math, math_equal};
 use crate::{EvalError, prompts};
 
 /// What the evaluation needs from a model. Its errors reach the caller inside
@@ -99,19 +99,67 @@ impl FromStr for ScoringMode {
     }
 }
 
+/// Which prompt a math problem gets in `generate` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MathPrompt {
+    /// The authors' zero-shot instruction: the answer in `\boxed{}`, no explanation.
+    #[default]
+    ZeroShot,
+    /// The data package's few-shot chain of thought (MATH: Minerva's 4 worked problems; GSM8K:
+    /// 8 worked questions ending "So the answer is N.").
+    FewShot,
+}
+
+impl MathPrompt {
+    pub fn name(self) -> &'static str {
+        match self {
+            MathPrompt::ZeroShot => "zero-shot",
+            MathPrompt::FewShot => "few-shot",
+        }
+    }
+
+    /// The generation length unless told otherwise: an answer alone, or a worked solution.
+    pub fn default_max_new_tokens(self) -> usize {
+        match self {
+            MathPrompt::ZeroShot => 50,
+            MathPrompt::FewShot => 256,
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == MathPrompt::default()
+    }
+}
+
+impl FromStr for MathPrompt {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "zero-shot" => Ok(MathPrompt::ZeroShot),
+            "few-shot" => Ok(MathPrompt::FewShot),
+            other => Err(format!("unknown prompt `{other}` (zero-shot, few-shot)")),
+        }
+    }
+}
+
 /// How to score items.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoringOptions {
     pub mode: ScoringMode,
     /// Wrap generation prompts in the model's chat template.
     pub chat: bool,
-    /// Generation length; default 10 for multiple choice, 50 for math.
+    /// Generation length; default 10 for multiple choice, for math the prompt's
+    /// ([`MathPrompt::default_max_new_tokens`]).
     pub max_new_tokens: Option<usize>,
+    /// Math prompt; left out of configs when zero-shot, so runs made before it resume unchanged.
+    #[serde(default, skip_serializing_if = "MathPrompt::is_default")]
+    pub math_prompt: MathPrompt,
 }
 
 impl ScoringOptions {
     pub fn new(mode: ScoringMode) -> Self {
-        ScoringOptions { mode, chat: false, max_new_tokens: None }
+        ScoringOptions { mode, chat: false, max_new_tokens: None, math_prompt: MathPrompt::ZeroShot }
     }
 }
 
@@ -288,9 +336,22 @@ pub fn score_item_variants<M: LanguageModel>(
                 result.generated = Some(text);
             }
         }
-        (ItemKind::Math { problem, answer, form, .. }, ScoringMode::Generate) => {
-            let prompt = model.encode(&prompts::math_generation_prompt(problem), opts.chat).map_err(model_err)?;
-            let texts = generate_texts(model, &prompt, opts.max_new_tokens.unwrap_or(50), math_answer_done)?;
+        (ItemKind::Math { problem, answer, form, few_shot, .. }, ScoringMode::Generate) => {
+            let (text, done): (String, fn(&str) -> bool) = match opts.math_prompt {
+                MathPrompt::ZeroShot => (prompts::math_generation_prompt(problem), zero_shot_answer_done),
+                MathPrompt::FewShot => match few_shot {
+                    Some(context) => (context.clone(), few_shot_answer_done),
+                    None => {
+                        return Err(EvalError::Invalid(format!(
+                            "item {} of {} has no few-shot prompt (the data package's MATH and GSM8K problems have one, your own files do not): use the zero-shot prompt",
+                            item.doc_id, item.task
+                        )));
+                    }
+                },
+            };
+            let prompt = model.encode(&text, opts.chat).map_err(model_err)?;
+            let max_new = opts.max_new_tokens.unwrap_or(opts.math_prompt.default_max_new_tokens());
+            let texts = generate_texts(model, &prompt, max_new, done)?;
             check(texts.len())?;
             for (result, text) in results.iter_mut().zip(texts) {
                 let pred = match form {
@@ -332,8 +393,16 @@ fn letter_answer_dead(text: &str) -> bool {
     !letter_answer_viable(text)
 }
 
-fn math_answer_done(text: &str) -> bool {
-    text.contains("\nQuestion:")
+/// Zero-shot math ends once the answer is complete ([`answer_complete`]) or the model starts
+/// another question.
+fn zero_shot_answer_done(text: &str) -> bool {
+    answer_complete(text) || text.contains("\nQuestion:")
+}
+
+/// Few-shot math also ends where the package's stop sequences end it: a blank line, or the next
+/// `Problem:` / `Question:`.
+fn few_shot_answer_done(text: &str) -> bool {
+    answer_complete(text) || ["\n\n", "Problem:", "Question:"].iter().any(|s| text.contains(s))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! follow from the setup rather than from running the code.
 
 use cola_eval::data::{AnswerForm, Item, ItemKind};
-use cola_eval::{LanguageModel, ScoringMode, ScoringOptions, StopRule, Summary, score_item};
+use cola_eval::{LanguageModel, MathPrompt, ScoringMode, ScoringOptions, StopRule, Summary, score_item};
 
 const LABEL_BASE: u32 = 1000;
 const EOS: u32 = 3;
@@ -124,6 +124,7 @@ fn math(task: &str, id: &str, problem: &str, answer: &str) -> Item {
             level: Some(1),
             subject: None,
             form: if task == "gsm8k" { AnswerForm::FinalNumber } else { AnswerForm::Boxed },
+            few_shot: None,
         },
     }
 }
@@ -221,6 +222,32 @@ fn math_generation_grades_boxed_answers_and_gsm8k_fallbacks() {
     let r = score_item(&mut m, &math("math-l1", "a/4", "?", "7"), &short).unwrap();
     assert_eq!(r.generated.as_deref(), Some("\\box"));
     assert!(!r.correct);
+}
+
+#[test]
+fn math_generation_stops_once_the_answer_is_complete_and_few_shot_uses_the_package_prompt() {
+    // Zero-shot: the generation ends right after the closing brace, not at the token limit.
+    let mut m = FakeModel { answer_for: |_| "so \\boxed{12} and then more text".into(), seen: vec![] };
+    let r =
+        score_item(&mut m, &math("math-l1", "a/1", "?", "12"), &ScoringOptions::new(ScoringMode::Generate)).unwrap();
+    assert_eq!(r.generated.as_deref(), Some("so \\boxed{12}"));
+    assert!(r.correct);
+    // Few-shot: the item's own context is the prompt; "So the answer is N." ends it.
+    let few = ScoringOptions { math_prompt: MathPrompt::FewShot, ..ScoringOptions::new(ScoringMode::Generate) };
+    let mut item = math("gsm8k", "4", "Eggs?", "18");
+    if let ItemKind::Math { few_shot, .. } = &mut item.kind {
+        *few_shot = Some("Question: 1+1?\nAnswer: So the answer is 2.\n\nQuestion: Eggs?\nAnswer:".into());
+    }
+    let mut m =
+        FakeModel { answer_for: |_| " 9 + 9 = 18. So the answer is 18.\n\nQuestion: more".into(), seen: vec![] };
+    let r = score_item(&mut m, &item, &few).unwrap();
+    assert_eq!(m.seen[0], "Question: 1+1?\nAnswer: So the answer is 2.\n\nQuestion: Eggs?\nAnswer:");
+    assert_eq!(r.generated.as_deref(), Some("9 + 9 = 18. So the answer is 18."));
+    assert_eq!(r.prediction.as_deref(), Some("18"));
+    assert!(r.correct);
+    // A problem without a few-shot prompt (a user file) is an error saying what to do.
+    let e = score_item(&mut m, &math("mine", "1", "?", "1"), &few).unwrap_err().to_string();
+    assert!(e.contains("no few-shot prompt") && e.contains("zero-shot"), "{e}");
 }
 
 #[test]
