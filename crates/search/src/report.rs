@@ -41,6 +41,46 @@ pub struct Report {
     /// Per layer: share of best chains that leave it out / run it more than once.
     pub skip_rate: Vec<f64>,
     pub repeat_rate: Vec<f64>,
+    /// The same by task (a MATH level is a task), searcher and group: the analyses by
+    /// difficulty.
+    pub layer_use: Vec<LayerUse>,
+}
+
+/// The shortest correct chains of one task, one searcher and one group of samples.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerUse {
+    pub task: String,
+    /// `mcts` or `random`.
+    pub searcher: &'static str,
+    /// `right` (the original chain was right: how far it shortens) or `fixed` (it was wrong).
+    pub group: &'static str,
+    /// Their lengths, in sample order.
+    pub lengths: Vec<usize>,
+    pub skip_rate: Vec<f64>,
+    pub repeat_rate: Vec<f64>,
+}
+
+/// Skip and repeat rates per layer over `chains` (texts that do not parse are left out).
+fn layer_rates<'a>(chains: impl Iterator<Item = &'a str>, num_layers: usize) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+    let mut skipped = vec![0usize; num_layers];
+    let mut repeated = vec![0usize; num_layers];
+    let mut lengths = Vec::new();
+    for text in chains {
+        let Ok(chain) = Chain::parse(text) else { continue };
+        lengths.push(chain.len());
+        let mut counts = vec![0usize; num_layers];
+        for &l in chain.layers() {
+            if l < num_layers {
+                counts[l] += 1;
+            }
+        }
+        for l in 0..num_layers {
+            skipped[l] += (counts[l] == 0) as usize;
+            repeated[l] += (counts[l] > 1) as usize;
+        }
+    }
+    let n = lengths.len();
+    (lengths, skipped.iter().map(|&k| ratio(k, n)).collect(), repeated.iter().map(|&k| ratio(k, n)).collect())
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
@@ -61,7 +101,7 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
     for r in records {
         by_task.entry(&r.task).or_default().push(r);
     }
-    let tasks = by_task
+    let tasks: Vec<TaskReport> = by_task
         .into_iter()
         .map(|(task, rs)| {
             let n = rs.len();
@@ -89,32 +129,31 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
         })
         .collect();
     let mut hist = BTreeMap::new();
-    let mut skipped = vec![0usize; num_layers];
-    let mut repeated = vec![0usize; num_layers];
-    let mut chains = 0;
     for r in records {
-        let Some(text) = &r.best_chain else { continue };
-        let Ok(chain) = Chain::parse(text) else { continue };
-        *hist.entry(chain.len()).or_insert(0) += 1;
-        chains += 1;
-        let mut counts = vec![0usize; num_layers];
-        for &l in chain.layers() {
-            if l < num_layers {
-                counts[l] += 1;
+        if let Some(len) = r.best_chain.as_deref().and_then(|t| Chain::parse(t).ok()).map(|c| c.len()) {
+            *hist.entry(len).or_insert(0) += 1;
+        }
+    }
+    let (_, skip_rate, repeat_rate) = layer_rates(records.iter().filter_map(|r| r.best_chain.as_deref()), num_layers);
+    let mut layer_use = Vec::new();
+    for t in &tasks {
+        let rs: Vec<&SampleRecord> = records.iter().filter(|r| r.task == t.task).collect();
+        for searcher in ["mcts", "random"] {
+            let best = |r: &SampleRecord| -> Option<String> {
+                if searcher == "mcts" { r.best_chain.clone() } else { r.random_best_chain.clone() }
+            };
+            if searcher == "random" && t.random_accuracy.is_none() {
+                continue;
+            }
+            for (group, right) in [("right", true), ("fixed", false)] {
+                let chains: Vec<String> =
+                    rs.iter().filter(|r| r.static_correct == right).filter_map(|r| best(r)).collect();
+                let (lengths, skip_rate, repeat_rate) = layer_rates(chains.iter().map(String::as_str), num_layers);
+                layer_use.push(LayerUse { task: t.task.clone(), searcher, group, lengths, skip_rate, repeat_rate });
             }
         }
-        for l in 0..num_layers {
-            skipped[l] += (counts[l] == 0) as usize;
-            repeated[l] += (counts[l] > 1) as usize;
-        }
     }
-    Report {
-        num_layers,
-        tasks,
-        best_length_histogram: hist,
-        skip_rate: skipped.iter().map(|&s| ratio(s, chains)).collect(),
-        repeat_rate: repeated.iter().map(|&s| ratio(s, chains)).collect(),
-    }
+    Report { num_layers, tasks, best_length_histogram: hist, skip_rate, repeat_rate, layer_use }
 }
 
 fn pct(x: f64) -> String {
@@ -156,6 +195,53 @@ pub fn render_table(report: &Report) -> String {
                 pct(ratio(f, t.static_wrong))
             )),
             t.mean_evaluations,
+        );
+    }
+    s
+}
+
+/// The paper's Table 1 form (methods × tasks; a MATH level is a task) and the shortest correct
+/// chain's mean length by task, searcher and group.
+pub fn render_by_task(report: &Report) -> String {
+    let mut s = String::new();
+    let names: Vec<&str> = report.tasks.iter().map(|t| t.task.as_str()).collect();
+    let _ = writeln!(s, "\n## By task (Table 1 form)\n\n| accuracy | {} |", names.join(" | "));
+    let _ = writeln!(s, "|---|{}", "---|".repeat(names.len()));
+    let row = |label: &str, f: &dyn Fn(&TaskReport) -> Option<f64>| {
+        let cells: Vec<String> = report.tasks.iter().map(|t| f(t).map_or("-".into(), pct)).collect();
+        format!("| {label} | {} |\n", cells.join(" | "))
+    };
+    s.push_str(&row("static (original chain)", &|t| Some(t.static_accuracy)));
+    s.push_str(&row("CoLa, MCTS (oracle)", &|t| Some(t.oracle_accuracy)));
+    s.push_str(&row("random chains, same budget (oracle)", &|t| t.random_accuracy));
+    let _ = writeln!(
+        s,
+        "\nMean length of the shortest correct chain (samples), of {} layers:\n\n| task | MCTS, right | MCTS, fixed | random, right | random, fixed |\n|---|---|---|---|---|",
+        report.num_layers
+    );
+    for t in &report.tasks {
+        let cell = |searcher: &str, group: &str| {
+            report
+                .layer_use
+                .iter()
+                .find(|u| u.task == t.task && u.searcher == searcher && u.group == group)
+                .filter(|u| !u.lengths.is_empty())
+                .map_or("-".into(), |u| {
+                    format!(
+                        "{:.1} ({})",
+                        u.lengths.iter().sum::<usize>() as f64 / u.lengths.len() as f64,
+                        u.lengths.len()
+                    )
+                })
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            t.task,
+            cell("mcts", "right"),
+            cell("mcts", "fixed"),
+            cell("random", "right"),
+            cell("random", "fixed")
         );
     }
     s
@@ -244,6 +330,7 @@ pub fn write_report(
     }
     md.push_str(&render_table(report));
     let _ = writeln!(md, "\n{}", render_timing(records, timings));
+    md.push_str(&render_by_task(report));
     let _ = writeln!(
         md,
         "\nReward is the paper's oracle: a chain counts as correct when its answer matches the gold answer, so the CoLa accuracy shows that a good chain exists, not a deployable prediction."
@@ -281,78 +368,206 @@ fn plot_err(path: &Path) -> impl Fn(String) -> RunError + use<> {
 
 fn write_figures(out_dir: &Path, report: &Report) -> Result<Vec<PathBuf>, RunError> {
     std::fs::create_dir_all(out_dir).map_err(|error| RunError::Io { path: out_dir.to_path_buf(), error })?;
-    let hist_path = out_dir.join("best_chain_lengths.svg");
+    let lengths_path = out_dir.join("best_chain_lengths.svg");
     let layers_path = out_dir.join("layer_skip_repeat.svg");
-    let e = plot_err(&hist_path);
-    {
-        let root = SVGBackend::new(&hist_path, (720, 420)).into_drawing_area();
-        root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-        let max_count = report.best_length_histogram.values().copied().max().unwrap_or(1);
-        let (lo, hi) = (
-            report.best_length_histogram.keys().next().copied().unwrap_or(0).min(report.num_layers),
-            report.best_length_histogram.keys().last().copied().unwrap_or(0).max(report.num_layers),
-        );
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Length of the shortest correct chain", ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(44)
-            .build_cartesian_2d(
-                (lo.saturating_sub(1) as u32..hi as u32 + 1).into_segmented(),
-                0u32..max_count as u32 + 1,
-            )
-            .map_err(|x| e(x.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc(format!("chain length (original: {})", report.num_layers))
-            .y_desc("samples")
-            .draw()
-            .map_err(|x| e(x.to_string()))?;
-        // Bars drawn one by one in length order: plotters' `Histogram` sums through a HashMap,
-        // so its SVG comes out in a different order on every run.
-        chart
-            .draw_series(report.best_length_histogram.iter().map(|(&l, &c)| {
-                let (l, c) = (l as u32, c as u32);
-                let mut bar =
-                    Rectangle::new([(SegmentValue::Exact(l), c), (SegmentValue::Exact(l + 1), 0)], BLUE.filled());
-                bar.set_margin(0, 0, 5, 5);
-                bar
-            }))
-            .map_err(|x| e(x.to_string()))?;
-        root.present().map_err(|x| e(x.to_string()))?;
+    draw_lengths(&lengths_path, report).map_err(plot_err(&lengths_path))?;
+    draw_layer_use(&layers_path, report).map_err(plot_err(&layers_path))?;
+    Ok(vec![lengths_path, layers_path])
+}
+
+const MCTS_COLOUR: RGBColor = RGBColor(31, 90, 180);
+const RANDOM_COLOUR: RGBColor = RGBColor(230, 120, 0);
+
+fn searcher_colour(searcher: &str) -> RGBColor {
+    if searcher == "mcts" { MCTS_COLOUR } else { RANDOM_COLOUR }
+}
+
+/// Lengths of the shortest correct chains, one dot per sample: per task, MCTS then random,
+/// each for samples the original chain got right (filled) and fixed (hollow); identical lengths
+/// spread sideways, so a row's width is its count; a black bar marks each mean.
+fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+    let slots: Vec<&LayerUse> = report.layer_use.iter().collect();
+    let tasks: Vec<&str> = report.tasks.iter().map(|t| t.task.as_str()).collect();
+    let per_task = slots.len().max(1) / tasks.len().max(1);
+    let width = (tasks.len() * per_task) as f64 + tasks.len() as f64;
+    let all: Vec<usize> = slots.iter().flat_map(|u| u.lengths.iter().copied()).collect();
+    let lo = all.iter().copied().min().unwrap_or(0).min(report.num_layers) as f64;
+    let hi = all.iter().copied().max().unwrap_or(0).max(report.num_layers) as f64;
+    let root = SVGBackend::new(path, ((140 * tasks.len()).max(640) as u32, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Length of the shortest correct chain per sample", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(34)
+        .y_label_area_size(44)
+        // Room above the dots for the legend.
+        .build_cartesian_2d(-0.5..width - 0.5, lo - 1.0..hi + 1.0 + 0.35 * (hi - lo + 2.0))
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc("chain length")
+        .x_desc("task: MCTS, then random; filled: originally right, hollow: fixed")
+        .draw()
+        .map_err(|x| e(&x))?;
+    let n = report.num_layers as f64;
+    chart
+        .draw_series(DashedLineSeries::new([(-0.5, n), (width - 0.5, n)], 6, 4, BLACK.mix(0.6).stroke_width(1)))
+        .map_err(|x| e(&x))?
+        .label(format!("original chain ({} layers)", report.num_layers))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.6)));
+    let mut legend_done: Vec<(&str, &str)> = Vec::new();
+    for (ti, task) in tasks.iter().enumerate() {
+        let mine: Vec<&&LayerUse> = slots.iter().filter(|u| u.task == *task).collect();
+        for (si, u) in mine.iter().enumerate() {
+            let centre = (ti * (per_task + 1) + si) as f64;
+            let colour = searcher_colour(u.searcher);
+            let style = if u.group == "right" { colour.filled() } else { colour.stroke_width(1) };
+            let mut by_len: BTreeMap<usize, usize> = BTreeMap::new();
+            for &l in &u.lengths {
+                *by_len.entry(l).or_default() += 1;
+            }
+            let dots: Vec<(f64, f64)> = by_len
+                .iter()
+                .flat_map(|(&l, &m)| {
+                    let step = (0.8 / m as f64).min(0.12);
+                    (0..m).map(move |k| (centre + (k as f64 - (m as f64 - 1.0) / 2.0) * step, l as f64))
+                })
+                .collect();
+            let series = chart.draw_series(dots.into_iter().map(|p| Circle::new(p, 3, style))).map_err(|x| e(&x))?;
+            if !legend_done.contains(&(u.searcher, u.group)) {
+                legend_done.push((u.searcher, u.group));
+                series
+                    .label(format!("{} · {}", if u.searcher == "mcts" { "MCTS" } else { "random" }, u.group))
+                    .legend(move |(x, y)| Circle::new((x + 8, y), 4, style));
+            }
+            if !u.lengths.is_empty() {
+                let mean = u.lengths.iter().sum::<usize>() as f64 / u.lengths.len() as f64;
+                chart
+                    .draw_series([PathElement::new(
+                        vec![(centre - 0.4, mean), (centre + 0.4, mean)],
+                        BLACK.stroke_width(2),
+                    )])
+                    .map_err(|x| e(&x))?;
+            }
+        }
+        let (px, py) = chart.backend_coord(&((ti * (per_task + 1)) as f64 + (per_task as f64 - 1.0) / 2.0, lo - 1.0));
+        root.draw(&Text::new(task.to_string(), (px - 4 * task.len() as i32, py + 8), ("sans-serif", 14).into_font()))
+            .map_err(|x| e(&x))?;
     }
-    let e = plot_err(&layers_path);
-    {
-        let root = SVGBackend::new(&layers_path, (820, 260)).into_drawing_area();
-        root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-        let n = report.num_layers as i32;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Share of best chains that skip (top) or repeat (bottom) each layer", ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0..n, 0..2)
-            .map_err(|x| e(x.to_string()))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))
+}
+
+/// White (0%) to dark red (100%).
+fn heat(rate: f64) -> RGBColor {
+    let r = rate.clamp(0.0, 1.0);
+    RGBColor((255.0 - 95.0 * r) as u8, (255.0 * (1.0 - r)) as u8, (255.0 * (1.0 - r)) as u8)
+}
+
+/// Heat maps of how often the shortest correct chains skip (top) and repeat (bottom) each layer:
+/// one row per task and group (originally right / fixed), MCTS left, random right (where run),
+/// one colour scale for all.
+fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+    let searchers: Vec<&str> =
+        ["mcts", "random"].into_iter().filter(|s| report.layer_use.iter().any(|u| u.searcher == *s)).collect();
+    let searchers = if searchers.is_empty() { vec!["mcts"] } else { searchers };
+    let rows: Vec<(String, &str)> =
+        report.tasks.iter().flat_map(|t| ["right", "fixed"].map(|g| (t.task.clone(), g))).collect();
+    let n = report.num_layers as i32;
+    let panel_h = 70 + 20 * rows.len().max(1) as u32;
+    let root = SVGBackend::new(path, (460 * searchers.len() as u32 + 120, 2 * panel_h + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let (title, body) = root.split_vertically(36);
+    title
+        .draw(&Text::new(
+            "Share of shortest correct chains that skip / repeat each layer",
+            (12, 10),
+            ("sans-serif", 18).into_font(),
+        ))
+        .map_err(|x| e(&x))?;
+    let (maps, scale) = body.split_horizontally(460 * searchers.len() as u32);
+    let panels = maps.split_evenly((2, searchers.len()));
+    for (i, area) in panels.iter().enumerate() {
+        let (kind, searcher) = (i / searchers.len(), searchers[i % searchers.len()]);
+        let what = if kind == 0 { "skip" } else { "repeat" };
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{} · {what}", if searcher == "mcts" { "MCTS" } else { "random (same budget)" }),
+                ("sans-serif", 15),
+            )
+            .margin(6)
+            .x_label_area_size(26)
+            .y_label_area_size(120)
+            .build_cartesian_2d(0..n, (0..(rows.len() as i32 - 1).max(0)).into_segmented())
+            .map_err(|x| e(&x))?;
         chart
             .configure_mesh()
             .disable_mesh()
             .x_desc("layer")
-            .y_labels(2)
-            .y_label_formatter(&|y| if *y == 1 { "skip".into() } else { "repeat".into() })
+            .y_labels(rows.len().max(1))
+            .y_label_formatter(&|y| match y {
+                SegmentValue::CenterOf(y) => {
+                    let k = rows.len().wrapping_sub(1 + *y as usize);
+                    rows.get(k).map_or(String::new(), |(t, g)| format!("{t} · {g}"))
+                }
+                _ => String::new(),
+            })
             .draw()
-            .map_err(|x| e(x.to_string()))?;
-        let cell = |rate: f64| RGBColor(255, (255.0 * (1.0 - rate)) as u8, (255.0 * (1.0 - rate)) as u8).filled();
-        chart
-            .draw_series((0..n).flat_map(|l| {
-                [
-                    Rectangle::new([(l, 1), (l + 1, 2)], cell(report.skip_rate[l as usize])),
-                    Rectangle::new([(l, 0), (l + 1, 1)], cell(report.repeat_rate[l as usize])),
-                ]
-            }))
-            .map_err(|x| e(x.to_string()))?;
-        root.present().map_err(|x| e(x.to_string()))?;
+            .map_err(|x| e(&x))?;
+        for (k, (task, group)) in rows.iter().enumerate() {
+            let y = (rows.len() - 1 - k) as i32;
+            let rates = report
+                .layer_use
+                .iter()
+                .find(|u| u.searcher == searcher && u.task == *task && u.group == *group)
+                .filter(|u| !u.lengths.is_empty())
+                .map(|u| if kind == 0 { &u.skip_rate } else { &u.repeat_rate });
+            chart
+                .draw_series((0..n).map(|l| {
+                    let fill = match rates {
+                        Some(r) => heat(r[l as usize]).filled(),
+                        // No chains in this row: hatched grey, not "0%".
+                        None => RGBColor(225, 225, 225).filled(),
+                    };
+                    Rectangle::new([(l, SegmentValue::Exact(y)), (l + 1, SegmentValue::Exact(y + 1))], fill)
+                }))
+                .map_err(|x| e(&x))?;
+        }
     }
-    Ok(vec![hist_path.clone(), layers_path.clone()])
+    // The colour scale.
+    let (w, h) = scale.dim_in_pixel();
+    let top = 40i32;
+    let bottom = h as i32 - 40;
+    let steps = 50;
+    for k in 0..steps {
+        let y0 = bottom - (bottom - top) * k / steps;
+        let y1 = bottom - (bottom - top) * (k + 1) / steps;
+        scale
+            .draw(&Rectangle::new([(30, y1), (50, y0)], heat(k as f64 / (steps - 1) as f64).filled()))
+            .map_err(|x| e(&x))?;
+    }
+    scale.draw(&Rectangle::new([(30, top), (50, bottom)], BLACK.stroke_width(1))).map_err(|x| e(&x))?;
+    for (frac, label) in [(0.0, "0%"), (0.5, "50%"), (1.0, "100%")] {
+        let y = bottom - ((bottom - top) as f64 * frac) as i32;
+        scale.draw(&Text::new(label, (54, y - 6), ("sans-serif", 12).into_font())).map_err(|x| e(&x))?;
+    }
+    scale.draw(&Text::new("of chains", (18, bottom + 12), ("sans-serif", 12).into_font())).map_err(|x| e(&x))?;
+    scale
+        .draw(&Rectangle::new([(30, bottom + 26), (50, bottom + 36)], RGBColor(225, 225, 225).filled()))
+        .map_err(|x| e(&x))?;
+    scale.draw(&Text::new("none", (54, bottom + 25), ("sans-serif", 12).into_font())).map_err(|x| e(&x))?;
+    let _ = w;
+    root.present().map_err(|x| e(&x))
 }
 
 #[cfg(test)]
@@ -408,6 +623,32 @@ mod tests {
         assert_eq!(r.skip_rate[1], 0.25);
         assert_eq!(r.repeat_rate[1], 0.25);
         assert_eq!(r.skip_rate[0], 0.0);
+    }
+
+    #[test]
+    fn layer_use_splits_by_task_searcher_and_group() {
+        // 4 layers, two tasks. MCTS: "a" right shortened to 0,1,3 (skips 2), "a" fixed by
+        // 0,1,1,2,3 (repeats 1); "b" right, no chain. Random: "a" right by 0,2,3 (skips 1).
+        let mut a_right = rec("a", true, Some("0-1,3"), true);
+        a_right.random_best_chain = Some("0,2-3".into());
+        let a_fixed = rec("a", false, Some("0,1,1,2,3"), false);
+        let b_right = rec("b", true, None, false);
+        let r = build_report(&[a_right, a_fixed, b_right], 4);
+        let find = |t: &str, s: &str, g: &str| {
+            r.layer_use.iter().find(|u| u.task == t && u.searcher == s && u.group == g).unwrap().clone()
+        };
+        let u = find("a", "mcts", "right");
+        assert_eq!((u.lengths, u.skip_rate, u.repeat_rate), (vec![3], vec![0.0, 0.0, 1.0, 0.0], vec![0.0; 4]));
+        let u = find("a", "mcts", "fixed");
+        assert_eq!((u.lengths, u.repeat_rate), (vec![5], vec![0.0, 1.0, 0.0, 0.0]));
+        let u = find("a", "random", "right");
+        assert_eq!((u.lengths, u.skip_rate), (vec![3], vec![0.0, 1.0, 0.0, 0.0]));
+        assert!(find("a", "random", "fixed").lengths.is_empty());
+        assert!(find("b", "mcts", "right").lengths.is_empty());
+        assert_eq!(r.layer_use.len(), 8);
+        let md = render_by_task(&r);
+        assert!(md.contains("| static (original chain) | 50.0% | 100.0% |"), "{md}");
+        assert!(md.contains("| a | 3.0 (1) | 5.0 (1) | 3.0 (1) | - |"), "{md}");
     }
 
     #[test]
