@@ -324,6 +324,52 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Lockstep decoding shares the rows of chains that have taken the same steps and generated
+    /// the same tokens (a trie over both), and still gives each chain its ids decoded alone. The
+    /// number of rows shared is counted here from the chains and the ids decoded alone.
+    #[test]
+    fn lockstep_decoding_shares_the_rows_of_identical_prefixes(
+        arch in arch(), family in chain_family(), ids in prompt(), seed in 0u64..4,
+    ) {
+        let config = tiny_config(arch, NUM_LAYERS);
+        let (exec, _) = tiny_executor(&config, 11 + seed);
+        let chains: Vec<Chain> = family.iter().cloned().map(Chain::new).collect();
+        let alone: Vec<Vec<u32>> =
+            chains.iter().map(|c| exec.generate(&exec.run(c, &ids).unwrap(), 5, &[]).unwrap()).collect();
+        let states: Vec<_> = chains.iter().map(|c| exec.run(c, &ids).unwrap()).collect();
+        let before = exec.append_steps().1;
+        let got = exec.generate_batch(&states, 5, |_, _| false).unwrap();
+        prop_assert_eq!(&got, &alone);
+        // Token r is appended (r = 0..4) by every chain; chains with the same first r + 1 tokens
+        // share each step whose prefix of layers they share.
+        let mut want = 0u64;
+        for r in 0..4 {
+            let mut lineages: Vec<(&[u32], Vec<&Chain>)> = Vec::new();
+            for (c, g) in chains.iter().zip(&alone) {
+                match lineages.iter_mut().find(|(t, _)| *t == &g[..=r]) {
+                    Some((_, members)) => members.push(c),
+                    None => lineages.push((&g[..=r], vec![c])),
+                }
+            }
+            for (_, members) in &lineages {
+                let depth = members.iter().map(|c| c.len()).max().unwrap_or(0);
+                for d in 0..depth {
+                    let reaching: Vec<&[usize]> =
+                        members.iter().filter(|c| c.len() > d).map(|c| &c.layers()[..=d]).collect();
+                    let mut distinct = reaching.clone();
+                    distinct.sort();
+                    distinct.dedup();
+                    want += (reaching.len() - distinct.len()) as u64;
+                }
+            }
+        }
+        prop_assert_eq!(exec.append_steps().1 - before, want);
+    }
+}
+
 /// A batch of chains that share long prefixes needs about as many layer calls as one chain:
 /// counted through the cache (each computed step is stored once).
 #[test]

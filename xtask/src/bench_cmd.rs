@@ -193,6 +193,7 @@ fn search_throughput<B: LayerOps>(
         let mut m = ChainModel::new(model, Chain::identity(n)).with_caching(caching);
         let settings = SearchSettings { batch: k, ..settings.clone() };
         let started = Instant::now();
+        let decode_before = model.executor.append_steps();
         let mut evals = 0;
         let mut records = Vec::new();
         for item in &items {
@@ -202,11 +203,14 @@ fn search_throughput<B: LayerOps>(
         }
         let secs = started.elapsed().as_secs_f64();
         let (reused, computed) = m.step_counts();
+        let decode = model.executor.append_steps();
+        let (decode_computed, decode_shared) = (decode.0 - decode_before.0, decode.1 - decode_before.1);
         eprintln!(
-            "search (batch {k}, prefix cache {}): {evals} evaluations in {secs:.1} s, {computed} layer steps computed, {reused} reused",
+            "search (batch {k}, prefix cache {}): {evals} evaluations in {secs:.1} s, {computed} layer steps computed, {reused} reused; decoding: {decode_computed} layer steps computed, {decode_shared} shared",
             if caching { "on" } else { "off" }
         );
-        per_mode.push((evals as f64 / secs, secs / items.len() as f64, records));
+        let shared_fraction = decode_shared as f64 / (decode_computed + decode_shared).max(1) as f64;
+        per_mode.push((evals as f64 / secs, secs / items.len() as f64, records, shared_fraction));
     }
     if per_mode[0].2 != per_mode[1].2 {
         bail!("the search recorded different chains or predictions with and without the prefix cache");
@@ -223,6 +227,7 @@ fn search_throughput<B: LayerOps>(
         "search_scoring": mode.name(),
         "search_task": task.name(),
         "search_batch": batch,
+        "search_decode_steps_shared_batched": per_mode[2].3,
     }))
 }
 

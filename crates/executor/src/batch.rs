@@ -139,23 +139,51 @@ impl<B: LayerOps> Executor<B> {
             self.check_ids(ids)?;
             self.check_positions(s.num_positions() + ids.len())?;
         }
+        // States with the same ids before and after this call (`lineage`) that have taken the same
+        // steps so far hold the same K/V and hidden rows: greedy decoding of chains that share a
+        // prefix of layers and have generated the same tokens. Each such set runs once per layer,
+        // led by its first member, and the others take the leader's result (a trie over chain
+        // steps and generated tokens).
+        let lineage: Vec<usize> = {
+            let mut seen: HashMap<(&[u32], &[u32]), usize> = HashMap::new();
+            (0..states.len())
+                .map(|i| {
+                    let next = seen.len();
+                    *seen.entry((&states[i].ids[..], new_ids[i])).or_insert(next)
+                })
+                .collect()
+        };
         let mut x: Vec<Tensor<B, 2>> = new_ids.iter().map(|ids| self.model.embed(ids, &self.device)).collect();
         let mut kv: Vec<Vec<_>> = states.iter().map(|s| Vec::with_capacity(s.kv.len())).collect();
         loop {
             let next = |i: usize| states[i].steps.get(kv[i].len()).copied();
             let Some(layer) = (0..states.len()).filter_map(next).min() else { break };
             let group: Vec<usize> = (0..states.len()).filter(|&i| next(i) == Some(layer)).collect();
-            let rows: Vec<usize> = group.iter().map(|&i| new_ids[i].len()).collect();
-            let segments: Vec<Segment<'_, B>> = group
+            let mut first: HashMap<(usize, &[usize]), usize> = HashMap::new();
+            let leader: Vec<usize> = group
+                .iter()
+                .map(|&i| *first.entry((lineage[i], &states[i].steps[..=kv[i].len()])).or_insert(i))
+                .collect();
+            let leaders: Vec<usize> = group.iter().zip(&leader).filter(|(i, l)| i == l).map(|(&i, _)| i).collect();
+            let rows: Vec<usize> = leaders.iter().map(|&i| new_ids[i].len()).collect();
+            let segments: Vec<Segment<'_, B>> = leaders
                 .iter()
                 .map(|&i| Segment { rows: new_ids[i].len(), past: Some(&states[i].kv[kv[i].len()]), tree: None })
                 .collect();
-            let input = stack(group.iter().map(|&i| x[i].clone()).collect());
+            let input = stack(leaders.iter().map(|&i| x[i].clone()).collect());
             let (h, caches) = self.model.layers[layer].forward(input, &self.rope, &segments);
-            for ((&i, hidden), cache) in group.iter().zip(split(h, &rows)).zip(caches) {
+            for ((&i, hidden), cache) in leaders.iter().zip(split(h, &rows)).zip(caches) {
                 x[i] = hidden;
                 kv[i].push(cache);
             }
+            for (&i, &l) in group.iter().zip(&leader).filter(|(i, l)| i != l) {
+                x[i] = x[l].clone();
+                let shared = kv[l].last().expect("the leader ran this step").clone();
+                kv[i].push(shared);
+            }
+            use std::sync::atomic::Ordering::Relaxed;
+            self.computed_steps.fetch_add(leaders.len() as u64, Relaxed);
+            self.shared_steps.fetch_add((group.len() - leaders.len()) as u64, Relaxed);
         }
         Ok(states
             .iter()

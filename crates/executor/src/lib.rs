@@ -79,6 +79,10 @@ pub struct Executor<B: LayerOps> {
     config: ModelConfig,
     rope: Rope<B>,
     device: B::Device,
+    /// Layer steps [`Executor::append_batch`] computed, and those it took from another state of
+    /// the same call instead (see [`Executor::append_steps`]).
+    computed_steps: std::sync::atomic::AtomicU64,
+    shared_steps: std::sync::atomic::AtomicU64,
 }
 
 /// Longest sequence the RoPE tables are built for unless the caller asks otherwise.
@@ -88,7 +92,15 @@ impl<B: LayerOps> Executor<B> {
     pub fn new(model: CausalLm<B>, config: ModelConfig, device: B::Device) -> Self {
         let max_len = config.max_position_embeddings.clamp(1, DEFAULT_MAX_POSITIONS);
         let rope = Rope::new(&config, max_len, &device);
-        Executor { model, config, rope, device }
+        Executor { model, config, rope, device, computed_steps: Default::default(), shared_steps: Default::default() }
+    }
+
+    /// (computed, shared) layer steps of appending (decoding) since this executor was made:
+    /// a step is shared when an identical state of the same batch (same steps so far, same
+    /// tokens) computed it.
+    pub fn append_steps(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.computed_steps.load(Relaxed), self.shared_steps.load(Relaxed))
     }
 
     /// Loads an HF-layout checkpoint directory onto `device`.
