@@ -590,7 +590,7 @@ impl WithBackend for Transfer {
             backend: args.model.backend.name().into(),
         };
         let (report, files) = cola_search::transfer::run_transfer(&req, &model)?;
-        println!("{}", cola_search::transfer::render_summary(&report));
+        println!("{}", cola_search::transfer::render_table(&report));
         println!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
         Ok(())
     }

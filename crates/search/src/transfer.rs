@@ -690,27 +690,7 @@ pub fn write_transfer_report(
         s.drop,
         s.top
     );
-    let _ = writeln!(
-        md,
-        "| strategy | held-out accuracy % [95% CI] | vs static, points [95% CI] | mean layers | s/item | calibration accuracy % |\n|---|---|---|---|---|---|"
-    );
-    for r in &report.strategies {
-        let _ = writeln!(
-            md,
-            "| {}{} | {} [{}, {}] | {} [{}, {}] | {:.1} | {:.3} | {} |",
-            r.name,
-            if r.uses_labels { " (reads labels)" } else { "" },
-            pct(r.accuracy),
-            pct(r.ci_low),
-            pct(r.ci_high),
-            signed_pct(r.diff_vs_static),
-            signed_pct(r.diff_ci_low),
-            signed_pct(r.diff_ci_high),
-            r.mean_layers,
-            r.seconds_per_item,
-            r.calibration_accuracy.map_or("–".into(), pct)
-        );
-    }
+    md.push_str(&render_table(report));
     let label_free: Vec<&StrategyReport> =
         report.strategies.iter().filter(|r| !r.uses_labels && r.name != "static").collect();
     let names = |f: &dyn Fn(&StrategyReport) -> bool| {
@@ -837,28 +817,29 @@ fn draw_pareto(path: &Path, report: &TransferReport) -> Result<(), RunError> {
     Ok(())
 }
 
-/// One line per strategy, for printing.
-pub fn render_summary(report: &TransferReport) -> String {
-    let lines: Vec<String> = report
-        .strategies
-        .iter()
-        .map(|r| {
-            format!(
-                "{:<16} {:>5}% [{:>5}, {:>5}]  vs static {:>6} [{:>6}, {:>6}]  {:>5.1} layers  {:.3} s/item{}",
-                r.name,
-                pct(r.accuracy),
-                pct(r.ci_low),
-                pct(r.ci_high),
-                signed_pct(r.diff_vs_static),
-                signed_pct(r.diff_ci_low),
-                signed_pct(r.diff_ci_high),
-                r.mean_layers,
-                r.seconds_per_item,
-                if r.uses_labels { "  (reads labels)" } else { "" }
-            )
-        })
-        .collect();
-    lines.join("\n")
+/// The strategies as a markdown table (report.md, and printed at the end of a run).
+pub fn render_table(report: &TransferReport) -> String {
+    let mut s = String::from(
+        "| strategy | held-out accuracy % [95% CI] | vs static, points [95% CI] | mean layers | s/item | calibration accuracy % |\n|---|---|---|---|---|---|\n",
+    );
+    for r in &report.strategies {
+        let _ = writeln!(
+            s,
+            "| {}{} | {} [{}, {}] | {} [{}, {}] | {:.1} | {:.3} | {} |",
+            r.name,
+            if r.uses_labels { " (reads labels)" } else { "" },
+            pct(r.accuracy),
+            pct(r.ci_low),
+            pct(r.ci_high),
+            signed_pct(r.diff_vs_static),
+            signed_pct(r.diff_ci_low),
+            signed_pct(r.diff_ci_high),
+            r.mean_layers,
+            r.seconds_per_item,
+            r.calibration_accuracy.map_or("–".into(), pct)
+        );
+    }
+    s
 }
 
 #[cfg(test)]
