@@ -28,7 +28,7 @@ fn setup() -> Setup {
 fn records(s: &Setup, mode: ScoringMode, batch: usize, run: &str) -> Vec<Value> {
     let out = s.dir.path().join(format!("{run}-{}-{batch}", mode.name()));
     let mut req = tiny_search_request(&s.data, &out, TINY_LAYERS);
-    req.settings.simulations = 40;
+    req.settings.tree.simulations = 40;
     req.settings.scoring = ScoringOptions { max_new_tokens: Some(4), ..ScoringOptions::new(mode) };
     req.settings.batch = batch;
     let (_, run) = cola_search::run_search(&req, &s.model).unwrap();

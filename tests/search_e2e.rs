@@ -115,7 +115,7 @@ fn different_settings_are_refused_unless_forced() {
     let out = dir.path().join("run");
     let mut req = tiny_search_request(&data, &out, LAYERS);
     cola_search::run_search(&req, &model).unwrap();
-    req.settings.simulations += 1;
+    req.settings.tree.simulations += 1;
     let e = cola_search::run_search(&req, &model).err().unwrap().to_string();
     assert!(e.contains("different settings") && e.contains("simulations"), "{e}");
     req.force = true;

@@ -24,7 +24,7 @@ fn make() {
     for mode in [ScoringMode::Loglik, ScoringMode::Generate] {
         let out = dir.path().join(mode.name());
         let mut req = tiny_search_request(&data, &out, 6);
-        req.settings.simulations = 40;
+        req.settings.tree.simulations = 40;
         req.settings.scoring = ScoringOptions { max_new_tokens: Some(4), ..ScoringOptions::new(mode) };
         let (_, run) = cola_search::run_search(&req, &model).unwrap();
         for line in std::fs::read_to_string(run.samples_path()).unwrap().lines() {

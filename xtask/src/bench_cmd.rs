@@ -183,11 +183,11 @@ fn search_throughput<B: LayerOps>(
     let items: Vec<_> = cola_search::select_items(&data_dir, &sel)?.remove(0).items;
     // Chat only for generation, as the `paper` preset does.
     let chat = mode == ScoringMode::Generate && model.tokenizer.config.get("chat_template").is_some();
-    let settings = SearchSettings {
-        simulations: sims,
+    let mut settings = SearchSettings {
         baseline: Baseline::None,
         ..SearchSettings::paper(n, ScoringOptions { chat, ..ScoringOptions::new(mode) })
     };
+    settings.tree.simulations = sims;
     let mut per_mode = Vec::new();
     for (caching, k) in [(true, 1), (false, 1), (true, batch)] {
         let mut m = ChainModel::new(model, Chain::identity(n)).with_caching(caching);

@@ -12,6 +12,7 @@ use cola_executor::backend::WithBackend;
 use cola_mcts::chains::ActionPreset;
 use cola_model::LayerOps;
 use cola_search::run_dir::Shard;
+use cola_search::sample::TreeSettings;
 use cola_search::transfer::{TransferRequest, TransferSettings};
 use cola_search::{Baseline, Preset, SearchRequest, SearchSettings, Selection, Source, report};
 use serde_json::json;
@@ -321,11 +322,14 @@ impl WithBackend for Search {
             max_new_tokens: args.max_new_tokens,
             math_prompt: args.prompt,
         };
-        let actions = args.actions.unwrap_or(base.actions);
+        let actions = args.actions.unwrap_or(base.tree.actions);
         let settings = SearchSettings {
-            actions,
-            simulations: args.sims.unwrap_or(base.simulations),
-            lambda: args.lambda.unwrap_or(base.lambda),
+            tree: TreeSettings {
+                actions,
+                simulations: args.sims.unwrap_or(base.tree.simulations),
+                lambda: args.lambda.unwrap_or(base.tree.lambda),
+                ..base.tree.clone()
+            },
             early_stop_margin: args.early_stop.or(SearchSettings::early_stop_of(actions)),
             baseline: args.baseline,
             batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), scoring.mode)),
@@ -348,9 +352,9 @@ impl WithBackend for Search {
             "searching chains: {} ({} samples max), {} simulations in batches of {}, actions {}, scoring {}{}, run dir {}",
             selection.sources.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
             selection.limit.map_or("all".into(), |l| l.to_string()),
-            settings.simulations,
+            settings.tree.simulations,
             settings.batch,
-            settings.actions,
+            settings.tree.actions,
             settings.scoring.mode,
             if settings.scoring.chat { " (chat)" } else { "" },
             out_dir.display()
@@ -545,17 +549,15 @@ impl WithBackend for Transfer {
         let data_dir = data_dir(&calibration)?;
         let model = crate::load_model::<B>(&dir, device)?;
         let n = model.executor.num_layers();
-        let (min_len, max_len) = SearchSettings::paper_bounds(n);
-        let paper = SearchSettings::paper(n, ScoringOptions::new(args.scoring));
+        let paper = TreeSettings::paper(n);
         let settings = TransferSettings {
             scoring: ScoringOptions::new(args.scoring),
-            actions: args.actions,
-            simulations: args.sims,
-            lambda: args.lambda.unwrap_or(paper.lambda),
-            c: paper.c,
-            epsilon: paper.epsilon,
-            min_len,
-            max_len,
+            tree: TreeSettings {
+                actions: args.actions,
+                simulations: args.sims,
+                lambda: args.lambda.unwrap_or(paper.lambda),
+                ..paper
+            },
             batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), args.scoring)),
             drop: args.drop.clone(),
             top: args.top,
@@ -574,7 +576,7 @@ impl WithBackend for Transfer {
             "transfer: calibrate on {} {} items ({} simulations in batches of {}), hold out {} items, run dir {}",
             args.calibration,
             calibration.sources[0].name(),
-            settings.simulations,
+            settings.tree.simulations,
             settings.batch,
             args.heldout,
             out_dir.display()

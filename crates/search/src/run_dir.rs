@@ -437,6 +437,29 @@ mod tests {
         assert!(e.contains("line 3"), "{e}");
     }
 
+    /// Committed runs resume: their config.json reads into today's config type and writes back
+    /// to the same JSON (a directory whose config compares different would be refused).
+    #[test]
+    fn committed_run_configs_read_back_unchanged() {
+        let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/results");
+        let mut checked = 0;
+        for entry in fs::read_dir(&results).unwrap() {
+            let path = entry.unwrap().path().join(CONFIG_FILE);
+            let Ok(text) = fs::read_to_string(&path) else { continue };
+            let original: Value = serde_json::from_str(&text).unwrap();
+            let again = if original.get("calibration_n").is_some() {
+                let c: crate::transfer::TransferConfig = serde_json::from_value(original.clone()).unwrap();
+                serde_json::to_value(c).unwrap()
+            } else {
+                let c: RunConfig = serde_json::from_value(original.clone()).unwrap();
+                serde_json::to_value(c).unwrap()
+            };
+            assert_eq!(again, original, "{}", path.display());
+            checked += 1;
+        }
+        assert!(checked >= 1, "no committed run under {}", results.display());
+    }
+
     #[test]
     fn shard_parsing_and_selection() {
         let s: Shard = "1/3".parse().unwrap();

@@ -63,9 +63,11 @@ impl std::str::FromStr for Preset {
     }
 }
 
-/// Everything that decides what a search does (all of it goes into the run's config.json).
+/// The tree search's own settings, shared by the per-sample search ([`SearchSettings`]) and
+/// the task-level search of `transfer`: action rules, simulations, the UCB constants and the
+/// chain length bounds. Flattened into both configs (config.json keeps its keys).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SearchSettings {
+pub struct TreeSettings {
     pub actions: ActionPreset,
     pub simulations: usize,
     pub lambda: f64,
@@ -73,6 +75,51 @@ pub struct SearchSettings {
     pub epsilon: f64,
     pub min_len: usize,
     pub max_len: usize,
+}
+
+impl TreeSettings {
+    /// The paper's: paper actions, 200 simulations, the engine's UCB constants (λ = 5, c = √2,
+    /// ε = 0.1) and [`Self::paper_bounds`] for a model of `num_layers` layers.
+    pub fn paper(num_layers: usize) -> Self {
+        let (min_len, max_len) = Self::paper_bounds(num_layers);
+        let mcts = MctsConfig::new(num_layers, min_len, max_len);
+        TreeSettings {
+            actions: ActionPreset::Paper,
+            simulations: mcts.simulations,
+            lambda: mcts.lambda,
+            c: mcts.c,
+            epsilon: mcts.epsilon,
+            min_len,
+            max_len,
+        }
+    }
+
+    /// Length bounds scaled from the authors' presets (16..32 for 28 layers, 24..44 for 36):
+    /// about 0.57 N to 1.15 N.
+    pub fn paper_bounds(num_layers: usize) -> (usize, usize) {
+        let n = num_layers as f64;
+        (((0.57 * n).round() as usize).max(1), ((1.15 * n).round() as usize).max(num_layers))
+    }
+
+    /// The engine's config for a model of `num_layers` layers.
+    pub fn mcts_config(&self, num_layers: usize, early_stop_margin: Option<usize>, batch: usize) -> MctsConfig {
+        MctsConfig {
+            simulations: self.simulations,
+            lambda: self.lambda,
+            c: self.c,
+            epsilon: self.epsilon,
+            early_stop_margin,
+            batch,
+            ..MctsConfig::new(num_layers, self.min_len, self.max_len)
+        }
+    }
+}
+
+/// Everything that decides what a search does (all of it goes into the run's config.json).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchSettings {
+    #[serde(flatten)]
+    pub tree: TreeSettings,
     pub early_stop_margin: Option<usize>,
     pub baseline: Baseline,
     /// The random baseline draws 1..=this many edits per chain.
@@ -94,20 +141,11 @@ fn is_one(k: &usize) -> bool {
 }
 
 impl SearchSettings {
-    /// The paper's setting for a model of `num_layers` layers: paper actions, 200 simulations,
-    /// the engine's UCB constants (λ = 5, c = √2, ε = 0.1), [`Self::paper_bounds`], no early
+    /// The paper's setting for a model of `num_layers` layers: [`TreeSettings::paper`], no early
     /// stop, random baseline.
     pub fn paper(num_layers: usize, scoring: ScoringOptions) -> Self {
-        let (min_len, max_len) = Self::paper_bounds(num_layers);
-        let mcts = MctsConfig::new(num_layers, min_len, max_len);
         SearchSettings {
-            actions: ActionPreset::Paper,
-            simulations: mcts.simulations,
-            lambda: mcts.lambda,
-            c: mcts.c,
-            epsilon: mcts.epsilon,
-            min_len,
-            max_len,
+            tree: TreeSettings::paper(num_layers),
             early_stop_margin: None,
             baseline: Baseline::Random,
             random_max_edits: 8,
@@ -121,16 +159,22 @@ impl SearchSettings {
     /// leaves it open.
     pub fn preset(preset: Preset, num_layers: usize, multiple_choice: bool, has_chat: bool) -> Self {
         let generate = ScoringOptions { chat: has_chat, ..ScoringOptions::new(ScoringMode::Generate) };
-        match preset {
-            Preset::Paper => Self::paper(num_layers, generate),
-            Preset::Polar => {
-                Self { actions: ActionPreset::Polar, simulations: 100, ..Self::paper(num_layers, generate) }
-            }
+        let mut settings = match preset {
             Preset::Quick => {
                 let mode = if multiple_choice { ScoringMode::Loglik } else { ScoringMode::Generate };
-                Self { simulations: 60, ..Self::paper(num_layers, ScoringOptions::new(mode)) }
+                Self::paper(num_layers, ScoringOptions::new(mode))
             }
+            _ => Self::paper(num_layers, generate),
+        };
+        match preset {
+            Preset::Paper => {}
+            Preset::Polar => {
+                settings.tree.actions = ActionPreset::Polar;
+                settings.tree.simulations = 100;
+            }
+            Preset::Quick => settings.tree.simulations = 60,
         }
+        settings
     }
 
     /// The early stop that comes with an action rule: drllm's includes one (once a correct
@@ -139,23 +183,8 @@ impl SearchSettings {
         (actions == ActionPreset::Drllm).then_some(2)
     }
 
-    /// Length bounds scaled from the authors' presets (16..32 for 28 layers, 24..44 for 36):
-    /// about 0.57 N to 1.15 N.
-    pub fn paper_bounds(num_layers: usize) -> (usize, usize) {
-        let n = num_layers as f64;
-        (((0.57 * n).round() as usize).max(1), ((1.15 * n).round() as usize).max(num_layers))
-    }
-
     pub fn mcts_config(&self, num_layers: usize) -> MctsConfig {
-        MctsConfig {
-            simulations: self.simulations,
-            lambda: self.lambda,
-            c: self.c,
-            epsilon: self.epsilon,
-            early_stop_margin: self.early_stop_margin,
-            batch: self.batch,
-            ..MctsConfig::new(num_layers, self.min_len, self.max_len)
-        }
+        self.tree.mcts_config(num_layers, self.early_stop_margin, self.batch)
     }
 }
 
@@ -254,7 +283,7 @@ pub fn search_item<B: LayerOps>(
     };
     let mcts = {
         let mut problem = ChainProblem {
-            space: ChainSpace::new(n, settings.actions),
+            space: ChainSpace::new(n, settings.tree.actions),
             evaluate: |c: &[Vec<usize>]| evaluate(model, c),
         };
         search(&mut problem, &settings.mcts_config(n), &mut sample_rng(seed, &sample_id))
@@ -265,12 +294,12 @@ pub fn search_item<B: LayerOps>(
             let cfg = RandomConfig {
                 evaluations: mcts.evaluations(),
                 max_edits: settings.random_max_edits,
-                min_len: settings.min_len,
-                max_len: settings.max_len,
+                min_len: settings.tree.min_len,
+                max_len: settings.tree.max_len,
                 batch: settings.batch,
             };
             let mut problem = ChainProblem {
-                space: ChainSpace::new(n, settings.actions),
+                space: ChainSpace::new(n, settings.tree.actions),
                 evaluate: |c: &[Vec<usize>]| evaluate(model, c),
             };
             Some(random_search(&mut problem, &cfg, &mut sample_rng(seed, &format!("random/{sample_id}"))))

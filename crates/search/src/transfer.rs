@@ -24,8 +24,8 @@ use std::time::Instant;
 
 use cola_eval::{Item, ItemKind, ScoringMode, ScoringOptions, bootstrap_interval, score_item, score_item_variants};
 use cola_executor::{Chain, LoadedChainModel, prune_by_influence};
-use cola_mcts::chains::{ActionPreset, ChainProblem, ChainSpace};
-use cola_mcts::{Evaluation, MctsConfig, sample_rng, search};
+use cola_mcts::chains::{ChainProblem, ChainSpace};
+use cola_mcts::{Evaluation, sample_rng, search};
 use cola_model::LayerOps;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,7 @@ use crate::SearchError;
 use crate::model::ChainModel;
 use crate::run_dir::{HashedFile, RunError, append_line, open_locked, read_records_repairing, write_atomic};
 use crate::runs::{Selection, TaskItems, hashed, progress, select_items, weight_hashes};
+use crate::sample::TreeSettings;
 
 pub const CALIBRATION_FILE: &str = "calibration.jsonl";
 pub const HELDOUT_FILE: &str = "heldout.jsonl";
@@ -45,15 +46,10 @@ pub const CHOICES_FILE: &str = "choices.jsonl";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferSettings {
     pub scoring: ScoringOptions,
-    /// The task-level search: action rules, simulations (each evaluates at most one new chain on
-    /// every calibration item), UCB constants and length bounds, as in the per-sample search.
-    pub actions: ActionPreset,
-    pub simulations: usize,
-    pub lambda: f64,
-    pub c: f64,
-    pub epsilon: f64,
-    pub min_len: usize,
-    pub max_len: usize,
+    /// The task-level search, as the per-sample one; each simulation evaluates at most one new
+    /// chain on every calibration item.
+    #[serde(flatten)]
+    pub tree: TreeSettings,
     /// Chains evaluated together (MCTS walks per round, as `search --batch`).
     pub batch: usize,
     /// ShortGPT: one strategy per number of dropped layers.
@@ -63,20 +59,6 @@ pub struct TransferSettings {
     pub top: usize,
     /// Bootstrap resamples for the intervals.
     pub resamples: usize,
-}
-
-impl TransferSettings {
-    fn mcts_config(&self, num_layers: usize) -> MctsConfig {
-        MctsConfig {
-            simulations: self.simulations,
-            lambda: self.lambda,
-            c: self.c,
-            epsilon: self.epsilon,
-            early_stop_margin: None,
-            batch: self.batch,
-            ..MctsConfig::new(num_layers, self.min_len, self.max_len)
-        }
-    }
 }
 
 /// A transfer run's config.json.
@@ -527,7 +509,7 @@ fn calibrate<B: LayerOps>(
     let mut known: HashMap<String, CalibrationRecord> = done.into_iter().map(|r| (r.chain.clone(), r)).collect();
     let num_layers = model.executor.num_layers();
     let items = &calibration.items;
-    let pb = progress((settings.simulations + 1) * items.len(), format!("{} chains", calibration.name));
+    let pb = progress((settings.tree.simulations + 1) * items.len(), format!("{} chains", calibration.name));
     let mut chain_model = ChainModel::new(model, Chain::identity(num_layers));
     let mut failure: Option<SearchError> = None;
     let mut order: Vec<String> = Vec::new();
@@ -587,11 +569,13 @@ fn calibrate<B: LayerOps>(
             })
             .collect()
     };
-    let mut problem =
-        ChainProblem { space: ChainSpace::new(num_layers, settings.actions), evaluate: |c: &[Vec<usize>]| evaluate(c) };
+    let mut problem = ChainProblem {
+        space: ChainSpace::new(num_layers, settings.tree.actions),
+        evaluate: |c: &[Vec<usize>]| evaluate(c),
+    };
     search(
         &mut problem,
-        &settings.mcts_config(num_layers),
+        &settings.tree.mcts_config(num_layers, None, settings.batch),
         &mut sample_rng(seed, &format!("transfer/{}", calibration.name)),
     );
     drop(problem);
@@ -678,14 +662,14 @@ pub fn write_transfer_report(
     let _ = writeln!(
         md,
         "Task-level search: actions `{}`, {} simulations ({} distinct chains scored on every calibration item), λ = {}, c = {:.3}, ε = {}, chain length {}..={}, seed {}. ShortGPT drops {:?} layers; vote, confidence and oracle use the top {} task chains.\n",
-        s.actions,
-        s.simulations,
+        s.tree.actions,
+        s.tree.simulations,
         report.calibration_evaluations,
-        s.lambda,
-        s.c,
-        s.epsilon,
-        s.min_len,
-        s.max_len,
+        s.tree.lambda,
+        s.tree.c,
+        s.tree.epsilon,
+        s.tree.min_len,
+        s.tree.max_len,
         config.seed,
         s.drop,
         s.top
@@ -845,6 +829,7 @@ pub fn render_table(report: &TransferReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cola_mcts::chains::ActionPreset;
 
     fn answer(chain: &str, prediction: Option<&str>, margin: Option<f64>) -> ChainAnswer {
         ChainAnswer { chain: chain.into(), prediction: prediction.map(Into::into), margin, seconds: 0.5 }
@@ -893,13 +878,15 @@ mod tests {
             [rec("0-3", 0.5), rec("0-1,3", 0.6), rec("0,3", 0.4), rec("0,2", 0.3), rec("0-3,3", 0.7), rec("1-3", 0.6)];
         let settings = TransferSettings {
             scoring: ScoringOptions::new(ScoringMode::Loglik),
-            actions: ActionPreset::Paper,
-            simulations: 1,
-            lambda: 5.0,
-            c: 1.0,
-            epsilon: 0.1,
-            min_len: 1,
-            max_len: 6,
+            tree: TreeSettings {
+                actions: ActionPreset::Paper,
+                simulations: 1,
+                lambda: 5.0,
+                c: 1.0,
+                epsilon: 0.1,
+                min_len: 1,
+                max_len: 6,
+            },
             batch: 1,
             drop: vec![1],
             top: 2,
