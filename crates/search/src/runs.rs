@@ -91,8 +91,80 @@ pub fn select_items(data_dir: &Path, sel: &Selection) -> Result<Vec<TaskItems>, 
     Ok(out)
 }
 
+/// Progress as plain lines, at most one per [`LogLines::EVERY`] plus the last state, for when
+/// stderr is not a terminal (a batch job's log): a bar redrawn in place would show nothing there.
+#[derive(Debug, Default)]
+struct LogLines {
+    /// (when the last line was printed, the latest line not yet printed)
+    state: std::sync::Mutex<(Option<std::time::Instant>, Option<String>)>,
+}
+
+impl LogLines {
+    const EVERY: Duration = Duration::from_secs(30);
+
+    fn line(&self, text: &str) -> std::io::Result<()> {
+        let text = text.trim_end();
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0.is_none_or(|t| t.elapsed() >= Self::EVERY) {
+            eprintln!("{text}");
+            *state = (Some(std::time::Instant::now()), None);
+        } else {
+            state.1 = Some(text.to_string());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LogLines {
+    fn drop(&mut self) {
+        if let Some(last) = self.state.get_mut().ok().and_then(|s| s.1.take()) {
+            eprintln!("{last}");
+        }
+    }
+}
+
+impl indicatif::TermLike for LogLines {
+    fn width(&self) -> u16 {
+        120
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.line(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.line(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub(crate) fn progress(len: usize, prefix: String) -> ProgressBar {
-    let pb = ProgressBar::new(len as u64);
+    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::new(len as u64)
+    } else {
+        ProgressBar::with_draw_target(
+            Some(len as u64),
+            indicatif::ProgressDrawTarget::term_like(Box::new(LogLines::default())),
+        )
+    };
     pb.set_style(
         ProgressStyle::with_template("{prefix:>14} [{bar:28}] {pos}/{len} {msg} [{elapsed_precise}, ETA {eta}]")
             .expect("valid template")
