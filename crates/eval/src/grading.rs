@@ -9,43 +9,48 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-/// The content of the last `\boxed{...}` / `\fbox{...}` (braces may nest), or of `\boxed 5`.
-pub fn last_boxed(text: &str) -> Option<String> {
-    let mut best = None;
+/// One `\boxed` / `\fbox` of a text.
+struct Boxed {
+    start: usize,
+    /// `{...}` with nested braces once the brace closes, or `\boxed 5` up to `$` or a line end.
+    content: Option<String>,
+    /// The brace closed, or `$` / a line end follows the unbraced form: more text cannot change
+    /// the content.
+    closed: bool,
+}
+
+/// Every `\boxed` and `\fbox` in `text`.
+fn boxes(text: &str) -> Vec<Boxed> {
+    let mut out = Vec::new();
     for key in ["\\boxed", "\\fbox"] {
-        let mut from = 0;
-        while let Some(pos) = text[from..].find(key) {
-            let start = from + pos;
-            from = start + key.len();
-            let rest = &text[from..];
-            let content = if let Some(inner) = rest.strip_prefix('{') {
+        for (start, _) in text.match_indices(key) {
+            let rest = &text[start + key.len()..];
+            let (content, closed) = if let Some(inner) = rest.strip_prefix('{') {
                 let mut depth = 1usize;
-                let mut end = None;
-                for (i, ch) in inner.char_indices() {
+                let end = inner.char_indices().find_map(|(i, ch)| {
                     match ch {
                         '{' => depth += 1,
-                        '}' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                end = Some(i);
-                                break;
-                            }
-                        }
+                        '}' => depth -= 1,
                         _ => {}
                     }
-                }
-                end.map(|e| inner[..e].to_string())
+                    (depth == 0).then_some(i)
+                });
+                (end.map(|e| inner[..e].to_string()), end.is_some())
+            } else if let Some(inner) = rest.strip_prefix(' ') {
+                let content = inner.split(['$', '\n']).next().unwrap_or("").trim().to_string();
+                (Some(content), inner.contains(['$', '\n']))
             } else {
-                rest.strip_prefix(' ').map(|inner| inner.split(['$', '\n']).next().unwrap_or("").trim().to_string())
+                (None, false)
             };
-            if let Some(c) = content
-                && best.as_ref().is_none_or(|(s, _)| start > *s)
-            {
-                best = Some((start, c));
-            }
+            out.push(Boxed { start, content, closed });
         }
     }
-    best.map(|(_, c)| c)
+    out
+}
+
+/// The content of the last `\boxed{...}` / `\fbox{...}` (braces may nest), or of `\boxed 5`.
+pub fn last_boxed(text: &str) -> Option<String> {
+    boxes(text).into_iter().filter(|b| b.content.is_some()).max_by_key(|b| b.start).and_then(|b| b.content)
 }
 
 static NUMBER_WITH_COMMAS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$").unwrap());
@@ -285,24 +290,7 @@ pub fn answer_complete(text: &str) -> bool {
 }
 
 fn closed_boxed(text: &str) -> bool {
-    ["\\boxed", "\\fbox"].iter().any(|key| {
-        text.match_indices(key).any(|(at, _)| {
-            let rest = &text[at + key.len()..];
-            if let Some(inner) = rest.strip_prefix('{') {
-                let mut depth = 1usize;
-                inner.chars().any(|c| {
-                    match c {
-                        '{' => depth += 1,
-                        '}' => depth -= 1,
-                        _ => {}
-                    }
-                    depth == 0
-                })
-            } else {
-                rest.strip_prefix(' ').is_some_and(|inner| inner.contains(['$', '\n']))
-            }
-        })
-    })
+    boxes(text).iter().any(|b| b.closed)
 }
 
 #[cfg(test)]
