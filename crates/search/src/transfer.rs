@@ -214,6 +214,14 @@ impl Rule {
         }
     }
 
+    /// What the rule chose and whether it counts as right against `gold` (the label is read
+    /// only here, after [`Rule::choose`], and by the oracle).
+    fn outcome(&self, answers: &HashMap<&str, &ChainAnswer>, original: &str, gold: &str) -> (Choice, bool) {
+        let choice = self.choose(answers, original);
+        let right = self.oracle_correct(answers, gold).unwrap_or(choice.prediction.as_deref() == Some(gold));
+        (choice, right)
+    }
+
     pub fn chains(&self) -> Vec<String> {
         match self {
             Rule::Single(c) => vec![c.clone()],
@@ -322,24 +330,35 @@ fn answer_map(record: &HeldoutRecord) -> HashMap<&str, &ChainAnswer> {
     record.answers.iter().map(|a| (a.chain.as_str(), a)).collect()
 }
 
-/// Every strategy's answer on every held-out item.
-pub fn item_choices(strategies: &[Strategy], records: &[HeldoutRecord], num_layers: usize) -> Vec<ItemChoices> {
+/// Per held-out item, per strategy: what it chose and whether that is right.
+fn outcomes(strategies: &[Strategy], records: &[HeldoutRecord], num_layers: usize) -> Vec<Vec<(Choice, bool)>> {
     let original = Chain::identity(num_layers).to_string();
     records
         .iter()
         .map(|r| {
             let answers = answer_map(r);
+            strategies.iter().map(|s| s.rule.outcome(&answers, &original, &r.gold)).collect()
+        })
+        .collect()
+}
+
+/// Every strategy's answer on every held-out item.
+pub fn item_choices(strategies: &[Strategy], records: &[HeldoutRecord], num_layers: usize) -> Vec<ItemChoices> {
+    records
+        .iter()
+        .zip(outcomes(strategies, records, num_layers))
+        .map(|(r, per_strategy)| {
             let mut out = ItemChoices {
                 doc_id: r.doc_id.clone(),
                 gold: r.gold.clone(),
                 answers: BTreeMap::new(),
                 oracle_correct: None,
             };
-            for s in strategies {
-                match s.rule.oracle_correct(&answers, &r.gold) {
-                    Some(right) => out.oracle_correct = Some(right),
-                    None => {
-                        out.answers.insert(s.name.clone(), s.rule.choose(&answers, &original).prediction);
+            for (s, (choice, right)) in strategies.iter().zip(per_strategy) {
+                match s.rule {
+                    Rule::Oracle(_) => out.oracle_correct = Some(right),
+                    _ => {
+                        out.answers.insert(s.name.clone(), choice.prediction);
                     }
                 }
             }
@@ -352,26 +371,18 @@ pub fn item_choices(strategies: &[Strategy], records: &[HeldoutRecord], num_laye
 pub fn evaluate_strategies(
     strategies: &[Strategy], records: &[HeldoutRecord], num_layers: usize, resamples: usize, seed: u64,
 ) -> Vec<StrategyReport> {
-    let original = Chain::identity(num_layers).to_string();
-    let maps: Vec<HashMap<&str, &ChainAnswer>> = records.iter().map(answer_map).collect();
     let length_of = |c: &str| Chain::parse(c).map_or(0, |c| c.len());
-    let per_strategy: Vec<(Vec<f64>, f64, f64)> = strategies
-        .iter()
-        .map(|s| {
-            let (mut correct, mut layers, mut seconds) = (Vec::new(), 0.0, 0.0);
-            for (r, answers) in records.iter().zip(&maps) {
-                let choice = s.rule.choose(answers, &original);
-                let right =
-                    s.rule.oracle_correct(answers, &r.gold).unwrap_or(choice.prediction.as_deref() == Some(&r.gold));
-                correct.push(if right { 1.0 } else { 0.0 });
-                for c in &choice.ran {
-                    layers += length_of(c) as f64;
-                    seconds += answers.get(c.as_str()).map_or(0.0, |a| a.seconds);
-                }
+    let mut per_strategy: Vec<(Vec<f64>, f64, f64)> = vec![(Vec::new(), 0.0, 0.0); strategies.len()];
+    for (r, per_item) in records.iter().zip(outcomes(strategies, records, num_layers)) {
+        let answers = answer_map(r);
+        for ((correct, layers, seconds), (choice, right)) in per_strategy.iter_mut().zip(per_item) {
+            correct.push(if right { 1.0 } else { 0.0 });
+            for c in &choice.ran {
+                *layers += length_of(c) as f64;
+                *seconds += answers.get(c.as_str()).map_or(0.0, |a| a.seconds);
             }
-            (correct, layers, seconds)
-        })
-        .collect();
+        }
+    }
     let n = records.len().max(1) as f64;
     let static_correct = per_strategy.first().map(|p| p.0.clone()).unwrap_or_default();
     let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
@@ -401,13 +412,16 @@ pub fn evaluate_strategies(
         .collect()
 }
 
+fn invalid(message: String) -> SearchError {
+    SearchError::Data(cola_eval::EvalError::Invalid(message))
+}
+
 fn item_error(task: &str, item: &Item, error: cola_eval::EvalError) -> SearchError {
     SearchError::Item { task: task.to_string(), doc_id: item.doc_id.clone(), error }
 }
 
 /// The one source of a selection, checked to be multiple choice and non-empty.
 fn one_source(items: Vec<TaskItems>, role: &str) -> Result<TaskItems, SearchError> {
-    let invalid = |m: String| SearchError::Data(cola_eval::EvalError::Invalid(m));
     let [t]: [TaskItems; 1] =
         items.try_into().map_err(|v: Vec<TaskItems>| invalid(format!("{role}: one task, not {}", v.len())))?;
     if t.items.is_empty() {
@@ -427,7 +441,6 @@ fn one_source(items: Vec<TaskItems>, role: &str) -> Result<TaskItems, SearchErro
 pub fn run_transfer<B: LayerOps>(
     req: &TransferRequest, model: &LoadedChainModel<B>,
 ) -> Result<(TransferReport, Vec<PathBuf>), SearchError> {
-    let invalid = |m: String| SearchError::Data(cola_eval::EvalError::Invalid(m));
     if req.settings.scoring.mode == ScoringMode::Generate {
         return Err(invalid(
             "transfer scores with loglik or letter: the confidence strategy needs each choice's score".into(),
@@ -554,20 +567,19 @@ fn calibrate<B: LayerOps>(
                 }
             }
         }
-        texts
+        let rewards = texts
             .iter()
             .map(|t| {
-                let reward = known.get(t).map_or(0.0, |r| r.accuracy);
-                if let Some(r) = known.get(t) {
-                    order.push(t.clone());
-                    if r.accuracy > best.0 || (r.accuracy == best.0 && r.length < best.1) {
-                        best = (r.accuracy, r.length);
-                    }
+                let Some(r) = known.get(t) else { return Evaluation { reward: 0.0, payload: () } };
+                order.push(t.clone());
+                if r.accuracy > best.0 || (r.accuracy == best.0 && r.length < best.1) {
+                    best = (r.accuracy, r.length);
                 }
-                pb.set_message(format!("best calibration accuracy {:.1}% at {} layers", 100.0 * best.0, best.1));
-                Evaluation { reward, payload: () }
+                Evaluation { reward: r.accuracy, payload: () }
             })
-            .collect()
+            .collect();
+        pb.set_message(format!("best calibration accuracy {:.1}% at {} layers", 100.0 * best.0, best.1));
+        rewards
     };
     let mut problem = ChainProblem {
         space: ChainSpace::new(num_layers, settings.tree.actions),
