@@ -128,27 +128,25 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
             }
         })
         .collect();
+    let (lengths, skip_rate, repeat_rate) =
+        layer_rates(records.iter().filter_map(|r| r.best_chain.as_deref()), num_layers);
     let mut hist = BTreeMap::new();
-    for r in records {
-        if let Some(len) = r.best_chain.as_deref().and_then(|t| Chain::parse(t).ok()).map(|c| c.len()) {
-            *hist.entry(len).or_insert(0) += 1;
-        }
+    for len in lengths {
+        *hist.entry(len).or_insert(0) += 1;
     }
-    let (_, skip_rate, repeat_rate) = layer_rates(records.iter().filter_map(|r| r.best_chain.as_deref()), num_layers);
     let mut layer_use = Vec::new();
     for t in &tasks {
         let rs: Vec<&SampleRecord> = records.iter().filter(|r| r.task == t.task).collect();
         for searcher in ["mcts", "random"] {
-            let best = |r: &SampleRecord| -> Option<String> {
-                if searcher == "mcts" { r.best_chain.clone() } else { r.random_best_chain.clone() }
-            };
             if searcher == "random" && t.random_accuracy.is_none() {
                 continue;
             }
             for (group, right) in [("right", true), ("fixed", false)] {
-                let chains: Vec<String> =
-                    rs.iter().filter(|r| r.static_correct == right).filter_map(|r| best(r)).collect();
-                let (lengths, skip_rate, repeat_rate) = layer_rates(chains.iter().map(String::as_str), num_layers);
+                let chains = rs.iter().filter(|r| r.static_correct == right).filter_map(|r| match searcher {
+                    "mcts" => r.best_chain.as_deref(),
+                    _ => r.random_best_chain.as_deref(),
+                });
+                let (lengths, skip_rate, repeat_rate) = layer_rates(chains, num_layers);
                 layer_use.push(LayerUse { task: t.task.clone(), searcher, group, lengths, skip_rate, repeat_rate });
             }
         }
@@ -389,7 +387,7 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
     let e = |x: &dyn std::fmt::Display| x.to_string();
     let slots: Vec<&LayerUse> = report.layer_use.iter().collect();
     let tasks: Vec<&str> = report.tasks.iter().map(|t| t.task.as_str()).collect();
-    let per_task = slots.len().max(1) / tasks.len().max(1);
+    let per_task = tasks.iter().map(|t| slots.iter().filter(|u| u.task == *t).count()).max().unwrap_or(0).max(1);
     let width = (tasks.len() * per_task) as f64 + tasks.len() as f64;
     let all: Vec<usize> = slots.iter().flat_map(|u| u.lengths.iter().copied()).collect();
     let lo = all.iter().copied().min().unwrap_or(0).min(report.num_layers) as f64;
@@ -545,7 +543,7 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
         }
     }
     // The colour scale.
-    let (w, h) = scale.dim_in_pixel();
+    let (_, h) = scale.dim_in_pixel();
     let top = 40i32;
     let bottom = h as i32 - 40;
     let steps = 50;
@@ -566,7 +564,6 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
         .draw(&Rectangle::new([(30, bottom + 26), (50, bottom + 36)], RGBColor(225, 225, 225).filled()))
         .map_err(|x| e(&x))?;
     scale.draw(&Text::new("none", (54, bottom + 25), ("sans-serif", 12).into_font())).map_err(|x| e(&x))?;
-    let _ = w;
     root.present().map_err(|x| e(&x))
 }
 
