@@ -112,13 +112,6 @@ pub enum MathPrompt {
 }
 
 impl MathPrompt {
-    pub fn name(self) -> &'static str {
-        match self {
-            MathPrompt::ZeroShot => "zero-shot",
-            MathPrompt::FewShot => "few-shot",
-        }
-    }
-
     /// The generation length unless told otherwise: an answer alone, or a worked solution.
     pub fn default_max_new_tokens(self) -> usize {
         match self {
