@@ -59,8 +59,7 @@ impl ItemArgs {
     fn selection(&self, default_task: Option<Task>, shard: Option<Shard>) -> Result<Selection> {
         let mut sources: Vec<Source> = self.tasks.iter().copied().map(Source::Task).collect();
         if let Some(path) = &self.data {
-            let name = path.file_stem().map_or("data".into(), |s| s.to_string_lossy().to_string());
-            sources.push(Source::File { path: path.clone(), name });
+            sources.push(Source::file(path));
         }
         if sources.is_empty() {
             match default_task {
@@ -531,16 +530,14 @@ impl WithBackend for Transfer {
             subject: None,
             split,
         };
-        let file = |p: &PathBuf| Source::File {
-            path: p.clone(),
-            name: p.file_stem().map_or("data".into(), |s| s.to_string_lossy().to_string()),
-        };
         let (calibration, heldout) = match (&args.task, &args.calibration_data, &args.heldout_data) {
             (Some(t), None, None) => (
                 select(Source::Task(*t), Some(Split::Validation), args.calibration),
                 select(Source::Task(*t), Some(Split::Test), args.heldout),
             ),
-            (None, Some(c), Some(h)) => (select(file(c), None, args.calibration), select(file(h), None, args.heldout)),
+            (None, Some(c), Some(h)) => {
+                (select(Source::file(c), None, args.calibration), select(Source::file(h), None, args.heldout))
+            }
             _ => bail!("give --task T, or --calibration-data and --heldout-data"),
         };
         if args.top == 0 {

@@ -30,6 +30,12 @@ pub enum Source {
 }
 
 impl Source {
+    /// A user file, reported under its file name without the extension.
+    pub fn file(path: &Path) -> Source {
+        let name = path.file_stem().map_or("data".into(), |s| s.to_string_lossy().to_string());
+        Source::File { path: path.to_path_buf(), name }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Source::Task(t) => t.name(),
