@@ -319,6 +319,11 @@ fn cases(f: &Fixture) -> Vec<Case> {
             f.transfer(&data, &held, &["--drop", "6"]),
             &["--drop 6", "between 1 and 5 layers"],
         ),
+        case(
+            "transfer: no bootstrap resamples",
+            f.transfer(&data, &held, &["--resamples", "0"]),
+            &["--resamples 0", "at least one"],
+        ),
         case("transfer: generate scoring", f.transfer(&data, &held, &["--scoring", "generate"]), &["loglik or letter"]),
         case(
             "transfer: math items",

@@ -456,6 +456,9 @@ pub fn run_transfer<B: LayerOps>(
             i.doc_id, heldout.name
         )));
     }
+    if req.settings.resamples == 0 {
+        return Err(invalid("--resamples 0: the intervals need at least one bootstrap resample".into()));
+    }
     let num_layers = model.executor.num_layers();
     if let Some(&k) = req.settings.drop.iter().find(|&&k| k == 0 || k >= num_layers) {
         return Err(invalid(format!("--drop {k}: drop between 1 and {} layers of {num_layers}", num_layers - 1)));
