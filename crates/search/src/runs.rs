@@ -256,30 +256,48 @@ pub fn run_search<B: LayerOps>(
         .with_caching(req.cache_mib > 0);
     for t in &tasks {
         t.print_skipped();
-        let todo: Vec<&Item> = t.items.iter().filter(|i| !done.contains(&(i.task.clone(), i.doc_id.clone()))).collect();
-        let pb = progress(t.items.len(), t.name.clone());
-        pb.set_position((t.items.len() - todo.len()) as u64);
-        let (mut right, mut fixed, mut shortened, mut finished) = (0, 0, 0, 0);
-        for item in todo {
-            let _span = tracing::info_span!("sample", task = %item.task, doc_id = %item.doc_id).entered();
-            let started = std::time::Instant::now();
-            let rec = search_item(&mut chain_model, item, &req.settings, req.seed)
-                .map_err(|error| SearchError::Item { task: t.name.clone(), doc_id: item.doc_id.clone(), error })?;
-            run.append(&rec, started.elapsed().as_secs_f64())?;
-            finished += 1;
-            right += rec.static_correct as usize;
-            fixed += (!rec.static_correct && rec.best_correct) as usize;
-            shortened += (rec.static_correct && rec.best_len.is_some_and(|l| l < num_layers)) as usize;
-            pb.set_message(format!("static right {right}/{finished}, fixed {fixed}, shortened {shortened}"));
-            pb.inc(1);
-        }
-        pb.finish();
     }
+    // Item j of every task before item j + 1 of any: a run stopped early (or still going over
+    // several sittings) covers every task about evenly. Within a task the order is the item
+    // order, which is what shard merging relies on.
+    let lists: Vec<&[Item]> = tasks.iter().map(|t| t.items.as_slice()).collect();
+    let todo: Vec<&Item> =
+        round_robin(&lists).filter(|i| !done.contains(&(i.task.clone(), i.doc_id.clone()))).collect();
+    let total: usize = tasks.iter().map(|t| t.items.len()).sum();
+    let pb = progress(total, "search".into());
+    pb.set_position((total - todo.len()) as u64);
+    let (mut right, mut fixed, mut shortened, mut finished) = (0, 0, 0, 0);
+    for item in todo {
+        let _span = tracing::info_span!("sample", task = %item.task, doc_id = %item.doc_id).entered();
+        let started = std::time::Instant::now();
+        let rec = search_item(&mut chain_model, item, &req.settings, req.seed).map_err(|error| SearchError::Item {
+            task: item.task.clone(),
+            doc_id: item.doc_id.clone(),
+            error,
+        })?;
+        run.append(&rec, started.elapsed().as_secs_f64())?;
+        finished += 1;
+        right += rec.static_correct as usize;
+        fixed += (!rec.static_correct && rec.best_correct) as usize;
+        shortened += (rec.static_correct && rec.best_len.is_some_and(|l| l < num_layers)) as usize;
+        pb.set_message(format!(
+            "last {}; this session static right {right}/{finished}, fixed {fixed}, shortened {shortened}",
+            item.task
+        ));
+        pb.inc(1);
+    }
+    pb.finish();
     let records = run.finished()?;
     let report = build_report(&records, num_layers);
     let timings = read_timings(&run.dir);
     write_report(&run.dir, &report, &records, &timings, &[config], std::slice::from_ref(&run.dir))?;
     Ok((report, run))
+}
+
+/// Element 0 of every list in turn, then element 1, ... (lists that run out drop out).
+fn round_robin<'a, T>(lists: &'a [&'a [T]]) -> impl Iterator<Item = &'a T> {
+    let longest = lists.iter().map(|l| l.len()).max().unwrap_or(0);
+    (0..longest).flat_map(move |j| lists.iter().filter_map(move |l| l.get(j)))
 }
 
 /// Re-scores recorded chains: the prediction each chain gives now (used to check records).
@@ -327,4 +345,16 @@ pub fn run_eval<B: LayerOps>(
 /// The table for a finished run, for printing.
 pub fn table(report: &Report) -> String {
     render_table(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_takes_one_of_each_list_in_turn() {
+        let lists: [&[&str]; 4] = [&["a0", "a1", "a2"], &[], &["c0"], &["d0", "d1"]];
+        let order: Vec<&str> = round_robin(&lists).copied().collect();
+        assert_eq!(order, ["a0", "c0", "d0", "a1", "d1", "a2"]);
+    }
 }
