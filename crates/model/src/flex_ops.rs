@@ -5,8 +5,16 @@
 //! another. These kernels read the projection outputs as they are, write head-major q/k/v in one
 //! pass (RoPE included), run attention per head in parallel with gemm for the two products, and
 //! write the attention output straight into the token-major layout the output projection reads.
+//!
+//! Projections of a few rows (decoding one chain or a lockstep batch) are bound by reading the
+//! weights from memory: for them each weight is repacked once into column panels read front to
+//! back ([`pack_panels`], kept in a registry beside the weight, so the CPU backend holds the
+//! weights twice) and multiplied with the row sums in registers ([`panel_matmul`]).
 //! The arithmetic is the same as the reference implementation in [`crate::ops::reference`]
 //! (tests compare the two), except `exp`, computed by a polynomial accurate to about 2 ulp.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
@@ -175,117 +183,210 @@ simd_dispatch! {
     }
 }
 
-// `acc[i][..bw] = sum_l x[i][l] * w[l][j0..j0 + bw]` for the rows of `x` (`[m, k]`) and one
-// column block of `w` (`[k, n]`): four weight row chunks at a time are read once and used by
-// every row of `x` while they are in L1 (the sums of a row chunk stay in L1 too).
-simd_dispatch! {
-    fn stream_columns(x: &[f32], k: usize, w: &[f32], n: usize, j0: usize, acc: &mut [f32], bw: usize) {
-        acc.fill(0.0);
-        let row = |l: usize| &w[l * n + j0..l * n + j0 + bw];
-        let mut l = 0;
-        while l + 4 <= k {
-            let (w0, w1, w2, w3) = (row(l), row(l + 1), row(l + 2), row(l + 3));
-            for (i, out) in acc.chunks_exact_mut(bw).enumerate() {
-                let (a0, a1, a2, a3) = (x[i * k + l], x[i * k + l + 1], x[i * k + l + 2], x[i * k + l + 3]);
-                // Zipped iterators, not indices: no bounds checks, so the loop vectorizes.
-                for ((((o, &v0), &v1), &v2), &v3) in out.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
-                    // Fused multiply-adds (this runs compiled for FMA; see `simd_dispatch`).
-                    *o = a3.mul_add(v3, a2.mul_add(v2, a1.mul_add(v1, a0.mul_add(v0, *o))));
-                }
-            }
-            l += 4;
-        }
-        for l in l..k {
-            let wl = row(l);
-            for (i, out) in acc.chunks_exact_mut(bw).enumerate() {
-                let a = x[i * k + l];
-                for (o, &wv) in out.iter_mut().zip(wl) {
-                    *o = a.mul_add(wv, *o);
-                }
-            }
-        }
-    }
-}
+/// Columns per panel of a packed weight ([`pack_panels`]).
+const PANEL: usize = 16;
 
-/// The dots of four rows of `x` with one row `e` (8 lanes each, fused multiply-adds).
-#[inline(always)]
-fn dots4(x: [&[f32]; 4], e: &[f32]) -> [f32; 4] {
-    let mut lanes = [[0.0f32; 8]; 4];
-    let chunks = e.len() / 8;
-    for c in 0..chunks {
-        let ec: &[f32; 8] = e[c * 8..c * 8 + 8].try_into().expect("8 lanes");
-        for (lane, xr) in lanes.iter_mut().zip(x) {
-            let xc: &[f32; 8] = xr[c * 8..c * 8 + 8].try_into().expect("8 lanes");
-            for l in 0..8 {
-                lane[l] = xc[l].mul_add(ec[l], lane[l]);
+/// `w` (`[k, n]`, or `[n, k]` when `transposed`) as panels of [`PANEL`] columns of the
+/// `[k, n]` product operand, each panel `[k, PANEL]` contiguous (the last padded with zeros): a
+/// streamed product then reads every panel front to back.
+fn pack_panels(w: &[f32], k: usize, n: usize, transposed: bool) -> Vec<f32> {
+    let panels = n.div_ceil(PANEL);
+    let mut out = vec![0.0f32; panels * k * PANEL];
+    for (p, panel) in out.chunks_exact_mut(k * PANEL).enumerate() {
+        for (l, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+            for (j, o) in row.iter_mut().enumerate().take(n.saturating_sub(p * PANEL)) {
+                let col = p * PANEL + j;
+                *o = if transposed { w[col * k + l] } else { w[l * n + col] };
             }
         }
-    }
-    let mut out = [0.0f32; 4];
-    for ((o, lane), xr) in out.iter_mut().zip(&lanes).zip(x) {
-        let tail: f32 = xr[chunks * 8..].iter().zip(&e[chunks * 8..]).map(|(a, b)| a * b).sum();
-        *o = sum_lanes(lane) + tail;
     }
     out
 }
 
-// `acc[i][r] = dot(x[i], e[r0 + r])` for the rows of `x` (`[m, k]`) and `rows` rows of `e`
-// (`[_, k]`): four rows of `x` per pass over a row of `e`, so each `e` element loaded serves four
-// products.
-simd_dispatch! {
-    fn stream_dots(x: &[f32], k: usize, e: &[f32], r0: usize, acc: &mut [f32], rows: usize) {
-        let m = x.len() / k;
-        let row = |i: usize| &x[i.min(m - 1) * k..(i.min(m - 1) + 1) * k];
-        for r in 0..rows {
-            let erow = &e[(r0 + r) * k..(r0 + r + 1) * k];
-            for i in (0..m).step_by(4) {
-                // Past the last row, repeat it and drop the extra results.
-                let d = dots4([row(i), row(i + 1), row(i + 2), row(i + 3)], erow);
-                for (j, v) in d.into_iter().enumerate().take(m - i) {
-                    acc[(i + j) * rows + r] = v;
-                }
+/// `out[r][..PANEL] += x[r] · panel` for the `R` rows of a row tile, given column-major
+/// (`xt[l][r]`, see [`row_tiles`]), over as many panel rows as `xt` has: the `R x PANEL` sums
+/// stay in registers while the panel streams past.
+#[inline(always)]
+fn panel_tile<const R: usize>(xt: &[f32], panel: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected on this CPU.
+        return unsafe { panel_tile_avx2::<R>(xt, panel, out) };
+    }
+    let mut acc = [[0.0f32; PANEL]; R];
+    for (acc, o) in acc.iter_mut().zip(out.chunks_exact(PANEL)) {
+        acc.copy_from_slice(o);
+    }
+    for (w, a) in panel.as_chunks::<PANEL>().0.iter().zip(xt.as_chunks::<R>().0) {
+        for (acc, &a) in acc.iter_mut().zip(a) {
+            for (o, &w) in acc.iter_mut().zip(w) {
+                *o = a.mul_add(w, *o);
             }
+        }
+    }
+    for (o, a) in out.chunks_exact_mut(PANEL).zip(&acc) {
+        o.copy_from_slice(a);
+    }
+}
+
+/// [`panel_tile`] in AVX2 intrinsics: the compiler's own vectorization of it kept storing the
+/// sums to memory on every step; here they stay in registers, and the weights a few rows ahead
+/// are prefetched.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn panel_tile_avx2<const R: usize>(xt: &[f32], panel: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::{_mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_storeu_ps};
+    const { assert!(PANEL == 16) };
+    assert!(out.len() >= R * PANEL, "one output row per tile row");
+    // SAFETY: `out` holds R rows of 16 floats (just checked).
+    let mut lo: [_; R] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(out.as_ptr().add(r * PANEL)) });
+    let mut hi: [_; R] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(out.as_ptr().add(r * PANEL + 8)) });
+    for (w, a) in panel.as_chunks::<PANEL>().0.iter().zip(xt.as_chunks::<R>().0) {
+        // SAFETY: `w` holds 16 floats; a prefetch of any address is harmless.
+        let (w0, w1) = unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                w.as_ptr().wrapping_add(PREFETCH_FLOATS) as *const i8,
+            );
+            (_mm256_loadu_ps(w.as_ptr()), _mm256_loadu_ps(w.as_ptr().add(8)))
+        };
+        for r in 0..R {
+            let b = _mm256_set1_ps(a[r]);
+            lo[r] = _mm256_fmadd_ps(b, w0, lo[r]);
+            hi[r] = _mm256_fmadd_ps(b, w1, hi[r]);
+        }
+    }
+    for (r, o) in out.chunks_exact_mut(PANEL).take(R).enumerate() {
+        // SAFETY: `o` holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(o.as_mut_ptr(), lo[r]);
+            _mm256_storeu_ps(o.as_mut_ptr().add(8), hi[r]);
         }
     }
 }
 
-/// Row counts up to which the projections stream their weights ([`stream_columns`],
-/// [`stream_dots`]) instead of calling gemm: gemm packs the whole weight on every call, which
-/// for a few rows (decoding, lockstep batches, token-tree heads) costs more than the product.
-const STREAM_MAX_ROWS: usize = 16;
+/// Rows of `x` (`[m, k]`) in tiles of 4, then at most one of 2 and one of 1, each tile
+/// column-major (`[k, rows]`).
+fn row_tiles(x: &[f32], m: usize, k: usize) -> Vec<(usize, Vec<f32>)> {
+    let mut sizes = vec![4; m / 4];
+    sizes.extend([2].iter().filter(|_| m % 4 >= 2).chain([1].iter().filter(|_| m % 2 == 1)));
+    let mut r = 0;
+    sizes
+        .into_iter()
+        .map(|size| {
+            let mut t = vec![0.0f32; k * size];
+            for (l, col) in t.chunks_exact_mut(size).enumerate() {
+                for (i, v) in col.iter_mut().enumerate() {
+                    *v = x[(r + i) * k + l];
+                }
+            }
+            r += size;
+            (size, t)
+        })
+        .collect()
+}
 
-/// `x [m, k] · w` with `w` `[k, n]` (`transposed`: `w` is `[n, k]` and the product is with its
-/// transpose), for `m <= STREAM_MAX_ROWS`; column (or row) blocks of `w` in parallel.
-fn stream_matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, transposed: bool) -> Vec<f32> {
-    // Blocks of at most ~256 columns, as many as a multiple of the threads so that every thread
-    // streams the same share of the weight (576 columns in 3 blocks would leave one of two
-    // threads idle a third of the time).
+/// `out = x · panel` (`out` `[m, PANEL]`) for the row tiles of `x`. The panel is taken in
+/// blocks of [`PANEL_BLOCK`] rows, every tile using a block while it is in L1: the next block
+/// then streams in from memory during the whole product, not only during the first tile's pass.
+fn panel_rows(tiles: &[(usize, Vec<f32>)], panel: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for (b, block) in panel.chunks(PANEL_BLOCK * PANEL).enumerate() {
+        let (l0, l1) = (b * PANEL_BLOCK, b * PANEL_BLOCK + block.len() / PANEL);
+        let mut row = 0;
+        for (size, xt) in tiles {
+            let (xt, o) = (&xt[l0 * size..l1 * size], &mut out[row * PANEL..(row + size) * PANEL]);
+            match size {
+                4 => panel_tile::<4>(xt, block, o),
+                2 => panel_tile::<2>(xt, block, o),
+                _ => panel_tile::<1>(xt, block, o),
+            }
+            row += size;
+        }
+    }
+}
+
+/// How far ahead of the panel row in use the AVX2 tile asks for weights (4 KiB, one block of
+/// [`panel_rows`]): with it one row streams the weights at about the machine's memory bandwidth
+/// (1.3x without it on the 2-core development machine).
+const PREFETCH_FLOATS: usize = 1024;
+
+/// Panel rows per block in [`panel_rows`] (4 KiB of weights).
+const PANEL_BLOCK: usize = 64;
+
+/// `x [m, k] · w` for `w` packed by [`pack_panels`] with `n` columns; panels in parallel.
+fn panel_matmul(x: &[f32], m: usize, k: usize, packed: &[f32], n: usize) -> Vec<f32> {
+    let panels = n.div_ceil(PANEL);
     let threads = rayon::current_num_threads().max(1);
-    let blocks = n.div_ceil(256).div_ceil(threads) * threads;
-    let width = n.div_ceil(blocks).next_multiple_of(8);
+    let per_task = panels.div_ceil(threads * 4).max(1);
+    let tiles = row_tiles(x, m, k);
     let mut out = vec![0.0f32; m * n];
     let shared = SharedOut(out.as_mut_ptr());
-    (0..n.div_ceil(width)).into_par_iter().for_each(|b| {
+    (0..panels.div_ceil(per_task)).into_par_iter().for_each(|t| {
         #[allow(clippy::redundant_locals)]
         let shared = shared;
-        let j0 = b * width;
-        let bw = width.min(n - j0);
-        // At most 8 rows per pass keeps the column kernel's sums in L1.
-        for (chunk, xs) in x.chunks(8 * k).enumerate() {
-            let rows = xs.len() / k;
-            let mut acc = vec![0.0f32; rows * bw];
-            if transposed {
-                stream_dots(xs, k, w, j0, &mut acc, bw);
-            } else {
-                stream_columns(xs, k, w, n, j0, &mut acc, bw);
-            }
-            for (i, row) in acc.chunks_exact(bw).enumerate() {
-                // SAFETY: this block writes only columns j0..j0 + bw of each output row.
-                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), shared.0.add((chunk * 8 + i) * n + j0), bw) };
+        let mut tile = vec![0.0f32; m * PANEL];
+        for p in t * per_task..((t + 1) * per_task).min(panels) {
+            panel_rows(&tiles, &packed[p * k * PANEL..(p + 1) * k * PANEL], &mut tile);
+            let (j0, w) = (p * PANEL, PANEL.min(n - p * PANEL));
+            for (i, row) in tile.chunks_exact(PANEL).enumerate() {
+                // SAFETY: this task writes only the columns of its own panels.
+                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), shared.0.add(i * n + j0), w) };
             }
         }
     });
     out
+}
+
+/// Row counts up to which the projections use packed weights ([`panel_matmul`]) instead of
+/// calling gemm: gemm packs the whole weight on every call, which for a few rows (decoding,
+/// lockstep batches, token-tree heads) costs more than the product.
+const PANEL_MAX_ROWS: usize = 16;
+
+/// A weight packed into panels, made on first use. It holds a clone of the weight it was made
+/// from, so the weight's storage can neither be freed (and its address reused by another
+/// tensor) nor changed in place (flex copies on write when storage is shared) while the entry
+/// exists.
+struct PackedWeight {
+    pinned: FlexTensor,
+    panels: Arc<Vec<f32>>,
+}
+
+/// First element's address, `k`, `n`, transposed.
+type PackedKey = (usize, usize, usize, bool);
+
+/// Packed weights by weight. Entries whose weight only the registry still holds (its model was
+/// dropped) are removed whenever a new weight is packed.
+static PACKED: Mutex<Option<HashMap<PackedKey, PackedWeight>>> = Mutex::new(None);
+
+/// The panels of `w` (contiguous f32, `[k, n]`, or `[n, k]` when `transposed`).
+fn packed(w: &FlexTensor, k: usize, n: usize, transposed: bool) -> Arc<Vec<f32>> {
+    if w.is_unique() {
+        // A copy made for this call (the weight was not one whole contiguous buffer).
+        return Arc::new(pack_panels(data(w), k, n, transposed));
+    }
+    let key = (data(w).as_ptr() as usize, k, n, transposed);
+    let mut registry = PACKED.lock().unwrap_or_else(|e| e.into_inner());
+    let map = registry.get_or_insert_with(HashMap::new);
+    if let Some(e) = map.get(&key) {
+        return e.panels.clone();
+    }
+    // Several entries (two readings of one weight) may pin the same storage: an entry goes
+    // when its pins are all that hold the storage.
+    let storage = |e: &PackedWeight| {
+        let arc = e.pinned.data_arc();
+        (Arc::as_ptr(&arc) as usize, Arc::strong_count(&arc) - 1)
+    };
+    let mut pins: HashMap<usize, usize> = HashMap::new();
+    for e in map.values() {
+        *pins.entry(storage(e).0).or_default() += 1;
+    }
+    map.retain(|_, e| {
+        let (ptr, holders) = storage(e);
+        holders > pins[&ptr]
+    });
+    let panels = Arc::new(pack_panels(data(w), k, n, transposed));
+    map.insert(key, PackedWeight { pinned: w.clone(), panels: panels.clone() });
+    panels
 }
 
 /// A raw output pointer shared by parallel workers that write disjoint parts.
@@ -295,16 +396,16 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
-/// `x · w` (`transposed`: `x · wᵀ`), streamed for 2..=`STREAM_MAX_ROWS` rows, else gemm (one
-/// row: gemm's matrix-vector path is as fast; more rows: gemm's packing pays).
+/// `x · w` (`transposed`: `x · wᵀ`): packed panels for up to [`PANEL_MAX_ROWS`] rows, else
+/// gemm (its packing pays for many rows).
 fn project(x: Tensor<Flex, 2>, w: Tensor<Flex, 2>, transposed: bool) -> Tensor<Flex, 2> {
     let [m, k] = x.dims();
-    if reference_forced() || m == 1 || m > STREAM_MAX_ROWS {
+    if reference_forced() || m > PANEL_MAX_ROWS {
         return if transposed { x.matmul(w.transpose()) } else { x.matmul(w) };
     }
     let n = w.dims()[if transposed { 0 } else { 1 }];
     let ((x, _), (w, _)) = (host(x), host(w));
-    tensor(stream_matmul(data(&x), m, k, data(&w), n, transposed), [m, n])
+    tensor(panel_matmul(data(&x), m, k, &packed(&w, k, n, transposed), n), [m, n])
 }
 
 impl LayerOps for Flex {
@@ -516,18 +617,17 @@ impl LayerOps for Flex {
 mod tests {
     use super::*;
 
-    /// The weight-streaming products equal a plain f64 triple loop, for row counts up to the
-    /// limit (several passes of 8), column counts that leave partial blocks, and inner sizes
-    /// that leave a tail after the unrolled steps.
+    /// The packed products equal a plain f64 triple loop, for row counts up to the limit (tiles
+    /// of 4, 2 and 1), column counts that leave a partial panel, and both weight layouts.
     #[test]
-    fn streamed_products_match_a_plain_product() {
-        for (m, k, n) in [(2, 7, 5), (3, 64, 300), (8, 129, 257), (11, 33, 513), (16, 576, 40)] {
+    fn packed_products_match_a_plain_product() {
+        for (m, k, n) in [(1, 576, 49), (2, 7, 5), (3, 64, 300), (8, 129, 257), (11, 33, 513), (16, 576, 40)] {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
             let w: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
-            let got = stream_matmul(&x, m, k, &w, n, false);
+            let got = panel_matmul(&x, m, k, &pack_panels(&w, k, n, false), n);
             // The same numbers read as `e` `[n, k]` (the transposed layout).
             let e: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
-            let got_t = stream_matmul(&x, m, k, &e, n, true);
+            let got_t = panel_matmul(&x, m, k, &pack_panels(&e, k, n, true), n);
             for i in 0..m {
                 for j in 0..n {
                     let want: f64 = (0..k).map(|l| x[i * k + l] as f64 * w[l * n + j] as f64).sum();
@@ -540,6 +640,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A weight is packed once while it lives: a second product reuses its panels, a copy
+    /// made for one call is not kept, and a dropped weight's entry goes when another is packed.
+    #[test]
+    fn the_registry_packs_each_live_weight_once() {
+        let (k, n) = (24, 40);
+        let w = tensor((0..k * n).map(|i| i as f32).collect(), [k, n]).into_primitive().tensor();
+        let held = w.clone(); // the model's own reference
+        let first = packed(&w, k, n, false);
+        assert!(Arc::ptr_eq(&first, &packed(&w, k, n, false)), "second use repacked");
+        assert!(!Arc::ptr_eq(&first, &packed(&w, k, n, true)), "the transposed reading is another entry");
+        let alone = tensor(vec![1.0; k * n], [k, n]).into_primitive().tensor();
+        let temp = packed(&alone, k, n, false);
+        assert_eq!(Arc::strong_count(&temp), 1, "a one-call copy was kept");
+        drop((w, held));
+        let other = tensor(vec![2.0; 8 * 8], [8, 8]).into_primitive().tensor();
+        let _keep = other.clone();
+        packed(&other, 8, 8, false);
+        assert_eq!(Arc::strong_count(&first), 1, "the dropped weight's panels are still registered");
     }
 
     #[test]
