@@ -16,7 +16,7 @@ pub fn mean_block_influence<B: LayerOps>(
     let mut n = 0usize;
     for t in tasks {
         t.print_skipped();
-        let pb = progress(t.items.len(), t.name.clone());
+        let pb = progress(t.items.len(), 0, t.name.clone());
         for item in &t.items {
             let fail = |e: cola_executor::ExecError| SearchError::Item {
                 task: t.name.clone(),

@@ -162,7 +162,11 @@ impl indicatif::TermLike for LogLines {
     }
 }
 
-pub(crate) fn progress(len: usize, prefix: String) -> ProgressBar {
+/// A progress bar over `len` steps of which `done` are already done (a resumed run). Its ETA is
+/// the time per step since it started times the steps left: indicatif's own estimate decays
+/// toward zero speed while a step takes minutes (a search sample), which showed ETAs of
+/// billions of years.
+pub(crate) fn progress(len: usize, done: usize, prefix: String) -> ProgressBar {
     let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::new(len as u64)
     } else {
@@ -174,11 +178,37 @@ pub(crate) fn progress(len: usize, prefix: String) -> ProgressBar {
     pb.set_style(
         ProgressStyle::with_template("{prefix:>14} [{bar:28}] {pos}/{len} {msg} [{elapsed_precise}, ETA {eta}]")
             .expect("valid template")
+            .with_key("eta", move |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(
+                    w,
+                    "{}",
+                    eta(state.elapsed(), state.pos().saturating_sub(done as u64), state.len(), state.pos())
+                );
+            })
             .progress_chars("=> "),
     );
+    pb.set_position(done as u64);
     pb.set_prefix(prefix);
     pb.enable_steady_tick(Duration::from_millis(500));
     pb
+}
+
+/// `elapsed` for `steps` steps, `pos` of `len` done: the time left at that pace, `?` before the
+/// first step.
+fn eta(elapsed: Duration, steps: u64, len: Option<u64>, pos: u64) -> String {
+    let left = len.unwrap_or(pos).saturating_sub(pos);
+    if left == 0 {
+        return "0s".into();
+    }
+    if steps == 0 {
+        return "?".into();
+    }
+    let secs = (elapsed.as_secs_f64() / steps as f64 * left as f64).round() as u64;
+    match secs {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// Everything a search run needs besides the model.
@@ -264,8 +294,7 @@ pub fn run_search<B: LayerOps>(
     let todo: Vec<&Item> =
         round_robin(&lists).filter(|i| !done.contains(&(i.task.clone(), i.doc_id.clone()))).collect();
     let total: usize = tasks.iter().map(|t| t.items.len()).sum();
-    let pb = progress(total, "search".into());
-    pb.set_position((total - todo.len()) as u64);
+    let pb = progress(total, total - todo.len(), "search".into());
     let (mut right, mut fixed, mut shortened, mut finished) = (0, 0, 0, 0);
     for item in todo {
         let _span = tracing::info_span!("sample", task = %item.task, doc_id = %item.doc_id).entered();
@@ -322,7 +351,7 @@ pub fn run_eval<B: LayerOps>(
     let mut summaries = Vec::new();
     for t in tasks {
         t.print_skipped();
-        let pb = progress(t.items.len(), t.name.clone());
+        let pb = progress(t.items.len(), 0, t.name.clone());
         let mut results = Vec::with_capacity(t.items.len());
         for item in &t.items {
             let r = score_item(&mut m, item, scoring).map_err(|error| SearchError::Item {
@@ -350,6 +379,16 @@ pub fn table(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eta_is_the_pace_so_far_times_the_steps_left() {
+        let min = Duration::from_secs(60);
+        assert_eq!(eta(3 * 12 * min, 3, Some(60), 3), "11h24m"); // 57 left at 12 min each
+        assert_eq!(eta(min, 0, Some(60), 3), "?");
+        assert_eq!(eta(min, 4, Some(10), 10), "0s");
+        assert_eq!(eta(Duration::from_secs(10), 5, Some(35), 5), "1m00s");
+        assert_eq!(eta(Duration::from_secs(10), 10, Some(12), 10), "2s");
+    }
 
     #[test]
     fn round_robin_takes_one_of_each_list_in_turn() {

@@ -525,7 +525,7 @@ fn calibrate<B: LayerOps>(
     let mut known: HashMap<String, CalibrationRecord> = done.into_iter().map(|r| (r.chain.clone(), r)).collect();
     let num_layers = model.executor.num_layers();
     let items = &calibration.items;
-    let pb = progress((settings.tree.simulations + 1) * items.len(), format!("{} chains", calibration.name));
+    let pb = progress((settings.tree.simulations + 1) * items.len(), 0, format!("{} chains", calibration.name));
     let mut chain_model = ChainModel::new(model, Chain::identity(num_layers));
     let mut failure: Option<SearchError> = None;
     let mut order: Vec<String> = Vec::new();
@@ -619,7 +619,7 @@ fn score_heldout<B: LayerOps>(
         chains.iter().map(|c| Chain::parse(c).expect("planned chains are written by Chain's Display")).collect();
     let done: Vec<HeldoutRecord> = read_records_repairing(&path, "a held-out record")?;
     let mut by_id: HashMap<String, HeldoutRecord> = done.into_iter().map(|r| (r.doc_id.clone(), r)).collect();
-    let pb = progress(heldout.items.len(), format!("{} held out", heldout.name));
+    let pb = progress(heldout.items.len(), 0, format!("{} held out", heldout.name));
     let mut chain_model = ChainModel::new(model, parsed[0].clone()).with_caching(false);
     for item in &heldout.items {
         let complete =
