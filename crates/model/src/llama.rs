@@ -124,12 +124,16 @@ impl<B: LayerOps> Attention<B> {
         let qkv = project(&self.qkv_proj, x);
         let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
         let single = segments.len() == 1;
-        let mut outs = Vec::with_capacity(segments.len());
-        let mut caches = Vec::with_capacity(segments.len());
-        let mut row = 0;
-        for seg in segments {
-            let part = if single { qkv.clone() } else { qkv.clone().narrow(0, row, seg.rows) };
-            row += seg.rows;
+        let starts: Vec<usize> = segments
+            .iter()
+            .scan(0, |row, seg| {
+                *row += seg.rows;
+                Some(*row - seg.rows)
+            })
+            .collect();
+        let (outs, caches): (Vec<_>, Vec<_>) = B::for_segments(segments.len(), |i| {
+            let seg = &segments[i];
+            let part = if single { qkv.clone() } else { qkv.clone().narrow(0, starts[i], seg.rows) };
             let causal_from = Positions::From(seg.past.map_or(0, KvCache::len));
             let positions = match seg.tree {
                 Some(t) => {
@@ -139,15 +143,13 @@ impl<B: LayerOps> Attention<B> {
                 None => &causal_from,
             };
             let (q, k, v) = B::split_heads_rope(part, heads, rope, positions, norms);
-            let cache = match seg.past {
-                Some(p) => KvCache { k: Tensor::cat(vec![p.k.clone(), k], 1), v: Tensor::cat(vec![p.v.clone(), v], 1) },
-                None => KvCache { k, v },
-            };
+            let cache = B::extend_cache(seg.past, k, v);
             let mask = seg.tree.map_or(AttnMask::Causal, |t| t.mask.clone());
-            outs.push(B::attend(q, cache.k.clone(), cache.v.clone(), heads, &mask));
-            caches.push(cache);
-        }
-        let out = if single { outs.pop().expect("one segment") } else { Tensor::cat(outs, 0) };
+            (B::attend(q, cache.k.clone(), cache.v.clone(), heads, &mask), cache)
+        })
+        .into_iter()
+        .unzip();
+        let out = if single { outs.into_iter().next().expect("one segment") } else { Tensor::cat(outs, 0) };
         (project(&self.o_proj, out), caches)
     }
 }

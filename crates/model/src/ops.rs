@@ -13,7 +13,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::llama::{RmsNorm, Rope};
+use crate::llama::{KvCache, RmsNorm, Rope};
 
 /// Head layout of an attention layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +79,21 @@ pub trait LayerOps: Backend {
     /// `silu(gate) * up` from `[s, 2 f]` (gate then up) -> `[s, f]`.
     fn swiglu(gate_up: Tensor<Self, 2>, f: usize) -> Tensor<Self, 2> {
         reference::swiglu(gate_up, f)
+    }
+
+    /// The K/V of a layer application after new positions: `past`'s entries followed by `k`,
+    /// `v` (`[kv, s, dim]`).
+    fn extend_cache(past: Option<&KvCache<Self>>, k: Tensor<Self, 3>, v: Tensor<Self, 3>) -> KvCache<Self> {
+        match past {
+            Some(p) => KvCache { k: Tensor::cat(vec![p.k.clone(), k], 1), v: Tensor::cat(vec![p.v.clone(), v], 1) },
+            None => KvCache { k, v },
+        }
+    }
+
+    /// `f(0), .., f(n - 1)`: the per-sequence attention of a batched layer call, one after
+    /// another here; a host backend runs them in parallel.
+    fn for_segments<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+        (0..n).map(f).collect()
     }
 }
 
