@@ -187,8 +187,8 @@ pub(crate) fn progress(len: usize, done: usize, prefix: String) -> ProgressBar {
             })
             .progress_chars("=> "),
     );
-    pb.set_position(done as u64);
     pb.set_prefix(prefix);
+    pb.set_position(done as u64);
     pb.enable_steady_tick(Duration::from_millis(500));
     pb
 }
