@@ -84,10 +84,7 @@ pub trait LayerOps: Backend {
     /// The K/V of a layer application after new positions: `past`'s entries followed by `k`,
     /// `v` (`[kv, s, dim]`).
     fn extend_cache(past: Option<&KvCache<Self>>, k: Tensor<Self, 3>, v: Tensor<Self, 3>) -> KvCache<Self> {
-        match past {
-            Some(p) => KvCache { k: Tensor::cat(vec![p.k.clone(), k], 1), v: Tensor::cat(vec![p.v.clone(), v], 1) },
-            None => KvCache { k, v },
-        }
+        reference::extend_cache(past, k, v)
     }
 
     /// `f(0), .., f(n - 1)`: the per-sequence attention of a batched layer call, one after
@@ -149,6 +146,13 @@ pub mod reference {
 
     pub fn swiglu<B: Backend>(gate_up: Tensor<B, 2>, f: usize) -> Tensor<B, 2> {
         silu(gate_up.clone().narrow(1, 0, f)) * gate_up.narrow(1, f, f)
+    }
+
+    pub fn extend_cache<B: Backend>(past: Option<&KvCache<B>>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> KvCache<B> {
+        match past {
+            Some(p) => KvCache { k: Tensor::cat(vec![p.k.clone(), k], 1), v: Tensor::cat(vec![p.v.clone(), v], 1) },
+            None => KvCache { k, v },
+        }
     }
 }
 
