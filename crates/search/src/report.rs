@@ -30,6 +30,10 @@ pub struct TaskReport {
     pub fixed_by_mcts: usize,
     pub fixed_by_random: Option<usize>,
     pub mean_evaluations: f64,
+    /// Share of the chains MCTS evaluated whose output the grader could read an answer from
+    /// (`None` when no chain was recorded). An unreadable answer earns reward 0, so where this is
+    /// near 0 the search has nothing to follow.
+    pub answered_chain_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -125,6 +129,11 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
                 fixed_by_random: has_random
                     .then(|| wrong.iter().filter(|r| r.random_best_correct == Some(true)).count()),
                 mean_evaluations: rs.iter().map(|r| r.evaluations as f64).sum::<f64>() / n.max(1) as f64,
+                answered_chain_rate: {
+                    let chains = rs.iter().flat_map(|r| &r.chains);
+                    let (answered, all) = chains.fold((0, 0), |(a, n), c| (a + c.prediction.is_some() as usize, n + 1));
+                    (all > 0).then(|| ratio(answered, all))
+                },
             }
         })
         .collect();
@@ -158,6 +167,11 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
+/// `a/b (x%)`, or `0/0 (-)` where there is nothing to count.
+fn frac(a: usize, b: usize) -> String {
+    if b == 0 { format!("{a}/{b} (-)") } else { format!("{a}/{b} ({})", pct(ratio(a, b))) }
+}
+
 fn opt<T: std::fmt::Display>(x: Option<T>) -> String {
     x.map_or("-".into(), |v| v.to_string())
 }
@@ -173,25 +187,17 @@ pub fn render_table(report: &Report) -> String {
     for t in &report.tasks {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {}/{} ({}) | {} / {} | {}/{} ({}) | {} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {:.1} |",
             t.task,
             t.n,
             pct(t.static_accuracy),
             pct(t.oracle_accuracy),
             t.random_accuracy.map_or("-".into(), pct),
-            t.shortened,
-            t.static_correct,
-            pct(ratio(t.shortened, t.static_correct)),
+            frac(t.shortened, t.static_correct),
             opt(t.mean_shortest_len.map(|m| format!("{m:.1}"))),
             opt(t.median_shortest_len),
-            t.fixed_by_mcts,
-            t.static_wrong,
-            pct(ratio(t.fixed_by_mcts, t.static_wrong)),
-            t.fixed_by_random.map_or("-".into(), |f| format!(
-                "{f}/{} ({})",
-                t.static_wrong,
-                pct(ratio(f, t.static_wrong))
-            )),
+            frac(t.fixed_by_mcts, t.static_wrong),
+            t.fixed_by_random.map_or("-".into(), |f| frac(f, t.static_wrong)),
             t.mean_evaluations,
         );
     }
@@ -212,6 +218,11 @@ pub fn render_by_task(report: &Report) -> String {
     s.push_str(&row("static (original chain)", &|t| Some(t.static_accuracy)));
     s.push_str(&row("CoLa, MCTS (oracle)", &|t| Some(t.oracle_accuracy)));
     s.push_str(&row("random chains, same budget (oracle)", &|t| t.random_accuracy));
+    s.push_str(&row("chains MCTS evaluated with a readable answer", &|t| t.answered_chain_rate));
+    let _ = writeln!(
+        s,
+        "\nA chain whose output holds no answer the grader can read earns reward 0; where few do, the search has little to follow."
+    );
     let _ = writeln!(
         s,
         "\nMean length of the shortest correct chain (samples), of {} layers:\n\n| task | MCTS, right | MCTS, fixed | random, right | random, fixed |\n|---|---|---|---|---|",
@@ -570,6 +581,7 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sample::ChainRecord;
 
     fn rec(task: &str, static_correct: bool, best: Option<&str>, random: bool) -> SampleRecord {
         SampleRecord {
@@ -620,6 +632,34 @@ mod tests {
         assert_eq!(r.skip_rate[1], 0.25);
         assert_eq!(r.repeat_rate[1], 0.25);
         assert_eq!(r.skip_rate[0], 0.0);
+    }
+
+    #[test]
+    fn readable_answers_are_counted_over_evaluated_chains() {
+        let chain = |prediction: Option<&str>| ChainRecord {
+            chain: "0-3".into(),
+            length: 4,
+            reward: 0.0,
+            prediction: prediction.map(str::to_string),
+            visits: 1,
+            simulation: 0,
+        };
+        // Task "a": 3 chains of 4 carry an answer, over two samples; task "b" records none.
+        let mut a1 = rec("a", false, None, false);
+        a1.chains = vec![chain(Some("7")), chain(None)];
+        let mut a2 = rec("a", false, None, false);
+        a2.chains = vec![chain(Some("8")), chain(Some("\\frac{1}{2}"))];
+        let r = build_report(&[a1, a2, rec("b", false, None, false)], 4);
+        assert_eq!(r.tasks[0].answered_chain_rate, Some(0.75));
+        assert_eq!(r.tasks[1].answered_chain_rate, None);
+        let md = render_by_task(&r);
+        assert!(md.contains("| chains MCTS evaluated with a readable answer | 75.0% | - |"), "{md}");
+        // No sample was right: the finding-1 cell has nothing to count, and says so.
+        let table = render_table(&r);
+        assert!(
+            table.contains("| a | 2 | 0.0% | 0.0% | 0.0% | 0/0 (-) | - / - | 0/2 (0.0%) | 0/2 (0.0%) |"),
+            "{table}"
+        );
     }
 
     #[test]
