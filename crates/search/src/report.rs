@@ -515,7 +515,7 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
                 ("sans-serif", 15),
             )
             .margin(6)
-            .x_label_area_size(26)
+            .x_label_area_size(38)
             .y_label_area_size(120)
             .build_cartesian_2d(0..n, (0..(rows.len() as i32 - 1).max(0)).into_segmented())
             .map_err(|x| e(&x))?;
@@ -545,7 +545,7 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
                 .draw_series((0..n).map(|l| {
                     let fill = match rates {
                         Some(r) => heat(r[l as usize]).filled(),
-                        // No chains in this row: hatched grey, not "0%".
+                        // No chains in this row: plain grey (the legend's "none"), not 0%.
                         None => RGBColor(225, 225, 225).filled(),
                     };
                     Rectangle::new([(l, SegmentValue::Exact(y)), (l + 1, SegmentValue::Exact(y + 1))], fill)
