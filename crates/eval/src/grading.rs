@@ -48,9 +48,22 @@ fn boxes(text: &str) -> Vec<Boxed> {
     out
 }
 
-/// The content of the last `\boxed{...}` / `\fbox{...}` (braces may nest), or of `\boxed 5`.
+impl Boxed {
+    /// An empty box (`\boxed{}`, often the prompt's instruction echoed back) states nothing.
+    fn answer(&self) -> Option<&str> {
+        self.content.as_deref().filter(|c| !c.trim().is_empty())
+    }
+}
+
+/// The content of the last non-empty `\boxed{...}` / `\fbox{...}` (braces may nest), or of
+/// `\boxed 5`.
 pub fn last_boxed(text: &str) -> Option<String> {
-    boxes(text).into_iter().filter(|b| b.content.is_some()).max_by_key(|b| b.start).and_then(|b| b.content)
+    boxes(text)
+        .iter()
+        .filter(|b| b.answer().is_some())
+        .max_by_key(|b| b.start)
+        .and_then(|b| b.answer())
+        .map(str::to_string)
 }
 
 static NUMBER_WITH_COMMAS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$").unwrap());
@@ -64,14 +77,18 @@ static TEXT_GROUP: LazyLock<Regex> =
 static NUMBER_THEN_WORDS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^(-?[\d.,]+|\\frac\{[^{}]*\}\{[^{}]*\})\s+[A-Za-z][A-Za-z\s^{}\d]*$").unwrap());
 static ASSIGNMENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z](?:_\{?\w+\}?)?=([^=]+)$").unwrap());
-static LAST_NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"-?\d[\d,]*(?:\.\d+)?").unwrap());
-static GSM_HASHES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"####\s*\$?\s*(-?[\d,]*\.?\d+)").unwrap());
+/// A number as the GSM8K graders read it: digits, thousands groups of exactly three (so the
+/// comma that ends "she has 7, so" is not part of it), a decimal part.
+const NUMBER: &str = r"-?\d+(?:,\d{3})*(?:\.\d+)?";
+static LAST_NUMBER: LazyLock<Regex> = LazyLock::new(|| Regex::new(NUMBER).unwrap());
+static GSM_HASHES: LazyLock<Regex> = LazyLock::new(|| Regex::new(&format!(r"####\s*\$?\s*({NUMBER})")).unwrap());
 static ANSWER_IS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)answer is:?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)").unwrap());
+    LazyLock::new(|| Regex::new(&format!(r"(?i)answer is:?\s*\$?\s*({NUMBER})")).unwrap());
 /// "the answer is N" with what ends it: `.` and whitespace, or a line end.
 static ANSWER_IS_ENDED: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)answer is:?\s*\$?\s*-?\d[\d,]*(?:\.\d+)?\s*\$?\s*(?:\.\s|\n)").unwrap());
-static GSM_HASHES_ENDED: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"####\s*\$?\s*-?[\d,]*\.?\d+\s*\n").unwrap());
+    LazyLock::new(|| Regex::new(&format!(r"(?i)answer is:?\s*\$?\s*{NUMBER}\s*\$?\s*(?:\.\s|\n)")).unwrap());
+static GSM_HASHES_ENDED: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(&format!(r"####\s*\$?\s*{NUMBER}\s*\n")).unwrap());
 static MINERVA_FINAL: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"Final Answer: The final answer is(.*?)\. I hope it is correct").unwrap());
 static LETTER_ANSWER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(?:Answer:\s*)?([A-Za-z])\.?$").unwrap());
@@ -279,9 +296,9 @@ pub fn extract_math(response: &str) -> Option<String> {
 }
 
 /// Whether a generation already states its answer completely in a form the graders read, so
-/// that more tokens cannot change that statement: a closed `\boxed{..}` (or `\boxed X` ended by
-/// `$` or a line end), Minerva's "... I hope it is correct", "the answer is N" ended by `.` and
-/// whitespace or by a line end, or `#### N` ended by a line end. Generation stops there.
+/// that more tokens cannot change that statement: a closed non-empty `\boxed{..}` (or `\boxed X`
+/// ended by `$` or a line end), Minerva's "... I hope it is correct", "the answer is N" ended by
+/// `.` and whitespace or by a line end, or `#### N` ended by a line end. Generation stops there.
 pub fn answer_complete(text: &str) -> bool {
     closed_boxed(text)
         || text.contains("I hope it is correct")
@@ -290,7 +307,7 @@ pub fn answer_complete(text: &str) -> bool {
 }
 
 fn closed_boxed(text: &str) -> bool {
-    boxes(text).iter().any(|b| b.closed)
+    boxes(text).iter().any(|b| b.closed && b.answer().is_some())
 }
 
 #[cfg(test)]
@@ -304,6 +321,11 @@ mod tests {
         assert_eq!(last_boxed(r"\boxed 7$").as_deref(), Some("7"));
         assert_eq!(last_boxed(r"\boxed{unclosed"), None);
         assert_eq!(last_boxed("nothing"), None);
+        // The prompt's "put in \boxed{}" echoed back is no answer, and hides none.
+        assert_eq!(last_boxed(r"The answer is \boxed{}."), None);
+        assert_eq!(last_boxed(r"\boxed{5} as asked: \boxed{ }"), Some("5".into()));
+        assert_eq!(extract_math(r"The answer is \boxed{}."), None);
+        assert_eq!(extract_gsm8k(r"3 + 4 = 7, so \boxed{}").as_deref(), Some("7"));
     }
 
     /// The first prefix of `text` at which generation would stop.
@@ -322,13 +344,20 @@ mod tests {
             ("so\n#### 72\nmore 9", gsm, "72"),
             (r"Final Answer: The final answer is $-\frac{2}{3}$. I hope it is correct. 5", math, r"-\frac{2}{3}"),
             (r"$\boxed 7$ then 8", math, "7"),
+            (r"I put it in \boxed{}: \boxed{12} and 4", math, "12"),
         ] {
             let stop = stop_point(text).unwrap_or_else(|| panic!("no stop in {text:?}"));
             assert_eq!(extract(stop).as_deref(), Some(want), "stopped at {stop:?}");
         }
-        for unfinished in
-            [r"\boxed{\frac{1}{2}", "the answer is 12", "the answer is 12.", "#### 7", r"\boxed 5", "Final Answer: 3"]
-        {
+        for unfinished in [
+            r"\boxed{\frac{1}{2}",
+            "the answer is 12",
+            "the answer is 12.",
+            "#### 7",
+            r"\boxed 5",
+            "Final Answer: 3",
+            r"in \boxed{}.",
+        ] {
             assert!(!answer_complete(unfinished), "{unfinished:?}");
         }
     }
@@ -339,8 +368,11 @@ mod tests {
         /// answer.
         #[test]
         fn the_stop_never_changes_a_stated_answer(
-            before in "[a-z ,]{0,30}", n in -5000i64..100000, form in 0usize..3, after in "[a-z0-9 .\n]{0,20}",
+            before in "[a-z ,]{0,30}", echo in proptest::bool::ANY, n in -5000i64..100000, form in 0usize..3,
+            after in "[a-z0-9 .\n]{0,20}",
         ) {
+            // An echo of the prompt's empty box before the statement neither stops nor answers.
+            let before = if echo { format!("put it in \\boxed{{}} {before}") } else { before };
             let statement = match form {
                 0 => format!("So the answer is {n}.\n"),
                 1 => format!("\\boxed{{{n}}}"),
@@ -377,6 +409,18 @@ mod tests {
         assert_eq!(extract_gsm8k(r"... \boxed{18} #### 3").as_deref(), Some("18"));
         assert_eq!(extract_gsm8k("so 9 * 2 = 18\n#### 1,018").as_deref(), Some("1,018"));
         assert_eq!(extract_gsm8k("She has 3 then 7 apples.").as_deref(), Some("7"));
+        // A comma after a number ends the sentence's clause, not the number.
+        assert_eq!(extract_gsm8k("She has 3, then 7, apples").as_deref(), Some("7"));
+        assert_eq!(extract_gsm8k("So the answer is 20, I think").as_deref(), Some("20"));
+        assert_eq!(
+            extract_gsm8k(
+                "#### 1,250,
+"
+            )
+            .as_deref(),
+            Some("1,250")
+        );
+        assert_eq!(extract_gsm8k("it was 1,,,,").as_deref(), Some("1"));
         assert_eq!(extract_gsm8k("no digits"), None);
     }
 }
