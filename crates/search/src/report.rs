@@ -12,7 +12,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::run_dir::{MergedRuns, RunConfig, RunError, jsonl_line, merge_runs, write_atomic};
-use crate::sample::SampleRecord;
+use crate::sample::{ChainRecord, SampleRecord};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskReport {
@@ -31,8 +31,9 @@ pub struct TaskReport {
     pub fixed_by_random: Option<usize>,
     pub mean_evaluations: f64,
     /// Share of the chains MCTS evaluated whose output the grader could read an answer from
-    /// (`None` when no chain was recorded). An unreadable answer earns reward 0, so where this is
-    /// near 0 the search has nothing to follow.
+    /// (`None` when no chain was recorded; an empty answer, which graders before the empty-box
+    /// fix recorded for an echoed `\boxed{}`, counts as none). An unreadable answer earns reward
+    /// 0, so where this is near 0 the search has nothing to follow.
     pub answered_chain_rate: Option<f64>,
 }
 
@@ -87,6 +88,10 @@ fn layer_rates<'a>(chains: impl Iterator<Item = &'a str>, num_layers: usize) -> 
     (lengths, skipped.iter().map(|&k| ratio(k, n)).collect(), repeated.iter().map(|&k| ratio(k, n)).collect())
 }
 
+fn answered(chain: &ChainRecord) -> bool {
+    chain.prediction.as_deref().is_some_and(|p| !p.trim().is_empty())
+}
+
 fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
@@ -131,7 +136,7 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
                 mean_evaluations: rs.iter().map(|r| r.evaluations as f64).sum::<f64>() / n.max(1) as f64,
                 answered_chain_rate: {
                     let chains = rs.iter().flat_map(|r| &r.chains);
-                    let (answered, all) = chains.fold((0, 0), |(a, n), c| (a + c.prediction.is_some() as usize, n + 1));
+                    let (answered, all) = chains.fold((0, 0), |(a, n), c| (a + answered(c) as usize, n + 1));
                     (all > 0).then(|| ratio(answered, all))
                 },
             }
@@ -581,7 +586,6 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::ChainRecord;
 
     fn rec(task: &str, static_correct: bool, best: Option<&str>, random: bool) -> SampleRecord {
         SampleRecord {
@@ -644,16 +648,17 @@ mod tests {
             visits: 1,
             simulation: 0,
         };
-        // Task "a": 3 chains of 4 carry an answer, over two samples; task "b" records none.
+        // Task "a": 3 chains of 5 carry an answer (an empty one is none), over two samples;
+        // task "b" records none.
         let mut a1 = rec("a", false, None, false);
-        a1.chains = vec![chain(Some("7")), chain(None)];
+        a1.chains = vec![chain(Some("7")), chain(None), chain(Some(""))];
         let mut a2 = rec("a", false, None, false);
         a2.chains = vec![chain(Some("8")), chain(Some("\\frac{1}{2}"))];
         let r = build_report(&[a1, a2, rec("b", false, None, false)], 4);
-        assert_eq!(r.tasks[0].answered_chain_rate, Some(0.75));
+        assert_eq!(r.tasks[0].answered_chain_rate, Some(0.6));
         assert_eq!(r.tasks[1].answered_chain_rate, None);
         let md = render_by_task(&r);
-        assert!(md.contains("| chains MCTS evaluated with a readable answer | 75.0% | - |"), "{md}");
+        assert!(md.contains("| chains MCTS evaluated with a readable answer | 60.0% | - |"), "{md}");
         // No sample was right: the finding-1 cell has nothing to count, and says so.
         let table = render_table(&r);
         assert!(
