@@ -58,12 +58,12 @@ impl Boxed {
 /// The content of the last non-empty `\boxed{...}` / `\fbox{...}` (braces may nest), or of
 /// `\boxed 5`.
 pub fn last_boxed(text: &str) -> Option<String> {
-    boxes(text)
+    let boxes = boxes(text);
+    boxes
         .iter()
-        .filter(|b| b.answer().is_some())
-        .max_by_key(|b| b.start)
-        .and_then(|b| b.answer())
-        .map(str::to_string)
+        .filter_map(|b| Some((b.start, b.answer()?)))
+        .max_by_key(|&(start, _)| start)
+        .map(|(_, a)| a.to_string())
 }
 
 static NUMBER_WITH_COMMAS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$").unwrap());
@@ -412,14 +412,7 @@ mod tests {
         // A comma after a number ends the sentence's clause, not the number.
         assert_eq!(extract_gsm8k("She has 3, then 7, apples").as_deref(), Some("7"));
         assert_eq!(extract_gsm8k("So the answer is 20, I think").as_deref(), Some("20"));
-        assert_eq!(
-            extract_gsm8k(
-                "#### 1,250,
-"
-            )
-            .as_deref(),
-            Some("1,250")
-        );
+        assert_eq!(extract_gsm8k("#### 1,250,\n").as_deref(), Some("1,250"));
         assert_eq!(extract_gsm8k("it was 1,,,,").as_deref(), Some("1"));
         assert_eq!(extract_gsm8k("no digits"), None);
     }
