@@ -165,6 +165,11 @@ fn cases(f: &Fixture) -> Vec<Case> {
             f.eval(&model, &data, Some(&["0-5"; 5].join(","))),
             &["--chain", "30 steps", "maximum of 24"],
         ),
+        case(
+            "--offset past the last item",
+            [f.eval(&model, &data, None), strings(&["--offset", "3"])].concat(),
+            &["--offset 3", "has only 3 items"],
+        ),
         // Model directories.
         case(
             "--model that does not exist",

@@ -35,6 +35,9 @@ pub enum SearchError {
     /// Reading or hashing a model or data file.
     #[error("{}: {error}", path.display())]
     File { path: std::path::PathBuf, error: String },
+    /// `--offset` at or past the end of a task's items: the selection would be silently empty.
+    #[error("--offset {offset}: {task} has only {count} items (offsets 0..{count})")]
+    OffsetPastEnd { task: String, offset: usize, count: usize },
     /// Handing a result to the caller (`run_eval`'s `on_result`).
     #[error("writing a result: {0}")]
     Output(std::io::Error),

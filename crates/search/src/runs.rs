@@ -83,6 +83,13 @@ pub fn select_items(data_dir: &Path, sel: &Selection) -> Result<Vec<TaskItems>, 
             Source::Task(t) => load_task(data_dir, *t, sel.subject.as_deref(), sel.split),
             Source::File { path, name } => load_user_jsonl(path, name),
         }?;
+        if sel.offset > 0 && sel.offset >= load.items.len() {
+            return Err(SearchError::OffsetPastEnd {
+                task: source.name(),
+                offset: sel.offset,
+                count: load.items.len(),
+            });
+        }
         let items: Vec<Item> = load
             .items
             .iter()
