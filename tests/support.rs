@@ -26,7 +26,8 @@ pub fn tiny_config(model_type: &str, num_layers: usize) -> ModelConfig {
 /// An executor over random weights, plus the weights themselves for the reference forward.
 pub fn tiny_executor(config: &ModelConfig, seed: u64) -> (Executor<Cpu>, RandomWeights) {
     let weights = RandomWeights::new(config, seed);
-    let model = CausalLm::<Cpu>::from_source(config, &weights, &Default::default()).expect("random model builds");
+    let model = CausalLm::<Cpu>::from_source(config, &weights, &Default::default(), Default::default())
+        .expect("random model builds");
     (Executor::new(model, config.clone(), Default::default()), weights)
 }
 

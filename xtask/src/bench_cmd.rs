@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use cola_executor::backend::{WithBackend, dispatch};
 use cola_executor::{Chain, LoadedChainModel};
-use cola_model::LayerOps;
+use cola_model::{LayerOps, WeightPrecision};
 use serde_json::{Value, json};
 
 use crate::ModelArgs;
@@ -82,7 +82,7 @@ fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 struct Bench {
-    dir: PathBuf,
+    model: crate::ModelPath,
     reps: usize,
     decode_tokens: usize,
     search_samples: usize,
@@ -112,7 +112,38 @@ fn sibling_chains(n: usize, k: usize) -> Vec<Chain> {
 impl WithBackend for Bench {
     type Output = Result<Value>;
     fn run<B: LayerOps>(self, device: B::Device) -> Result<Value> {
-        let model = LoadedChainModel::<B>::load(&self.dir, device)?;
+        let model = crate::load_model::<B>(&self.model, device.clone())?;
+        let mut out = self.measure(&model, &[(true, 1), (false, 1), (true, self.batch)])?;
+        drop(model);
+        // The same measures on the weights dequantized to f32 (what the CPU computed from
+        // before stored weights), in the same run, for the ratios.
+        if B::STORED_WEIGHTS && self.model.precision == WeightPrecision::Stored {
+            let f32_model = crate::ModelPath { precision: WeightPrecision::F32, ..self.model.clone() };
+            let model = crate::load_model::<B>(&f32_model, device)?;
+            let f32_out = self.measure(&model, &[(true, self.batch)])?;
+            for key in F32_KEYS {
+                if let Some(v) = f32_out.get(key) {
+                    out[format!("{key}_f32")] = v.clone();
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Measures the bench repeats on the f32 copy of the weights (`<key>_f32`).
+const F32_KEYS: [&str; 5] = [
+    "prefill_128_ms",
+    "prefill_512_ms",
+    "decode_tokens_per_s",
+    "decode_tokens_per_s_batched",
+    "search_evals_per_s_batched",
+];
+
+impl Bench {
+    /// Prefill, decode and lockstep decode of `model`, and the search in the given
+    /// (prefix cache, batch) modes.
+    fn measure<B: LayerOps>(&self, model: &LoadedChainModel<B>, search_modes: &[(bool, usize)]) -> Result<Value> {
         let exec = &model.executor;
         let n = exec.num_layers();
         let ids = bench_ids(512, exec.config().vocab_size);
@@ -148,12 +179,12 @@ impl WithBackend for Bench {
         });
         if self.search_samples > 0 {
             let search = search_throughput(
-                &model,
+                model,
                 self.search_task,
                 self.search_samples,
                 self.search_sims,
                 self.search_scoring,
-                self.batch,
+                search_modes,
             )?;
             merge(&mut out, &search);
         }
@@ -161,12 +192,13 @@ impl WithBackend for Bench {
     }
 }
 
-/// Evaluations per second of a search with `paper` actions on `task`: one chain at a time with
-/// the prefix cache on and off (the two must record the same chains and predictions), and in
-/// batches of `batch` with the cache on.
+/// Evaluations per second of a search with `paper` actions on `task`, in each (prefix cache on,
+/// batch K) mode of `modes`: all three are one chain at a time with the cache on and off (the
+/// two must record the same chains and predictions) and batches of K with the cache on; one is
+/// the batched mode alone.
 fn search_throughput<B: LayerOps>(
     model: &LoadedChainModel<B>, task: cola_eval::Task, samples: usize, sims: usize, mode: cola_eval::ScoringMode,
-    batch: usize,
+    modes: &[(bool, usize)],
 ) -> Result<Value> {
     use cola_eval::{ScoringMode, ScoringOptions};
     use cola_search::{Baseline, ChainModel, SearchSettings, Selection, Source};
@@ -189,7 +221,7 @@ fn search_throughput<B: LayerOps>(
     };
     settings.tree.simulations = sims;
     let mut per_mode = Vec::new();
-    for (caching, k) in [(true, 1), (false, 1), (true, batch)] {
+    for &(caching, k) in modes {
         let mut m = ChainModel::new(model, Chain::identity(n)).with_caching(caching);
         let settings = SearchSettings { batch: k, ..settings.clone() };
         let started = Instant::now();
@@ -211,6 +243,14 @@ fn search_throughput<B: LayerOps>(
         );
         let shared_fraction = decode_shared as f64 / (decode_computed + decode_shared).max(1) as f64;
         per_mode.push((evals as f64 / secs, secs / items.len() as f64, records, shared_fraction));
+    }
+    let batch = modes.last().map_or(1, |m| m.1);
+    let batched = per_mode.last().expect("at least one mode");
+    if modes.len() == 1 {
+        return Ok(json!({
+            "search_evals_per_s_batched": batched.0,
+            "search_seconds_per_sample_batched": batched.1,
+        }));
     }
     if per_mode[0].2 != per_mode[1].2 {
         bail!("the search recorded different chains or predictions with and without the prefix cache");
@@ -236,9 +276,10 @@ fn rayon_threads() -> usize {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    let dir = args.model.model_dir()?;
+    let model = args.model.model_path()?;
+    let dir = model.path.clone();
     let work = Bench {
-        dir: dir.clone(),
+        model,
         reps: args.reps,
         decode_tokens: args.decode_tokens,
         search_samples: args.search_samples,
@@ -252,7 +293,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let ours = dispatch(args.model.backend, work)??;
     let mut result = json!({ "backend": args.model.backend.name(), "model": dir.display().to_string() });
     merge(&mut result, &ours);
-    println!("{:<36} {:>12}", "measure", "cola");
+    println!("{:<36} {:>12} {:>12} {:>10}", "measure", "cola", "cola f32", "f32 / ours");
     for key in [
         "prefill_128_ms",
         "prefill_512_ms",
@@ -266,7 +307,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "search_seconds_per_sample_batched",
     ] {
         if let Some(v) = ours.get(key).and_then(Value::as_f64) {
-            println!("{key:<36} {v:>12.2}");
+            match ours.get(format!("{key}_f32")).and_then(Value::as_f64) {
+                Some(f) => println!("{key:<36} {v:>12.2} {f:>12.2} {:>9.2}x", f / v),
+                None => println!("{key:<36} {v:>12.2}"),
+            }
         }
     }
     let batch = &ours["batch"];
@@ -297,7 +341,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     if args.vs_torch {
-        let torch = torch_bench(&dir, args.reps, args.decode_tokens, ours["threads"].as_u64().unwrap_or(1))?;
+        // PyTorch reads an HF directory: the default GGUF's f32 import.
+        let torch_dir = if args.model.model.is_none() { cola_assets::ensure()?.imported_model_dir()? } else { dir };
+        let torch = torch_bench(&torch_dir, args.reps, args.decode_tokens, ours["threads"].as_u64().unwrap_or(1))?;
         println!("\n{:<24} {:>12} {:>12} {:>10}", "measure", "cola", "pytorch", "speedup");
         for (key, higher_is_better) in
             [("prefill_128_ms", false), ("prefill_512_ms", false), ("decode_tokens_per_s", true)]

@@ -6,8 +6,9 @@ use anyhow::{Result, bail};
 use clap::Args;
 use cola_executor::backend::{BackendKind, Cpu, WithBackend, dispatch};
 use cola_executor::parity::compare_backends;
+use cola_model::gguf::write_gguf;
 use cola_model::weights::{RandomWeights, save_checkpoint};
-use cola_model::{LayerOps, ModelConfig};
+use cola_model::{LayerOps, ModelConfig, WeightFormat};
 
 #[derive(Args, Debug)]
 pub struct ParityArgs {
@@ -53,14 +54,33 @@ pub fn parity(args: ParityArgs) -> Result<()> {
 #[derive(Args, Debug)]
 pub struct RandomModelArgs {
     /// Shape: `llama-3.2-1b` (16 layers, hidden 2048, GQA 32:8, vocab 128256, Llama 3 RoPE
-    /// scaling) or `smollm2-135m`.
+    /// scaling), `llama-3.1-8b` (32 layers, hidden 4096, GQA 32:8, untied head) or
+    /// `smollm2-135m`.
     #[arg(long, default_value = "llama-3.2-1b")]
     shape: String,
-    /// Output directory (config.json + model.safetensors, f32).
+    /// Output: a directory (config.json + model.safetensors, f32), or a `.gguf` file (weights
+    /// in `--format`, without RoPE scaling; the embedded model's tokenizer.json is written
+    /// beside it).
     #[arg(long)]
     out: PathBuf,
+    /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Format of the 2-D weights of a `.gguf` output: q4_0, q4_1, q8_0, f16, bf16 or f32.
+    #[arg(long, default_value = "q4_1", value_parser = parse_format)]
+    format: WeightFormat,
+}
+
+fn parse_format(s: &str) -> Result<WeightFormat, String> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "q4_0" => WeightFormat::Q4_0,
+        "q4_1" => WeightFormat::Q4_1,
+        "q8_0" => WeightFormat::Q8_0,
+        "f16" => WeightFormat::F16,
+        "bf16" => WeightFormat::BF16,
+        "f32" => WeightFormat::F32,
+        other => return Err(format!("`{other}` is not a format (q4_0, q4_1, q8_0, f16, bf16, f32)")),
+    })
 }
 
 fn shape_config(shape: &str) -> Result<ModelConfig> {
@@ -77,13 +97,32 @@ fn shape_config(shape: &str) -> Result<ModelConfig> {
             "num_attention_heads":9,"num_key_value_heads":3,"vocab_size":49152,"rms_norm_eps":1e-5,
             "rope_theta":100000.0,"max_position_embeddings":8192,"tie_word_embeddings":true}"#
         }
-        other => bail!("unknown shape `{other}` (llama-3.2-1b, smollm2-135m)"),
+        "llama-3.1-8b" => {
+            r#"{"model_type":"llama","hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,
+            "num_attention_heads":32,"num_key_value_heads":8,"head_dim":128,"vocab_size":128256,"rms_norm_eps":1e-5,
+            "rope_theta":500000.0,"max_position_embeddings":131072,"tie_word_embeddings":false,
+            "rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
+            "original_max_position_embeddings":8192},"bos_token_id":128000,"eos_token_id":128001}"#
+        }
+        other => bail!("unknown shape `{other}` (llama-3.2-1b, llama-3.1-8b, smollm2-135m)"),
     };
     Ok(ModelConfig::from_json_str(json)?)
 }
 
 pub fn random_model(args: RandomModelArgs) -> Result<()> {
-    let config = shape_config(&args.shape)?;
+    let mut config = shape_config(&args.shape)?;
+    if args.out.extension().is_some_and(|e| e == "gguf") {
+        // GGUF carries no RoPE scaling here (llama.cpp stores it as a tensor this reader skips).
+        config.rope_scaling = cola_model::config::RopeScaling::None;
+        write_gguf(&args.out, &config, &RandomWeights::new(&config, args.seed), args.format)?;
+        let tokenizer = cola_model::TextTokenizer::load(&cola_assets::ensure()?.model)?;
+        let dir = args.out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let tok_path = dir.join("tokenizer.json");
+        tokenizer.tokenizer.save(&tok_path, false).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+        std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tokenizer.config)?)?;
+        println!("wrote a random {} model ({}) to {}", args.shape, args.format, args.out.display());
+        return Ok(());
+    }
     save_checkpoint(&args.out, &config, &RandomWeights::new(&config, args.seed))?;
     println!("wrote a random {} model to {}", args.shape, args.out.display());
     Ok(())

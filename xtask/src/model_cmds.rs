@@ -57,9 +57,10 @@ pub struct GenerateArgs {
 
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
-    /// Model directory whose tokenizer to use (default: the embedded SmolLM2).
-    #[arg(long, value_name = "DIR")]
-    model: Option<std::path::PathBuf>,
+    /// Model whose tokenizer to use: a directory, a .gguf file or a hub id in the local
+    /// Hugging Face cache (default: the embedded SmolLM2).
+    #[arg(long, value_name = "DIR|FILE.gguf|ORG/NAME")]
+    model: Option<String>,
     /// The text to tokenize.
     #[arg(long)]
     text: String,
@@ -86,7 +87,7 @@ pub fn forward(args: ForwardArgs) -> Result<()> {
 
 struct Forward {
     args: ForwardArgs,
-    dir: std::path::PathBuf,
+    dir: crate::ModelPath,
 }
 
 impl WithBackend for Forward {
@@ -134,7 +135,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
 
 struct Generate {
     args: GenerateArgs,
-    dir: std::path::PathBuf,
+    dir: crate::ModelPath,
 }
 
 impl WithBackend for Generate {
@@ -157,11 +158,11 @@ impl WithBackend for Generate {
 }
 
 pub fn tokenize(args: TokenizeArgs) -> Result<()> {
-    let dir = match args.model {
-        Some(d) => d,
-        None => cola_assets::ensure()?.model_dir,
+    let path = match args.model {
+        Some(name) => cola_model::resolve_model_path(&name).with_context(|| format!("--model {name}"))?,
+        None => cola_assets::ensure()?.model,
     };
-    let tok = TextTokenizer::from_dir(&dir)?;
+    let tok = TextTokenizer::load(&path)?;
     println!("{}", serde_json::to_string(&tok.encode(&args.text)?)?);
     Ok(())
 }

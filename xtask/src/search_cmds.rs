@@ -144,7 +144,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 
 struct Eval {
     args: EvalArgs,
-    dir: PathBuf,
+    dir: crate::ModelPath,
 }
 
 impl WithBackend for Eval {
@@ -297,7 +297,7 @@ pub fn search(args: SearchArgs) -> Result<()> {
 
 struct Search {
     args: SearchArgs,
-    dir: PathBuf,
+    dir: crate::ModelPath,
 }
 
 impl WithBackend for Search {
@@ -419,7 +419,7 @@ pub fn prune(args: PruneArgs) -> Result<()> {
 
 struct Prune {
     args: PruneArgs,
-    dir: PathBuf,
+    dir: crate::ModelPath,
 }
 
 impl WithBackend for Prune {
@@ -515,7 +515,7 @@ pub fn transfer(args: TransferArgs) -> Result<()> {
 
 struct Transfer {
     args: TransferArgs,
-    dir: PathBuf,
+    dir: crate::ModelPath,
 }
 
 impl WithBackend for Transfer {

@@ -62,7 +62,11 @@ impl Fixture {
 
     fn command(&self, args: &[String]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
-        c.args(args).env("COLA_CACHE", self.path("empty-cache")).env("NO_COLOR", "1").env_remove("COLA_LOG");
+        c.args(args)
+            .env("COLA_CACHE", self.path("empty-cache"))
+            .env("HF_HUB_CACHE", self.path("empty-cache"))
+            .env("NO_COLOR", "1")
+            .env_remove("COLA_LOG");
         c
     }
 
@@ -174,7 +178,12 @@ fn cases(f: &Fixture) -> Vec<Case> {
         case(
             "--model that does not exist",
             f.eval(&f.arg("nowhere"), &data, None),
-            &["--model", "nowhere", "no such directory"],
+            &["--model", "nowhere", "no such model directory or GGUF file"],
+        ),
+        case(
+            "--model hub id not in the local cache",
+            f.eval("cola-test-org/not-there", &data, None),
+            &["--model cola-test-org/not-there", "not in the Hugging Face cache", "models--cola-test-org--not-there"],
         ),
         case(
             "missing config.json",
@@ -383,6 +392,18 @@ fn cases(f: &Fixture) -> Vec<Case> {
     cases.push(case(
         "GGUF unsupported tensor type",
         strings(&["import-gguf", &f.gguf("q4k.gguf", &q4k.build()), &f.arg("imported")]),
+        &["q4k.gguf", "Q4_K", "`w`"],
+    ));
+    // The same files given to --model, which loads a GGUF directly.
+    let cut = good.section_ends()[3].1 - 3;
+    cases.push(case(
+        "--model GGUF truncated in the tensor data",
+        f.eval(&f.gguf("cut-model.gguf", &bytes[..cut]), &data, None),
+        &["cut-model.gguf", "token_embd.weight", "outside the file"],
+    ));
+    cases.push(case(
+        "--model GGUF with a K-quant tensor",
+        f.eval(&f.arg("q4k.gguf"), &data, None),
         &["q4k.gguf", "Q4_K", "`w`"],
     ));
     cases.push(case(

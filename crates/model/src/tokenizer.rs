@@ -36,6 +36,24 @@ impl TextTokenizer {
         Ok(TextTokenizer { tokenizer, config })
     }
 
+    /// The tokenizer of a model directory or of a `.gguf` file.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        if path.is_file() { Self::from_gguf(&GgufFile::open(path)?) } else { Self::from_dir(path) }
+    }
+
+    /// The tokenizer stored in a GGUF file's metadata, or, when the file has none, the
+    /// `tokenizer.json` (and `tokenizer_config.json`) beside it.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, ModelError> {
+        if !file.metadata.contains_key("tokenizer.ggml.model")
+            && let Some(dir) = file.path.parent()
+            && dir.join("tokenizer.json").exists()
+        {
+            return Self::from_dir(dir);
+        }
+        let imported = tokenizer_from_gguf(file)?;
+        Ok(TextTokenizer { tokenizer: imported.tokenizer, config: imported.config })
+    }
+
     /// Token ids of `text`, with whatever special tokens the tokenizer's post-processor adds
     /// (as `tokenizer(text)` does in transformers).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {

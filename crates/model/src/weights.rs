@@ -1,16 +1,18 @@
 //! Named weight tensors on the host: read from safetensors files (single or sharded), generated at
-//! random for tests, and written back as safetensors. Everything is converted to f32 here, so the
-//! model code sees one dtype.
+//! random for tests, and written back as safetensors. A tensor is handed out either as f32
+//! ([`WeightSource::tensor`]) or as stored, in the file's own format ([`WeightSource::stored`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 
+use crate::stored::{StoredMatrix, WeightFormat};
 use crate::{ModelConfig, ModelError};
 
 /// A dense f32 tensor in row-major order, in PyTorch's shape convention.
@@ -51,6 +53,15 @@ pub trait WeightSource {
     fn tensor(&self, name: &str) -> Result<HostTensor, ModelError>;
     /// Whether a tensor of that name exists.
     fn contains(&self, name: &str) -> bool;
+    /// The 2-D tensor called `name` in the format it is stored in (f32 unless the source says
+    /// otherwise). Errors name the tensor and the file.
+    fn stored(&self, name: &str) -> Result<StoredMatrix, ModelError> {
+        let t = self.tensor(name)?;
+        let [rows, cols] = t.shape[..] else {
+            return Err(ModelError::Invalid(format!("tensor `{name}` has shape {:?}, not 2-D", t.shape)));
+        };
+        Ok(StoredMatrix::from_f32(rows, cols, &t.data))
+    }
 }
 
 /// The tensors a model of this config has, with their PyTorch shapes, in file order (from the
@@ -62,18 +73,27 @@ pub fn tensor_specs(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 /// Fetches a tensor and checks its shape against what the config implies.
 pub fn expect_tensor(source: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
     let t = source.tensor(name)?;
-    if t.shape != shape {
-        return Err(ModelError::Invalid(format!(
-            "tensor `{name}` has shape {:?}, the config implies {:?}",
-            t.shape, shape
-        )));
-    }
+    check_shape(name, &t.shape, shape)?;
     Ok(t)
+}
+
+/// Fetches a 2-D tensor as stored and checks its shape against what the config implies.
+pub fn expect_stored(source: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<StoredMatrix, ModelError> {
+    let t = source.stored(name)?;
+    check_shape(name, &[t.rows(), t.cols()], shape)?;
+    Ok(t)
+}
+
+fn check_shape(name: &str, got: &[usize], want: &[usize]) -> Result<(), ModelError> {
+    if got != want {
+        return Err(ModelError::Invalid(format!("tensor `{name}` has shape {got:?}, the config implies {want:?}")));
+    }
+    Ok(())
 }
 
 struct MappedFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     header_len: usize,
     metadata: Metadata,
 }
@@ -135,9 +155,18 @@ impl SafetensorsDir {
             for tensor_name in metadata.tensors().keys() {
                 index.insert(tensor_name.clone(), files.len());
             }
-            files.push(MappedFile { path, mmap, header_len, metadata });
+            files.push(MappedFile { path, mmap: Arc::new(mmap), header_len, metadata });
         }
         Ok(SafetensorsDir { files, index })
+    }
+
+    fn locate(&self, name: &str) -> Result<(&MappedFile, &safetensors::tensor::TensorInfo), ModelError> {
+        let Some(&fi) = self.index.get(name) else {
+            let files: Vec<String> = self.files.iter().map(|f| f.path.display().to_string()).collect();
+            return Err(ModelError::Invalid(format!("tensor `{name}` is missing from {}", files.join(", "))));
+        };
+        let f = &self.files[fi];
+        Ok((f, f.metadata.info(name).expect("indexed name has info")))
     }
 
     /// All tensor names, sorted.
@@ -153,13 +182,32 @@ impl WeightSource for SafetensorsDir {
         self.index.contains_key(name)
     }
 
-    fn tensor(&self, name: &str) -> Result<HostTensor, ModelError> {
-        let Some(&fi) = self.index.get(name) else {
-            let files: Vec<String> = self.files.iter().map(|f| f.path.display().to_string()).collect();
-            return Err(ModelError::Invalid(format!("tensor `{name}` is missing from {}", files.join(", "))));
+    fn stored(&self, name: &str) -> Result<StoredMatrix, ModelError> {
+        let (f, info) = self.locate(name)?;
+        let format = match info.dtype {
+            Dtype::F32 => WeightFormat::F32,
+            Dtype::F16 => WeightFormat::F16,
+            Dtype::BF16 => WeightFormat::BF16,
+            // Other float types are computed in f32.
+            _ => {
+                let t = self.tensor(name)?;
+                let [rows, cols] = t.shape[..] else {
+                    return Err(ModelError::file(&f.path, format!("tensor `{name}` has shape {:?}, not 2-D", t.shape)));
+                };
+                return Ok(StoredMatrix::from_f32(rows, cols, &t.data));
+            }
         };
-        let f = &self.files[fi];
-        let info = f.metadata.info(name).expect("indexed name has info");
+        let [rows, cols] = info.shape[..] else {
+            return Err(ModelError::file(&f.path, format!("tensor `{name}` has shape {:?}, not 2-D", info.shape)));
+        };
+        let (start, end) = info.data_offsets;
+        let base = 8 + f.header_len;
+        StoredMatrix::mapped(format, rows, cols, f.mmap.clone(), base + start, end.saturating_sub(start))
+            .map_err(|m| ModelError::file(&f.path, format!("tensor `{name}`: {m}")))
+    }
+
+    fn tensor(&self, name: &str) -> Result<HostTensor, ModelError> {
+        let (f, info) = self.locate(name)?;
         let (start, end) = info.data_offsets;
         let base = 8 + f.header_len;
         let bytes = &f.mmap[base + start..base + end];

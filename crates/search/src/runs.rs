@@ -230,8 +230,12 @@ pub struct SearchRequest {
     pub backend: String,
 }
 
-/// sha256 of the weight files of a model directory, named relative to it.
+/// sha256 of the weight files of a model directory, named relative to it (or of a GGUF file).
 pub fn weight_hashes(model_dir: &Path) -> Result<Vec<HashedFile>, SearchError> {
+    if model_dir.is_file() {
+        let name = model_dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
+        return Ok(vec![HashedFile { path: name, sha256: sha256(model_dir)? }]);
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(model_dir)
         .map_err(|e| SearchError::File { path: model_dir.to_path_buf(), error: e.to_string() })?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use super::{GgufFile, Value, unpermute_qk_rows};
+use super::{GgufFile, TensorInfo, Value, qk_row_order, unpermute_qk_rows};
 use crate::ModelError;
 use crate::config::{Architecture, ModelConfig, RopeScaling};
+use crate::stored::StoredMatrix;
 use crate::tensors::{LayerTensor, ModelTensor};
 use crate::weights::{HostTensor, WeightSource, save_checkpoint};
 
@@ -99,6 +100,29 @@ impl WeightSource for GgufWeights<'_> {
     }
 
     fn tensor(&self, name: &str) -> Result<HostTensor, ModelError> {
+        let (info, permuted_heads) = self.locate(name)?;
+        let mut data = self.file.dequantize(info);
+        let shape = info.torch_shape();
+        if let Some(heads) = permuted_heads.filter(|_| shape.len() == 2) {
+            data = unpermute_qk_rows(&data, shape[0], shape[1], heads);
+        }
+        Ok(HostTensor::new(shape, data))
+    }
+
+    fn stored(&self, name: &str) -> Result<StoredMatrix, ModelError> {
+        let (info, permuted_heads) = self.locate(name)?;
+        let stored = self.file.stored(info)?;
+        Ok(match permuted_heads {
+            // Whole stored rows move, so the blocks stay as they are.
+            Some(heads) => stored.with_row_order(&qk_row_order(stored.rows(), heads)),
+            None => stored,
+        })
+    }
+}
+
+impl GgufWeights<'_> {
+    /// The tensor's header entry, and the head count when its rows are in llama.cpp's q/k order.
+    fn locate(&self, name: &str) -> Result<(&TensorInfo, Option<usize>), ModelError> {
         let tensor = ModelTensor::from_hf_name(name)
             .ok_or_else(|| ModelError::file(&self.file.path, format!("no GGUF tensor corresponds to `{name}`")))?;
         let g = tensor.gguf_name();
@@ -107,20 +131,25 @@ impl WeightSource for GgufWeights<'_> {
             .tensors
             .get(&g)
             .ok_or_else(|| ModelError::file(&self.file.path, format!("tensor `{g}` (for `{name}`) is missing")))?;
-        let mut data = self.file.dequantize(info);
-        let shape = info.torch_shape();
         // llama.cpp permutes q/k only for the llama architecture (its qwen models use NeoX RoPE).
-        if self.config.architecture == Architecture::Llama && shape.len() == 2 {
-            let heads = match tensor {
-                ModelTensor::Layer(_, LayerTensor::Q) => Some(self.config.num_heads),
-                ModelTensor::Layer(_, LayerTensor::K) => Some(self.config.num_kv_heads),
-                _ => None,
-            };
-            if let Some(heads) = heads {
-                data = unpermute_qk_rows(&data, shape[0], shape[1], heads);
-            }
+        let heads = match tensor {
+            _ if self.config.architecture != Architecture::Llama => None,
+            ModelTensor::Layer(_, LayerTensor::Q) => Some(self.config.num_heads),
+            ModelTensor::Layer(_, LayerTensor::K) => Some(self.config.num_kv_heads),
+            _ => None,
+        };
+        if let Some(h) = heads
+            && (h == 0 || info.dims.len() != 2 || info.dims[1] % h != 0 || (info.dims[1] / h) % 2 != 0)
+        {
+            return Err(ModelError::file(
+                &self.file.path,
+                format!(
+                    "tensor `{g}`: {} rows do not split into {h} heads of even size",
+                    info.dims.get(1).unwrap_or(&0)
+                ),
+            ));
         }
-        Ok(HostTensor::new(shape, data))
+        Ok((info, heads))
     }
 }
 

@@ -5,18 +5,21 @@
 //! anything is allocated, so a lying header is an error, not an out-of-memory abort.
 //!
 //! - [`reader`]: the container (header, metadata, tensor infos) and the tokenizer metadata;
-//! - [`dequant`]: ggml block formats to f32, llama.cpp's q/k row order undone;
+//! - [`dequant`]: llama.cpp's q/k row order undone (block formats: [`crate::stored`]);
 //! - [`import`]: metadata to [`crate::ModelConfig`], tensor names, the import itself;
-//! - [`builder`]: writes GGUF files byte by byte (for tests and fixtures).
+//! - [`builder`]: writes GGUF files byte by byte (for tests and fixtures);
+//! - [`writer`]: writes a whole model as GGUF, one tensor at a time (random models of large shapes).
 
 pub mod builder;
 mod dequant;
 mod import;
 mod reader;
+mod writer;
 
-pub use dequant::{dequantize, unpermute_qk_rows};
+pub use dequant::{qk_row_order, unpermute_qk_rows};
 pub use import::{GgufWeights, import_gguf};
-pub use reader::{GgmlType, GgufFile, TensorInfo, Value};
+pub use reader::{GgufFile, TensorInfo, Value};
+pub use writer::write_gguf;
 
 #[cfg(test)]
 mod tests;

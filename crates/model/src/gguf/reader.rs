@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use super::dequantize;
 use crate::ModelError;
+use crate::stored::{StoredMatrix, WeightFormat, dequantize};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 
@@ -71,56 +72,31 @@ impl Value {
     }
 }
 
-/// The ggml tensor types this importer can dequantize.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GgmlType {
-    F32,
-    F16,
-    BF16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
-}
-
-impl GgmlType {
-    fn from_id(id: u32) -> Result<Self, String> {
-        Ok(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            8 => GgmlType::Q8_0,
-            30 => GgmlType::BF16,
-            other => {
-                let name = match other {
-                    6 => "Q5_0",
-                    7 => "Q5_1",
-                    9 => "Q8_1",
-                    10 => "Q2_K",
-                    11 => "Q3_K",
-                    12 => "Q4_K",
-                    13 => "Q5_K",
-                    14 => "Q6_K",
-                    15 => "Q8_K",
-                    _ => "unknown",
-                };
-                return Err(format!(
-                    "tensor type {other} ({name}) is not supported (F32, F16, BF16, Q4_0, Q4_1, Q8_0)"
-                ));
-            }
-        })
-    }
-
-    /// (elements per block, bytes per block)
-    pub(super) fn block(self) -> (usize, usize) {
-        match self {
-            GgmlType::F32 => (1, 4),
-            GgmlType::F16 | GgmlType::BF16 => (1, 2),
-            GgmlType::Q4_0 => (32, 18),
-            GgmlType::Q4_1 => (32, 20),
-            GgmlType::Q8_0 => (32, 34),
+/// The ggml tensor type ids this reader accepts, and the others refused by name.
+fn format_from_id(id: u32) -> Result<WeightFormat, String> {
+    Ok(match id {
+        0 => WeightFormat::F32,
+        1 => WeightFormat::F16,
+        2 => WeightFormat::Q4_0,
+        3 => WeightFormat::Q4_1,
+        8 => WeightFormat::Q8_0,
+        30 => WeightFormat::BF16,
+        other => {
+            let name = match other {
+                6 => "Q5_0",
+                7 => "Q5_1",
+                9 => "Q8_1",
+                10 => "Q2_K",
+                11 => "Q3_K",
+                12 => "Q4_K",
+                13 => "Q5_K",
+                14 => "Q6_K",
+                15 => "Q8_K",
+                _ => "unknown",
+            };
+            return Err(format!("tensor type {other} ({name}) is not supported (F32, F16, BF16, Q4_0, Q4_1, Q8_0)"));
         }
-    }
+    })
 }
 
 /// One tensor's header entry.
@@ -129,7 +105,7 @@ pub struct TensorInfo {
     pub name: String,
     /// GGUF order: `dims[0]` is the fastest-varying (row length).
     pub dims: Vec<usize>,
-    pub ggml_type: GgmlType,
+    pub format: WeightFormat,
     /// Byte range within the file.
     pub start: usize,
     pub len: usize,
@@ -152,7 +128,7 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: BTreeMap<String, TensorInfo>,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
 }
 
 struct Reader<'a> {
@@ -296,7 +272,7 @@ impl GgufFile {
             for _ in 0..n_dims {
                 dims.push(usize::try_from(r.u64()?).map_err(|_| format!("tensor `{name}`: dimension too large"))?);
             }
-            let ty = GgmlType::from_id(r.u32()?).map_err(|m| format!("tensor `{name}`: {m}"))?;
+            let ty = format_from_id(r.u32()?).map_err(|m| format!("tensor `{name}`: {m}"))?;
             let offset = r.u64()?;
             infos.push((name, dims, ty, offset));
         }
@@ -326,9 +302,9 @@ impl GgufFile {
                         "tensor `{name}`: data at offset {offset} (+{len} bytes) lies outside the file (truncated?)"
                     )
                 })?;
-            tensors.insert(name.clone(), TensorInfo { name, dims, ggml_type: ty, start, len });
+            tensors.insert(name.clone(), TensorInfo { name, dims, format: ty, start, len });
         }
-        Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors, mmap })
+        Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors, mmap: Arc::new(mmap) })
     }
 
     pub(super) fn meta(&self, key: &str) -> Result<&Value, ModelError> {
@@ -359,7 +335,19 @@ impl GgufFile {
 
     /// Dequantized data of a tensor, in GGUF row order.
     pub fn dequantize(&self, info: &TensorInfo) -> Vec<f32> {
-        dequantize(info.ggml_type, &self.mmap[info.start..info.start + info.len])
+        dequantize(info.format, &self.mmap[info.start..info.start + info.len])
+    }
+
+    /// A 2-D tensor as stored, over the memory map (PyTorch shape `[dims[1], dims[0]]`).
+    pub fn stored(&self, info: &TensorInfo) -> Result<StoredMatrix, ModelError> {
+        let [cols, rows] = info.dims[..] else {
+            return Err(ModelError::file(
+                &self.path,
+                format!("tensor `{}` has dims {:?}, not 2", info.name, info.dims),
+            ));
+        };
+        StoredMatrix::mapped(info.format, rows, cols, self.mmap.clone(), info.start, info.len)
+            .map_err(|m| ModelError::file(&self.path, format!("tensor `{}`: {m}", info.name)))
     }
 }
 

@@ -1,6 +1,7 @@
 //! GGUF reading, dequantisation and import, against files written by [`super::builder`].
 
 use super::*;
+use crate::stored::{WeightFormat, dequantize};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ fn q4_1_block_decodes_by_definition() {
     for j in 0..16u8 {
         b.push(j | ((15 - j) << 4));
     }
-    let x = dequantize(GgmlType::Q4_1, &b);
+    let x = dequantize(WeightFormat::Q4_1, &b);
     for j in 0..16 {
         assert_eq!(x[j], j as f32 * 0.5 - 1.0);
         assert_eq!(x[j + 16], (15 - j) as f32 * 0.5 - 1.0);
@@ -34,12 +35,12 @@ fn q4_0_and_q8_0_blocks_decode_by_definition() {
     for j in 0..16u8 {
         b.push(j | (j << 4));
     }
-    let x = dequantize(GgmlType::Q4_0, &b);
+    let x = dequantize(WeightFormat::Q4_0, &b);
     assert_eq!(x[3], (3 - 8) as f32 * 2.0);
     assert_eq!(x[16 + 15], (15 - 8) as f32 * 2.0);
     let mut b = half::f16::from_f32(0.25).to_le_bytes().to_vec();
     b.extend((0..32).map(|i| (i as i8 - 16) as u8));
-    let x = dequantize(GgmlType::Q8_0, &b);
+    let x = dequantize(WeightFormat::Q8_0, &b);
     assert_eq!(x[0], -4.0);
     assert_eq!(x[31], 15.0 * 0.25);
 }
@@ -125,6 +126,7 @@ proptest::proptest! {
         if let Ok(f) = GgufFile::open(&write(dir.path(), &bytes)) {
             for t in f.tensors.values() {
                 let _ = f.dequantize(t);
+                let _ = f.stored(t);
             }
             let _ = f.model_config();
         }
@@ -137,4 +139,134 @@ fn unsupported_quantization_is_named() {
     let bytes = Builder::new().tensor("w", &[256], 12, &[0u8; 144]).build();
     let e = GgufFile::open(&write(dir.path(), &bytes)).err().unwrap().to_string();
     assert!(e.contains("Q4_K") && e.contains("`w`"), "{e}");
+}
+
+/// A tiny llama GGUF whose 2-D weights are all stored as `format` (norms F32), from random
+/// weights; hidden 64, so every row is whole blocks.
+fn tiny_gguf(dir: &Path, format: WeightFormat) -> PathBuf {
+    use crate::stored::quantize;
+    use crate::weights::{RandomWeights, WeightSource};
+    let config = crate::ModelConfig::from_json_str(
+        r#"{"model_type":"llama","hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":40,"rms_norm_eps":1e-5}"#,
+    )
+    .unwrap();
+    let random = RandomWeights::new(&config, 5);
+    let id = |f: WeightFormat| match f {
+        WeightFormat::F32 => 0,
+        WeightFormat::F16 => 1,
+        WeightFormat::Q4_0 => 2,
+        WeightFormat::Q4_1 => 3,
+        WeightFormat::Q8_0 => 8,
+        WeightFormat::BF16 => 30,
+    };
+    let mut b = Builder::new();
+    b.kv_str("general.architecture", "llama")
+        .kv_u32("llama.embedding_length", 64)
+        .kv_u32("llama.attention.head_count", 4)
+        .kv_u32("llama.attention.head_count_kv", 2)
+        .kv_u32("llama.feed_forward_length", 96)
+        .kv_u32("llama.block_count", 2)
+        .kv_u32("llama.context_length", 256);
+    for t in crate::tensors::all(&config) {
+        let values = random.tensor(&t.hf_name()).unwrap();
+        let dims: Vec<u64> = values.shape.iter().rev().map(|&d| d as u64).collect();
+        let f = if dims.len() == 2 { format } else { WeightFormat::F32 };
+        b.tensor(&t.gguf_name(), &dims, id(f), &quantize(f, &values.data));
+    }
+    write(dir, &b.build())
+}
+
+/// The f32 tensors of a GGUF as the import writes them (dequantized, q/k rows un-permuted in
+/// f32); only `tensor` is given, so `stored` falls back to f32.
+struct Imported<'a>(GgufWeights<'a>);
+
+impl crate::WeightSource for Imported<'_> {
+    fn tensor(&self, name: &str) -> Result<crate::HostTensor, crate::ModelError> {
+        self.0.tensor(name)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
+
+/// Logits of every position of `ids` through all layers.
+fn logits(model: &crate::CausalLm<burn_flex::Flex>, config: &crate::ModelConfig, ids: &[u32]) -> Vec<f32> {
+    let device = Default::default();
+    let rope = crate::Rope::new(config, 64, &device);
+    let mut x = model.embed(ids, &device);
+    for layer in &model.layers {
+        x = layer.forward(x, &rope, &[crate::Segment { rows: ids.len(), past: None, tree: None }]).0;
+    }
+    model.logits(x).into_data().into_vec::<f32>().unwrap()
+}
+
+/// Loaded directly, every format computes from its stored blocks and gives the logits of its
+/// f32 import (up to the order of float sums), for few rows (the streaming kernel) and many
+/// (the gemm path), q/k rows reordered as whole blocks.
+#[test]
+fn direct_gguf_equals_its_f32_import_in_every_format() {
+    use crate::llama::{ProjWeight, TokenEmbedding};
+    let dir = tempfile::tempdir().unwrap();
+    for format in [
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q8_0,
+        WeightFormat::F16,
+        WeightFormat::BF16,
+        WeightFormat::F32,
+    ] {
+        let file = GgufFile::open(&tiny_gguf(dir.path(), format)).unwrap();
+        let weights = GgufWeights::new(&file).unwrap();
+        let config = weights.config().clone();
+        let device = Default::default();
+        let direct =
+            crate::CausalLm::<burn_flex::Flex>::from_source(&config, &weights, &device, Default::default()).unwrap();
+        match (&direct.layers[0].self_attn.qkv_proj.weight, &direct.embed_tokens) {
+            (ProjWeight::Stored(parts), TokenEmbedding::Stored(e)) => {
+                assert!(parts.iter().all(|p| p.format() == format) && e.format() == format, "{format}");
+            }
+            _ => panic!("{format}: the CPU did not keep the stored weights"),
+        }
+        let imported = crate::CausalLm::<burn_flex::Flex>::from_source(
+            &config,
+            &Imported(GgufWeights::new(&file).unwrap()),
+            &device,
+            Default::default(),
+        )
+        .unwrap();
+        for n in [3, 40] {
+            let ids: Vec<u32> = (0..n).map(|i| (i * 7 % 40) as u32).collect();
+            let (a, b) = (logits(&direct, &config, &ids), logits(&imported, &config, &ids));
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f32::max);
+            assert!(worst < 1e-4, "{format}, {n} tokens: direct and imported logits differ by {worst}");
+        }
+    }
+}
+
+/// A model written as GGUF reads back tensor for tensor (F32: exactly; q/k rows permuted on
+/// write and un-permuted on read), with the same config.
+#[test]
+fn written_gguf_reads_back() {
+    use crate::weights::{RandomWeights, WeightSource};
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::ModelConfig::from_json_str(
+        r#"{"model_type":"llama","hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":40,"rms_norm_eps":1e-5,
+        "rope_theta":50000.0,"max_position_embeddings":256}"#,
+    )
+    .unwrap();
+    let random = RandomWeights::new(&config, 3);
+    let path = dir.path().join("m.gguf");
+    write_gguf(&path, &config, &random, WeightFormat::F32).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let back = GgufWeights::new(&file).unwrap();
+    assert_eq!(back.config().to_hf_json(), config.to_hf_json());
+    for t in crate::tensors::all(&config) {
+        assert_eq!(back.tensor(&t.hf_name()).unwrap(), random.tensor(&t.hf_name()).unwrap(), "{}", t.hf_name());
+    }
+    write_gguf(&path, &config, &random, WeightFormat::Q4_0).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    assert_eq!(file.tensors["blk.0.attn_q.weight"].format, WeightFormat::Q4_0);
+    assert_eq!(file.tensors["blk.0.attn_norm.weight"].format, WeightFormat::F32);
 }

@@ -1,0 +1,303 @@
+//! Weights as the file stores them: ggml's 4- and 8-bit blocks (Q4_0, Q4_1, Q8_0) and 16/32-bit
+//! floats, held in memory (memory-mapped where no reordering is needed) and multiplied by f32
+//! activations in [`kernels`], dequantizing in registers.
+//!
+//! A [`StoredMatrix`] is a PyTorch-layout `[rows, cols]` weight: each row is `cols` values, stored
+//! as `cols / block` blocks back to back. A projection computes `y = x · Wᵀ`, i.e. one dot
+//! product of an activation row with each stored row.
+//!
+//! Exactness: every block value dequantizes to `d * q` or `d * q + m` where `d * q` is exact in
+//! f32 (an 11-bit mantissa times an integer below 2^8), so the value in a register equals the f32
+//! a dequantizing import writes, bit for bit. Products with these weights therefore equal the f32
+//! path's up to the order of the float sums.
+
+pub mod kernels;
+
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+/// How a weight's values are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    F32,
+    F16,
+    BF16,
+    /// 32 values: an f16 scale `d`, 16 bytes of 4-bit `q`; value `d * (q - 8)`.
+    Q4_0,
+    /// 32 values: f16 `d` and `m`, 16 bytes of 4-bit `q`; value `d * q + m`.
+    Q4_1,
+    /// 32 values: an f16 scale `d`, 32 signed bytes `q`; value `d * q`.
+    Q8_0,
+}
+
+impl WeightFormat {
+    /// (values per block, bytes per block)
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            WeightFormat::F32 => (1, 4),
+            WeightFormat::F16 | WeightFormat::BF16 => (1, 2),
+            WeightFormat::Q4_0 => (32, 18),
+            WeightFormat::Q4_1 => (32, 20),
+            WeightFormat::Q8_0 => (32, 34),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "F32",
+            WeightFormat::F16 => "F16",
+            WeightFormat::BF16 => "BF16",
+            WeightFormat::Q4_0 => "Q4_0",
+            WeightFormat::Q4_1 => "Q4_1",
+            WeightFormat::Q8_0 => "Q8_0",
+        }
+    }
+
+    /// Bytes that `n` values take (`n` a multiple of the block size).
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        let (per_block, block_bytes) = self.block();
+        n.is_multiple_of(per_block).then(|| n / per_block).and_then(|b| b.checked_mul(block_bytes))
+    }
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn f16(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// Dequantizes whole blocks (`bytes` a whole number of blocks of `format`) into `out`
+/// (`out.len()` values). The one definition of each format's values.
+pub fn dequantize_into(format: WeightFormat, bytes: &[u8], out: &mut [f32]) {
+    let (per_block, block_bytes) = format.block();
+    debug_assert_eq!(bytes.len() / block_bytes * per_block, out.len());
+    for (b, o) in bytes.chunks_exact(block_bytes).zip(out.chunks_exact_mut(per_block)) {
+        match format {
+            WeightFormat::F32 => o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            WeightFormat::F16 => o[0] = f16(b),
+            WeightFormat::BF16 => o[0] = half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            WeightFormat::Q8_0 => {
+                let d = f16(b);
+                for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+                    *o = q as i8 as f32 * d;
+                }
+            }
+            WeightFormat::Q4_0 => {
+                let d = f16(b);
+                let (lo, hi) = o.split_at_mut(16);
+                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..18]) {
+                    *l = ((q & 0x0f) as i32 - 8) as f32 * d;
+                    *h = ((q >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+            WeightFormat::Q4_1 => {
+                let (d, m) = (f16(b), f16(&b[2..4]));
+                let (lo, hi) = o.split_at_mut(16);
+                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[4..20]) {
+                    *l = (q & 0x0f) as f32 * d + m;
+                    *h = (q >> 4) as f32 * d + m;
+                }
+            }
+        }
+    }
+}
+
+/// Dequantizes whole blocks into a new vector.
+pub fn dequantize(format: WeightFormat, bytes: &[u8]) -> Vec<f32> {
+    let (per_block, block_bytes) = format.block();
+    let mut out = vec![0.0f32; bytes.len() / block_bytes * per_block];
+    dequantize_into(format, bytes, &mut out);
+    out
+}
+
+/// Quantizes f32 values the way ggml's reference quantizer does (for writing test and random
+/// GGUF files; `values.len()` a multiple of the block size).
+pub fn quantize(format: WeightFormat, values: &[f32]) -> Vec<u8> {
+    let (per_block, _) = format.block();
+    assert!(values.len().is_multiple_of(per_block), "{} values do not fill {format} blocks", values.len());
+    let h = |x: f32| half::f16::from_f32(x).to_le_bytes();
+    let mut out = Vec::new();
+    for v in values.chunks_exact(per_block) {
+        match format {
+            WeightFormat::F32 => out.extend(v[0].to_le_bytes()),
+            WeightFormat::F16 => out.extend(h(v[0])),
+            WeightFormat::BF16 => out.extend(half::bf16::from_f32(v[0]).to_le_bytes()),
+            WeightFormat::Q8_0 => {
+                let amax = v.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(h(d));
+                out.extend(v.iter().map(|x| (x * id).round() as i8 as u8));
+            }
+            WeightFormat::Q4_0 => {
+                // The value of largest magnitude maps to -8.
+                let max = v.iter().fold(0.0f32, |a, &x| if x.abs() > a.abs() { x } else { a });
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(h(d));
+                let q = |x: f32| ((x * id + 8.5) as i32).clamp(0, 15) as u8;
+                out.extend((0..16).map(|j| q(v[j]) | (q(v[j + 16]) << 4)));
+            }
+            WeightFormat::Q4_1 => {
+                let min = v.iter().copied().fold(f32::INFINITY, f32::min);
+                let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let d = (max - min) / 15.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(h(d));
+                out.extend(h(min));
+                let q = |x: f32| (((x - min) * id + 0.5) as i32).clamp(0, 15) as u8;
+                out.extend((0..16).map(|j| q(v[j]) | (q(v[j + 16]) << 4)));
+            }
+        }
+    }
+    out
+}
+
+/// The bytes of a stored weight: its own copy, or a range of a memory-mapped file.
+#[derive(Clone)]
+enum Bytes {
+    Owned(Arc<[u8]>),
+    Mapped { map: Arc<Mmap>, start: usize, len: usize },
+}
+
+/// A `[rows, cols]` weight in its stored format (PyTorch layout: one stored row per output).
+#[derive(Clone)]
+pub struct StoredMatrix {
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    bytes: Bytes,
+}
+
+impl std::fmt::Debug for StoredMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredMatrix({} [{}, {}])", self.format, self.rows, self.cols)
+    }
+}
+
+/// Why bytes cannot be a stored matrix (the caller names the tensor and file).
+fn check(format: WeightFormat, rows: usize, cols: usize, len: usize) -> Result<(), String> {
+    let (per_block, _) = format.block();
+    if !cols.is_multiple_of(per_block) {
+        return Err(format!("row length {cols} is not a multiple of the {format} block size {per_block}"));
+    }
+    let want = rows.checked_mul(cols).and_then(|n| format.bytes_for(n));
+    match want {
+        Some(want) if want == len => Ok(()),
+        Some(want) => Err(format!("{len} bytes of {format} data for shape [{rows}, {cols}], which takes {want}")),
+        None => Err(format!("shape [{rows}, {cols}] overflows")),
+    }
+}
+
+impl StoredMatrix {
+    /// A matrix over its own bytes; the length must match the shape exactly.
+    pub fn owned(format: WeightFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Self, String> {
+        check(format, rows, cols, bytes.len())?;
+        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Owned(bytes.into()) })
+    }
+
+    /// A matrix over `map[start..start + len]`; the range must lie in the map and match the shape.
+    pub fn mapped(
+        format: WeightFormat, rows: usize, cols: usize, map: Arc<Mmap>, start: usize, len: usize,
+    ) -> Result<Self, String> {
+        check(format, rows, cols, len)?;
+        if start.checked_add(len).is_none_or(|end| end > map.len()) {
+            return Err(format!("data at byte {start} (+{len}) lies outside the file (truncated?)"));
+        }
+        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Mapped { map, start, len } })
+    }
+
+    /// An f32 matrix from values.
+    pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Self {
+        assert_eq!(values.len(), rows * cols);
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        StoredMatrix::owned(WeightFormat::F32, rows, cols, bytes).expect("sizes match")
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Owned(b) => b,
+            Bytes::Mapped { map, start, len } => &map[*start..start + len],
+        }
+    }
+
+    /// Bytes of one stored row.
+    pub fn row_bytes(&self) -> usize {
+        self.format.bytes_for(self.cols).expect("checked on construction")
+    }
+
+    /// Rows `r0..r1`, dequantized into `out` (`(r1 - r0) * cols` values).
+    pub fn dequantize_rows(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        dequantize_into(self.format, &self.bytes()[r0 * rb..r1 * rb], out);
+    }
+
+    /// All values as f32, row-major `[rows, cols]`.
+    pub fn to_f32(&self) -> Vec<f32> {
+        dequantize(self.format, self.bytes())
+    }
+
+    /// The same rows in another order: row `i` of the result is row `order[i]` of this one.
+    pub fn with_row_order(&self, order: &[usize]) -> Self {
+        let rb = self.row_bytes();
+        let src = self.bytes();
+        let bytes: Vec<u8> = order.iter().flat_map(|&r| &src[r * rb..(r + 1) * rb]).copied().collect();
+        StoredMatrix::owned(self.format, order.len(), self.cols, bytes).expect("whole rows")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_then_dequantize_is_close_and_exact_where_representable() {
+        let values: Vec<f32> = (0..64).map(|i| ((i * 37 % 61) as f32 - 30.0) / 17.0).collect();
+        for (format, tol) in [
+            (WeightFormat::Q4_0, 0.3),
+            (WeightFormat::Q4_1, 0.15),
+            (WeightFormat::Q8_0, 0.02),
+            (WeightFormat::F16, 2e-3),
+            (WeightFormat::BF16, 2e-2),
+            (WeightFormat::F32, 0.0),
+        ] {
+            let bytes = quantize(format, &values);
+            assert_eq!(Some(bytes.len()), format.bytes_for(values.len()), "{format}");
+            let back = dequantize(format, &bytes);
+            for (a, b) in values.iter().zip(&back) {
+                assert!((a - b).abs() <= tol, "{format}: {a} vs {b}");
+            }
+            // Dequantized values are fixed points of quantize-then-dequantize for 8-bit and floats.
+            if !matches!(format, WeightFormat::Q4_0 | WeightFormat::Q4_1) {
+                assert_eq!(dequantize(format, &quantize(format, &back)), back, "{format}");
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_that_lie_are_errors() {
+        assert!(StoredMatrix::owned(WeightFormat::Q4_1, 2, 32, vec![0; 40]).is_ok());
+        let e = StoredMatrix::owned(WeightFormat::Q4_1, 2, 32, vec![0; 39]).unwrap_err();
+        assert!(e.contains("39 bytes") && e.contains("takes 40"), "{e}");
+        let e = StoredMatrix::owned(WeightFormat::Q8_0, 2, 33, vec![0; 68]).unwrap_err();
+        assert!(e.contains("not a multiple"), "{e}");
+        assert!(StoredMatrix::owned(WeightFormat::F16, usize::MAX, 2, vec![]).is_err());
+    }
+}
