@@ -74,21 +74,32 @@ pub struct LoadedModel<B: LayerOps> {
 pub fn load_model<B: LayerOps>(
     path: &Path, device: &B::Device, precision: WeightPrecision,
 ) -> Result<LoadedModel<B>, ModelError> {
-    let (config, model) = load_weights(path, device, precision)?;
-    Ok(LoadedModel { config, model, tokenizer: TextTokenizer::load(path)? })
+    load(path, device, precision, true).map(|(config, model, tokenizer)| LoadedModel {
+        config,
+        model,
+        tokenizer: tokenizer.expect("asked for"),
+    })
 }
 
 /// [`load_model`] without the tokenizer: the config and the weights.
 pub fn load_weights<B: LayerOps>(
     path: &Path, device: &B::Device, precision: WeightPrecision,
 ) -> Result<(ModelConfig, CausalLm<B>), ModelError> {
+    load(path, device, precision, false).map(|(config, model, _)| (config, model))
+}
+
+/// Config, weights and (when asked) tokenizer, a GGUF file parsed once for all three.
+fn load<B: LayerOps>(
+    path: &Path, device: &B::Device, precision: WeightPrecision, with_tokenizer: bool,
+) -> Result<(ModelConfig, CausalLm<B>, Option<TextTokenizer>), ModelError> {
     let _span = tracing::info_span!("load_model", path = %path.display()).entered();
     if path.is_file() {
         let file = gguf::GgufFile::open(path)?;
         let weights = gguf::GgufWeights::new(&file)?;
         let config = weights.config().clone();
         let model = CausalLm::from_source(&config, &weights, device, precision)?;
-        return Ok((config, model));
+        let tokenizer = with_tokenizer.then(|| TextTokenizer::from_gguf(&file)).transpose()?;
+        return Ok((config, model, tokenizer));
     }
     if !path.is_dir() {
         return Err(ModelError::file(path, "no such model directory or GGUF file"));
@@ -96,7 +107,8 @@ pub fn load_weights<B: LayerOps>(
     let config = ModelConfig::from_file(&path.join("config.json"))?;
     let source = weights::SafetensorsDir::open(path)?;
     let model = CausalLm::from_source(&config, &source, device, precision)?;
-    Ok((config, model))
+    let tokenizer = with_tokenizer.then(|| TextTokenizer::from_dir(path)).transpose()?;
+    Ok((config, model, tokenizer))
 }
 
 /// Where `--model NAME` points: an existing path (directory or file) as it is, else a Hugging

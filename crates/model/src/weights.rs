@@ -56,12 +56,16 @@ pub trait WeightSource {
     /// The 2-D tensor called `name` in the format it is stored in (f32 unless the source says
     /// otherwise). Errors name the tensor and the file.
     fn stored(&self, name: &str) -> Result<StoredMatrix, ModelError> {
-        let t = self.tensor(name)?;
-        let [rows, cols] = t.shape[..] else {
-            return Err(ModelError::Invalid(format!("tensor `{name}` has shape {:?}, not 2-D", t.shape)));
-        };
-        Ok(StoredMatrix::from_f32(rows, cols, &t.data))
+        f32_stored(name, self.tensor(name)?)
     }
+}
+
+/// A 2-D f32 tensor as a stored matrix.
+fn f32_stored(name: &str, t: HostTensor) -> Result<StoredMatrix, ModelError> {
+    let [rows, cols] = t.shape[..] else {
+        return Err(ModelError::Invalid(format!("tensor `{name}` has shape {:?}, not 2-D", t.shape)));
+    };
+    Ok(StoredMatrix::from_f32(rows, cols, &t.data))
 }
 
 /// The tensors a model of this config has, with their PyTorch shapes, in file order (from the
@@ -189,13 +193,7 @@ impl WeightSource for SafetensorsDir {
             Dtype::F16 => WeightFormat::F16,
             Dtype::BF16 => WeightFormat::BF16,
             // Other float types are computed in f32.
-            _ => {
-                let t = self.tensor(name)?;
-                let [rows, cols] = t.shape[..] else {
-                    return Err(ModelError::file(&f.path, format!("tensor `{name}` has shape {:?}, not 2-D", t.shape)));
-                };
-                return Ok(StoredMatrix::from_f32(rows, cols, &t.data));
-            }
+            _ => return f32_stored(name, self.tensor(name)?).map_err(|e| e.in_file(&f.path)),
         };
         let [rows, cols] = info.shape[..] else {
             return Err(ModelError::file(&f.path, format!("tensor `{name}` has shape {:?}, not 2-D", info.shape)));

@@ -18,7 +18,7 @@ mod writer;
 
 pub use dequant::{qk_row_order, unpermute_qk_rows};
 pub use import::{GgufWeights, import_gguf};
-pub use reader::{GgufFile, TensorInfo, Value};
+pub use reader::{GGML_TYPE_IDS, GgufFile, TensorInfo, Value, ggml_type_id};
 pub use writer::write_gguf;
 
 #[cfg(test)]

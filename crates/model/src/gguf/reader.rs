@@ -72,31 +72,39 @@ impl Value {
     }
 }
 
+/// The ggml tensor type id of each supported format (read and written).
+pub const GGML_TYPE_IDS: [(u32, WeightFormat); 6] = [
+    (0, WeightFormat::F32),
+    (1, WeightFormat::F16),
+    (2, WeightFormat::Q4_0),
+    (3, WeightFormat::Q4_1),
+    (8, WeightFormat::Q8_0),
+    (30, WeightFormat::BF16),
+];
+
+/// The ggml type id of a format.
+pub fn ggml_type_id(format: WeightFormat) -> u32 {
+    GGML_TYPE_IDS.iter().find(|(_, f)| *f == format).expect("every format has an id").0
+}
+
 /// The ggml tensor type ids this reader accepts, and the others refused by name.
 fn format_from_id(id: u32) -> Result<WeightFormat, String> {
-    Ok(match id {
-        0 => WeightFormat::F32,
-        1 => WeightFormat::F16,
-        2 => WeightFormat::Q4_0,
-        3 => WeightFormat::Q4_1,
-        8 => WeightFormat::Q8_0,
-        30 => WeightFormat::BF16,
-        other => {
-            let name = match other {
-                6 => "Q5_0",
-                7 => "Q5_1",
-                9 => "Q8_1",
-                10 => "Q2_K",
-                11 => "Q3_K",
-                12 => "Q4_K",
-                13 => "Q5_K",
-                14 => "Q6_K",
-                15 => "Q8_K",
-                _ => "unknown",
-            };
-            return Err(format!("tensor type {other} ({name}) is not supported (F32, F16, BF16, Q4_0, Q4_1, Q8_0)"));
-        }
-    })
+    if let Some(&(_, f)) = GGML_TYPE_IDS.iter().find(|(i, _)| *i == id) {
+        return Ok(f);
+    }
+    let name = match id {
+        6 => "Q5_0",
+        7 => "Q5_1",
+        9 => "Q8_1",
+        10 => "Q2_K",
+        11 => "Q3_K",
+        12 => "Q4_K",
+        13 => "Q5_K",
+        14 => "Q6_K",
+        15 => "Q8_K",
+        _ => "unknown",
+    };
+    Err(format!("tensor type {id} ({name}) is not supported (F32, F16, BF16, Q4_0, Q4_1, Q8_0)"))
 }
 
 /// One tensor's header entry.

@@ -152,14 +152,6 @@ fn tiny_gguf(dir: &Path, format: WeightFormat) -> PathBuf {
     )
     .unwrap();
     let random = RandomWeights::new(&config, 5);
-    let id = |f: WeightFormat| match f {
-        WeightFormat::F32 => 0,
-        WeightFormat::F16 => 1,
-        WeightFormat::Q4_0 => 2,
-        WeightFormat::Q4_1 => 3,
-        WeightFormat::Q8_0 => 8,
-        WeightFormat::BF16 => 30,
-    };
     let mut b = Builder::new();
     b.kv_str("general.architecture", "llama")
         .kv_u32("llama.embedding_length", 64)
@@ -172,7 +164,7 @@ fn tiny_gguf(dir: &Path, format: WeightFormat) -> PathBuf {
         let values = random.tensor(&t.hf_name()).unwrap();
         let dims: Vec<u64> = values.shape.iter().rev().map(|&d| d as u64).collect();
         let f = if dims.len() == 2 { format } else { WeightFormat::F32 };
-        b.tensor(&t.gguf_name(), &dims, id(f), &quantize(f, &values.data));
+        b.tensor(&t.gguf_name(), &dims, ggml_type_id(f), &quantize(f, &values.data));
     }
     write(dir, &b.build())
 }

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use super::qk_row_order;
+use super::{ggml_type_id, qk_row_order};
 use crate::config::{Architecture, ModelConfig, RopeScaling};
 use crate::stored::{WeightFormat, quantize};
 use crate::tensors::{LayerTensor, ModelTensor};
@@ -14,17 +14,6 @@ use crate::weights::WeightSource;
 use crate::{HostTensor, ModelError};
 
 const ALIGNMENT: usize = 32;
-
-fn type_id(format: WeightFormat) -> u32 {
-    match format {
-        WeightFormat::F32 => 0,
-        WeightFormat::F16 => 1,
-        WeightFormat::Q4_0 => 2,
-        WeightFormat::Q4_1 => 3,
-        WeightFormat::Q8_0 => 8,
-        WeightFormat::BF16 => 30,
-    }
-}
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend((s.len() as u64).to_le_bytes());
@@ -99,7 +88,7 @@ pub fn write_gguf(
             head.extend((*d as u64).to_le_bytes());
         }
         let f = tensor_format(t);
-        head.extend(type_id(f).to_le_bytes());
+        head.extend(ggml_type_id(f).to_le_bytes());
         head.extend((offset as u64).to_le_bytes());
         let n: usize = shape.iter().product();
         let size = f.bytes_for(n).expect("whole blocks");

@@ -180,17 +180,26 @@ fn portable_dot_rows(format: WeightFormat, row: &[u8], x: &[f32], m: usize, k: u
             }
         }
     }
-    // Only float formats (one value per block) can leave a tail shorter than a group.
-    let tail = k - whole * GROUP;
-    let mut t = [0.0f32; GROUP];
-    if tail > 0 {
-        dequantize_into(format, &row[whole * group_bytes..], &mut t[..tail]);
+    for (s, acc) in sums.iter_mut().zip(&lanes) {
+        *s = acc.iter().sum();
     }
-    for (i, s) in sums.iter_mut().enumerate() {
-        let xs = &x[i * k + whole * GROUP..(i + 1) * k];
-        let rest: f32 = xs.iter().zip(&t[..tail]).map(|(a, b)| a * b).sum();
-        *s = lanes[i].iter().sum::<f32>() + rest;
-    }
+    add_tail(format, &row[whole * group_bytes..], x, k, whole * GROUP, sums);
+}
+
+/// `$rows!(F)` with `F` the constant format: one loop per format, so the format's branch is
+/// decided once per stored row, not once per group.
+#[cfg(target_arch = "x86_64")]
+macro_rules! for_format {
+    ($format:expr, $rows:ident) => {
+        match $format {
+            WeightFormat::F32 => $rows!(WeightFormat::F32),
+            WeightFormat::F16 => $rows!(WeightFormat::F16),
+            WeightFormat::BF16 => $rows!(WeightFormat::BF16),
+            WeightFormat::Q4_0 => $rows!(WeightFormat::Q4_0),
+            WeightFormat::Q4_1 => $rows!(WeightFormat::Q4_1),
+            WeightFormat::Q8_0 => $rows!(WeightFormat::Q8_0),
+        }
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -336,7 +345,6 @@ mod avx2 {
         let (per_block, block_bytes) = format.block();
         let group_bytes = GROUP / per_block * block_bytes;
         let groups = k / GROUP;
-        // One loop per format, so the format's branch is decided once per row, not per group.
         macro_rules! rows {
             ($f:expr) => {{
                 let mut i = 0;
@@ -352,16 +360,7 @@ mod avx2 {
                 }
             }};
         }
-        unsafe {
-            match format {
-                WeightFormat::F32 => rows!(WeightFormat::F32),
-                WeightFormat::F16 => rows!(WeightFormat::F16),
-                WeightFormat::BF16 => rows!(WeightFormat::BF16),
-                WeightFormat::Q4_0 => rows!(WeightFormat::Q4_0),
-                WeightFormat::Q4_1 => rows!(WeightFormat::Q4_1),
-                WeightFormat::Q8_0 => rows!(WeightFormat::Q8_0),
-            }
-        }
+        unsafe { for_format!(format, rows) }
         super::add_tail(format, &row[groups * group_bytes..], x, k, groups * GROUP, sums);
     }
 }
@@ -484,16 +483,7 @@ mod avx512 {
                 }
             }};
         }
-        unsafe {
-            match format {
-                WeightFormat::F32 => rows!(WeightFormat::F32),
-                WeightFormat::F16 => rows!(WeightFormat::F16),
-                WeightFormat::BF16 => rows!(WeightFormat::BF16),
-                WeightFormat::Q4_0 => rows!(WeightFormat::Q4_0),
-                WeightFormat::Q4_1 => rows!(WeightFormat::Q4_1),
-                WeightFormat::Q8_0 => rows!(WeightFormat::Q8_0),
-            }
-        }
+        unsafe { for_format!(format, rows) }
         super::add_tail(format, &row[groups * group_bytes..], x, k, groups * GROUP, sums);
     }
 }
