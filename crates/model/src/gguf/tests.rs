@@ -249,7 +249,8 @@ fn written_gguf_reads_back() {
     )
     .unwrap();
     let random = RandomWeights::new(&config, 3);
-    let path = dir.path().join("m.gguf");
+    // Into a directory that does not exist yet (it is created, as for safetensors output).
+    let path = dir.path().join("new/m.gguf");
     write_gguf(&path, &config, &random, WeightFormat::F32).unwrap();
     let file = GgufFile::open(&path).unwrap();
     let back = GgufWeights::new(&file).unwrap();

@@ -96,6 +96,9 @@ pub fn write_gguf(
         offset += size.div_ceil(ALIGNMENT) * ALIGNMENT;
     }
     head.resize(head.len().div_ceil(ALIGNMENT) * ALIGNMENT, 0);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    }
     let tmp = path.with_extension("gguf.partial");
     let file = File::create(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
