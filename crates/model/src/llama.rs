@@ -50,6 +50,18 @@ pub enum WeightPrecision {
     F32,
 }
 
+impl WeightPrecision {
+    /// Whether backend `B` keeps weights as stored under this precision.
+    fn keeps_stored<B: LayerOps>(self) -> bool {
+        self == WeightPrecision::Stored && B::STORED_WEIGHTS
+    }
+}
+
+/// A stored weight dequantized to a dense f32 host tensor.
+fn dense(w: &StoredMatrix) -> HostTensor {
+    HostTensor::new(vec![w.rows(), w.cols()], w.to_f32())
+}
+
 /// A projection's weight.
 #[derive(Debug, Clone)]
 pub enum ProjWeight<B: Backend> {
@@ -85,11 +97,10 @@ impl<B: LayerOps> Projection<B> {
     fn load(
         parts: Vec<StoredMatrix>, bias: Option<HostTensor>, precision: WeightPrecision, device: &B::Device,
     ) -> Self {
-        let weight = if precision == WeightPrecision::Stored && B::STORED_WEIGHTS {
+        let weight = if precision.keeps_stored::<B>() {
             ProjWeight::Stored(parts.into())
         } else {
-            let dense: Vec<HostTensor> =
-                parts.iter().map(|p| HostTensor::new(vec![p.rows(), p.cols()], p.to_f32())).collect();
+            let dense: Vec<HostTensor> = parts.iter().map(dense).collect();
             ProjWeight::Dense(tensor2(concat_rows(&dense).transposed(), device))
         };
         Projection { weight, bias: bias.map(|b| tensor1(b, device)) }
@@ -322,10 +333,10 @@ impl<B: LayerOps> CausalLm<B> {
             |parts: Vec<StoredMatrix>, bias: Option<HostTensor>| Projection::load(parts, bias, precision, device);
 
         let embed = stored(ModelTensor::Embed)?;
-        let embed_tokens = if precision == WeightPrecision::Stored && B::STORED_WEIGHTS {
+        let embed_tokens = if precision.keeps_stored::<B>() {
             TokenEmbedding::Stored(Arc::new(embed))
         } else {
-            TokenEmbedding::Dense(tensor2(HostTensor::new(vec![embed.rows(), embed.cols()], embed.to_f32()), device))
+            TokenEmbedding::Dense(tensor2(dense(&embed), device))
         };
 
         let mut layers = Vec::with_capacity(config.num_layers);
