@@ -17,7 +17,7 @@ use super::{StoredMatrix, WeightFormat, dequantize_into};
 pub const FEW_ROWS: usize = 16;
 
 /// Stored rows per dequantized gemm chunk.
-const ROWS_PER_CHUNK: usize = 128;
+const ROWS_PER_CHUNK: usize = 64;
 
 /// Which instruction set the streaming kernel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
