@@ -86,8 +86,11 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu", value_parser = parse_backend)]
     pub backend: BackendKind,
     /// How weights are held: `stored` keeps them as the file stores them (4/8-bit blocks,
-    /// 16-bit floats) and computes from them on the CPU; `f32` dequantizes them on load (more
-    /// memory, for comparison). The GPU backends always dequantize to f32 on load.
+    /// 16-bit floats) and computes from them on the CPU, exactly (the f32 path's results up to
+    /// the order of float sums); `stored-int8` also quantizes activations per 32 values to 8
+    /// bits for integer products with 4/8-bit blocks (approximate and faster, as llama.cpp;
+    /// recorded in a run's config); `f32` dequantizes them on load (more memory, for
+    /// comparison). The GPU backends always dequantize to f32 on load.
     #[arg(long, default_value = "stored", value_parser = parse_precision)]
     pub weights: WeightPrecision,
 }
@@ -97,11 +100,7 @@ pub fn parse_backend(s: &str) -> Result<BackendKind, String> {
 }
 
 fn parse_precision(s: &str) -> Result<WeightPrecision, String> {
-    match s {
-        "stored" => Ok(WeightPrecision::Stored),
-        "f32" => Ok(WeightPrecision::F32),
-        other => Err(format!("`{other}` is not a weight precision (stored, f32)")),
-    }
+    s.parse()
 }
 
 /// A model to load and how to hold its weights.
@@ -144,7 +143,10 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Err(e) = execute(cli) {
+    // The command runs on a worker of the thread pool, so each parallel region of the kernels
+    // starts on this thread at once and the other workers steal from it, instead of waiting
+    // for a job injected from outside the pool to be picked up (a decoding step has ~200).
+    if let Err(e) = rayon::scope(|_| execute(cli)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
