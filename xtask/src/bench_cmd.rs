@@ -116,18 +116,14 @@ impl WithBackend for Bench {
         let mut out = self.measure(&model, &[(true, 1), (false, 1), (true, self.batch)])?;
         drop(model);
         // The same measures on the weights dequantized to f32 (what the CPU computed from
-        // before stored weights) and with the approximate int8 products, in the same run, for
-        // the ratios.
+        // before stored weights), in the same run, for the ratios.
         if B::STORED_WEIGHTS && self.model.precision == WeightPrecision::Stored {
-            for other in [WeightPrecision::F32, WeightPrecision::StoredInt8] {
-                let other_model = crate::ModelPath { precision: other, ..self.model.clone() };
-                let model = crate::load_model::<B>(&other_model, device.clone())?;
-                let other_out = self.measure(&model, &[(true, self.batch)])?;
-                let suffix = if other == WeightPrecision::F32 { "f32" } else { "int8" };
-                for key in COMPARED_KEYS {
-                    if let Some(v) = other_out.get(key) {
-                        out[format!("{key}_{suffix}")] = v.clone();
-                    }
+            let f32_model = crate::ModelPath { precision: WeightPrecision::F32, ..self.model.clone() };
+            let model = crate::load_model::<B>(&f32_model, device)?;
+            let f32_out = self.measure(&model, &[(true, self.batch)])?;
+            for key in F32_KEYS {
+                if let Some(v) = f32_out.get(key) {
+                    out[format!("{key}_f32")] = v.clone();
                 }
             }
         }
@@ -135,9 +131,8 @@ impl WithBackend for Bench {
     }
 }
 
-/// Measures the bench repeats on the f32 copy of the weights (`<key>_f32`) and with int8
-/// products (`<key>_int8`).
-const COMPARED_KEYS: [&str; 5] = [
+/// Measures the bench repeats on the f32 copy of the weights (`<key>_f32`).
+const F32_KEYS: [&str; 5] = [
     "prefill_128_ms",
     "prefill_512_ms",
     "decode_tokens_per_s",
@@ -298,15 +293,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let ours = dispatch(args.model.backend, work)??;
     let mut result = json!({ "backend": args.model.backend.name(), "model": dir.display().to_string() });
     merge(&mut result, &ours);
-    println!(
-        "{:<36} {:>12} {:>12} {:>10} {:>12} {:>10}",
-        "measure", "cola", "cola f32", "speedup", "cola int8", "speedup"
-    );
-    // Speed of the stored weights over the f32 copy, and of the int8 products over the stored
-    // weights (times: lower is better).
-    let speedup = |key: &str, base: f64, other: f64| {
-        if key.ends_with("_ms") || key.contains("seconds") { base / other } else { other / base }
-    };
+    println!("{:<36} {:>12} {:>12} {:>10}", "measure", "cola", "cola f32", "speedup");
     for key in [
         "prefill_128_ms",
         "prefill_512_ms",
@@ -319,16 +306,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "search_seconds_per_sample_uncached",
         "search_seconds_per_sample_batched",
     ] {
-        let Some(v) = ours.get(key).and_then(Value::as_f64) else { continue };
-        let mut line = format!("{key:<36} {v:>12.2}");
-        let other = |suffix: &str| ours.get(format!("{key}_{suffix}")).and_then(Value::as_f64);
-        if let Some(f) = other("f32") {
-            line += &format!(" {f:>12.2} {:>9.2}x", speedup(key, f, v));
+        if let Some(v) = ours.get(key).and_then(Value::as_f64) {
+            match ours.get(format!("{key}_f32")).and_then(Value::as_f64) {
+                // Speed of the stored weights over the f32 copy (times: lower is better).
+                Some(f) => {
+                    let speedup = if key.ends_with("_ms") || key.contains("seconds") { f / v } else { v / f };
+                    println!("{key:<36} {v:>12.2} {f:>12.2} {speedup:>9.2}x")
+                }
+                None => println!("{key:<36} {v:>12.2}"),
+            }
         }
-        if let Some(q) = other("int8") {
-            line += &format!(" {q:>12.2} {:>9.2}x", speedup(key, v, q));
-        }
-        println!("{line}");
     }
     let batch = &ours["batch"];
     for (key, faster, slower, label) in [

@@ -1,5 +1,5 @@
 //! Timing of the stored-weight kernels: each instruction set on one Q4_1 / Q8_0 / F32 matrix,
-//! the int8 product on the block formats, and a stored Q4_1 projection beside the dense f32 panels of the same numbers, for 1, 8 and
+//! and a stored Q4_1 projection beside the dense f32 panels of the same numbers, for 1, 8 and
 //! 128 rows. `cargo bench -p cola-model --bench stored_kernels` (prints microseconds per call).
 
 use std::time::Instant;
@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, TensorData};
 use burn_flex::Flex;
 use cola_model::LayerOps;
 use cola_model::stored::kernels::{Isa, matmul_with};
-use cola_model::stored::{Dot, StoredMatrix, WeightFormat, quantize};
+use cola_model::stored::{StoredMatrix, WeightFormat, quantize};
 
 fn micros(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
@@ -33,13 +33,6 @@ fn main() {
             for isa in Isa::available() {
                 let us = micros(100, || matmul_with(isa, &x, m, std::slice::from_ref(&w), &mut out));
                 println!("kernel {format} [{n}, {k}] rows {m} {isa:?}: {us:.0} us");
-            }
-            if format != WeightFormat::F32 {
-                let w8 = w.clone().with_dot(Dot::Int8);
-                for isa in Isa::available() {
-                    let us = micros(100, || matmul_with(isa, &x, m, std::slice::from_ref(&w8), &mut out));
-                    println!("kernel {format} [{n}, {k}] rows {m} {isa:?} int8: {us:.0} us");
-                }
             }
         }
     }

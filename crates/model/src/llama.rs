@@ -20,7 +20,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::ops::{AttnMask, Heads, LayerOps, Positions};
-use crate::stored::{Dot, StoredMatrix};
+use crate::stored::StoredMatrix;
 use crate::tensors::{LayerTensor, ModelTensor};
 use crate::weights::{HostTensor, WeightSource, expect_stored, expect_tensor};
 use crate::{ModelConfig, ModelError};
@@ -46,10 +46,6 @@ pub enum WeightPrecision {
     /// them ([`LayerOps::STORED_WEIGHTS`], the CPU); dequantized to f32 on the others.
     #[default]
     Stored,
-    /// As stored, and products with 4/8-bit blocks use activations quantized per 32 values to 8
-    /// bits and integer sums ([`Dot::Int8`]): approximate, faster, opt-in. Backends that do not
-    /// compute from stored weights dequantize to f32 as for `Stored`.
-    StoredInt8,
     /// Dequantized to f32 on load, everywhere.
     F32,
 }
@@ -57,24 +53,13 @@ pub enum WeightPrecision {
 impl WeightPrecision {
     /// Whether backend `B` keeps weights as stored under this precision.
     fn keeps_stored<B: LayerOps>(self) -> bool {
-        self != WeightPrecision::F32 && B::STORED_WEIGHTS
-    }
-
-    /// How products with kept weights are computed.
-    fn dot(self) -> Dot {
-        if self == WeightPrecision::StoredInt8 { Dot::Int8 } else { Dot::Exact }
-    }
-
-    /// Whether products on backend `B` are approximate ([`Dot::Int8`]): runs record it.
-    pub fn is_approximate<B: LayerOps>(self) -> bool {
-        self.keeps_stored::<B>() && self.dot() == Dot::Int8
+        self == WeightPrecision::Stored && B::STORED_WEIGHTS
     }
 
     /// The command-line spelling.
     pub fn name(self) -> &'static str {
         match self {
             WeightPrecision::Stored => "stored",
-            WeightPrecision::StoredInt8 => "stored-int8",
             WeightPrecision::F32 => "f32",
         }
     }
@@ -84,10 +69,10 @@ impl std::str::FromStr for WeightPrecision {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        [WeightPrecision::Stored, WeightPrecision::StoredInt8, WeightPrecision::F32]
+        [WeightPrecision::Stored, WeightPrecision::F32]
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("`{s}` is not a weight precision (stored, stored-int8, f32)"))
+            .ok_or_else(|| format!("`{s}` is not a weight precision (stored, f32)"))
     }
 }
 
@@ -132,7 +117,7 @@ impl<B: LayerOps> Projection<B> {
         parts: Vec<StoredMatrix>, bias: Option<HostTensor>, precision: WeightPrecision, device: &B::Device,
     ) -> Self {
         let weight = if precision.keeps_stored::<B>() {
-            ProjWeight::Stored(parts.into_iter().map(|p| p.with_dot(precision.dot())).collect())
+            ProjWeight::Stored(parts.into())
         } else {
             let dense: Vec<HostTensor> = parts.iter().map(dense).collect();
             ProjWeight::Dense(tensor2(concat_rows(&dense).transposed(), device))
@@ -368,8 +353,7 @@ impl<B: LayerOps> CausalLm<B> {
 
         let embed = stored(ModelTensor::Embed)?;
         let embed_tokens = if precision.keeps_stored::<B>() {
-            // Its rows are dequantized on lookup; `dot` applies where it is the tied LM head.
-            TokenEmbedding::Stored(Arc::new(embed.with_dot(precision.dot())))
+            TokenEmbedding::Stored(Arc::new(embed))
         } else {
             TokenEmbedding::Dense(tensor2(dense(&embed), device))
         };

@@ -80,10 +80,6 @@ pub struct RunConfig {
     pub weights: Vec<HashedFile>,
     pub data: Vec<HashedFile>,
     pub backend: String,
-    /// Products with activations quantized to 8 bits (`--weights stored-int8` on the CPU); left
-    /// out when not, so configs made before it existed resume unchanged.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub int8_activations: bool,
     pub versions: Value,
 }
 

@@ -288,7 +288,6 @@ pub fn run_search<B: LayerOps>(
         weights: weight_hashes(model_dir)?,
         data,
         backend: req.backend.clone(),
-        int8_activations: model.int8_activations,
         versions: json!({"cola": env!("CARGO_PKG_VERSION"), "burn": "0.21.0"}),
     };
     let run = RunDir::open(&req.out_dir, &config, req.force)?;

@@ -76,10 +76,6 @@ pub struct TransferConfig {
     pub weights: Vec<HashedFile>,
     pub data: Vec<HashedFile>,
     pub backend: String,
-    /// Products with activations quantized to 8 bits (`--weights stored-int8` on the CPU); left
-    /// out when not, so configs made before it existed resume unchanged.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub int8_activations: bool,
     pub versions: serde_json::Value,
 }
 
@@ -489,7 +485,6 @@ pub fn run_transfer<B: LayerOps>(
         weights: weight_hashes(&model.dir)?,
         data,
         backend: req.backend.clone(),
-        int8_activations: model.int8_activations,
         versions: json!({"cola": env!("CARGO_PKG_VERSION"), "burn": "0.21.0"}),
     };
     let dir = &req.out_dir;

@@ -11,8 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::int8::{self, QuantizedRows};
-use super::{Dot, StoredMatrix, WeightFormat, dequantize_into};
+use super::{StoredMatrix, WeightFormat, dequantize_into};
 
 /// Up to this many activation rows use the streaming dot-product kernel; more use gemm.
 pub const FEW_ROWS: usize = 16;
@@ -87,15 +86,12 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, parts: &[StoredMatrix], out: &
         return;
     }
     let few = m <= FEW_ROWS;
-    let uses_int8 = |w: &StoredMatrix| w.dot() == Dot::Int8 && int8::applies_to(w.format());
-    let qx = parts.iter().any(uses_int8).then(|| QuantizedRows::new(x, m, k));
-    // Streaming (and int8): about two tasks per thread (so a slow thread can be helped); gemm:
-    // fixed chunks of dequantized rows.
-    let streaming = n.div_ceil(2 * rayon::current_num_threads()).max(16);
+    // Streaming: about two tasks per thread (so a slow thread can be helped); gemm: fixed chunks
+    // of dequantized rows.
+    let per_task = if few { n.div_ceil(2 * rayon::current_num_threads()).max(16) } else { ROWS_PER_CHUNK };
     let mut tasks = Vec::new();
     let mut col = 0;
     for (p, w) in parts.iter().enumerate() {
-        let per_task = if few || uses_int8(w) { streaming } else { ROWS_PER_CHUNK };
         for j0 in (0..w.rows()).step_by(per_task) {
             tasks.push((p, col, j0, (j0 + per_task).min(w.rows())));
         }
@@ -106,23 +102,6 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, parts: &[StoredMatrix], out: &
         #[allow(clippy::redundant_locals)]
         let shared = shared;
         let w = &parts[p];
-        if let (Some(qx), true) = (&qx, uses_int8(w)) {
-            let rb = w.row_bytes();
-            let bytes = w.bytes();
-            let mut sums = [0.0f32; FEW_ROWS];
-            for j in j0..j1 {
-                for i0 in (0..m).step_by(FEW_ROWS) {
-                    let rows = i0..(i0 + FEW_ROWS).min(m);
-                    let sums = &mut sums[..rows.len()];
-                    int8::dot_rows(isa, w.format(), &bytes[j * rb..(j + 1) * rb], qx, rows.clone(), k, sums);
-                    for (i, &s) in rows.zip(sums.iter()) {
-                        // SAFETY: column col + j belongs to this task alone, and lies in row i of out.
-                        unsafe { *shared.0.add(i * n + col + j) = s };
-                    }
-                }
-            }
-            return;
-        }
         if few {
             let rb = w.row_bytes();
             let bytes = w.bytes();
@@ -181,7 +160,7 @@ fn dot_rows(isa: Isa, format: WeightFormat, row: &[u8], x: &[f32], m: usize, k: 
 }
 
 /// Values per register-sized group the kernels dequantize at once.
-pub(super) const GROUP: usize = 32;
+const GROUP: usize = 32;
 
 /// The portable kernel: dequantize 32 values, then 8-lane sums per activation row.
 fn portable_dot_rows(format: WeightFormat, row: &[u8], x: &[f32], m: usize, k: usize, sums: &mut [f32]) {
@@ -582,50 +561,6 @@ mod tests {
                                 (got - want).abs() < 1e-4 * (1.0 + want.abs()),
                                 "{format} {isa:?} {m}x{k}x{n} at ({i}, {j}): {got} vs {want}"
                             );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The int8 product equals an f64 loop over the quantized activations (quantized here
-    /// independently: `dx = max|x| / 127`, `qx = round(x / dx)`) and the dequantized weights, on
-    /// every kernel, for row counts on both sides of [`FEW_ROWS`]; float parts keep the exact product.
-    #[test]
-    fn int8_products_match_an_f64_loop_over_quantized_activations() {
-        for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::F16] {
-            for &(m, k, n) in &[(1, 32, 3), (3, 576, 65), (5, 96, 40), (17, 64, 33)] {
-                let wv: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0).collect();
-                let w = StoredMatrix::owned(format, n, k, quantize(format, &wv)).unwrap().with_dot(Dot::Int8);
-                let deq = w.to_f32();
-                let x: Vec<f32> =
-                    (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0 * (1 + i % 3) as f32).collect();
-                let xq: Vec<f64> = if int8::applies_to(format) {
-                    x.chunks(32)
-                        .flat_map(|b| {
-                            let dx = b.iter().fold(0.0f64, |a, &v| a.max((v as f64).abs())) / 127.0;
-                            b.iter().map(move |&v| if dx > 0.0 { (v as f64 / dx).round() * dx } else { 0.0 })
-                        })
-                        .collect()
-                } else {
-                    x.iter().map(|&v| v as f64).collect()
-                };
-                for isa in Isa::available() {
-                    let mut out = vec![f32::NAN; m * n];
-                    matmul_with(isa, &x, m, std::slice::from_ref(&w), &mut out);
-                    for i in 0..m {
-                        for j in 0..n {
-                            let want: f64 = (0..k).map(|l| xq[i * k + l] * deq[j * k + l] as f64).sum();
-                            let exact: f64 = (0..k).map(|l| x[i * k + l] as f64 * deq[j * k + l] as f64).sum();
-                            let got = out[i * n + j] as f64;
-                            assert!(
-                                (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                                "{format} {isa:?} {m}x{k}x{n} at ({i}, {j}): {got} vs {want}"
-                            );
-                            // And a close approximation: within 1% of the sum of |products|.
-                            let mass: f64 = (0..k).map(|l| (x[i * k + l] as f64 * deq[j * k + l] as f64).abs()).sum();
-                            assert!((got - exact).abs() < 0.01 * mass, "{got} vs exact {exact}");
                         }
                     }
                 }

@@ -11,7 +11,6 @@
 //! a dequantizing import writes, bit for bit. Products with these weights therefore equal the f32
 //! path's up to the order of the float sums.
 
-mod int8;
 pub mod kernels;
 
 use std::sync::Arc;
@@ -159,18 +158,6 @@ pub fn quantize(format: WeightFormat, values: &[f32]) -> Vec<u8> {
     out
 }
 
-/// How products with a stored weight are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Dot {
-    /// f32 activations times the dequantized values: equal to the f32 path up to the order of
-    /// float sums.
-    #[default]
-    Exact,
-    /// Activations quantized per 32-value block to 8 bits, integer products with 4/8-bit blocks
-    /// (approximate; float formats keep the exact product). See [`int8`].
-    Int8,
-}
-
 /// The bytes of a stored weight: its own copy, or a range of a memory-mapped file.
 #[derive(Clone)]
 enum Bytes {
@@ -185,7 +172,6 @@ pub struct StoredMatrix {
     rows: usize,
     cols: usize,
     bytes: Bytes,
-    dot: Dot,
 }
 
 impl std::fmt::Debug for StoredMatrix {
@@ -212,7 +198,7 @@ impl StoredMatrix {
     /// A matrix over its own bytes; the length must match the shape exactly.
     pub fn owned(format: WeightFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Self, String> {
         check(format, rows, cols, bytes.len())?;
-        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Owned(bytes.into()), dot: Dot::Exact })
+        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Owned(bytes.into()) })
     }
 
     /// A matrix over `map[start..start + len]`; the range must lie in the map and match the shape.
@@ -223,7 +209,7 @@ impl StoredMatrix {
         if start.checked_add(len).is_none_or(|end| end > map.len()) {
             return Err(format!("data at byte {start} (+{len}) lies outside the file (truncated?)"));
         }
-        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Mapped { map, start, len }, dot: Dot::Exact })
+        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Mapped { map, start, len } })
     }
 
     /// An f32 matrix from values.
@@ -231,16 +217,6 @@ impl StoredMatrix {
         assert_eq!(values.len(), rows * cols);
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         StoredMatrix::owned(WeightFormat::F32, rows, cols, bytes).expect("sizes match")
-    }
-
-    /// The same weight, multiplied as `dot` says.
-    pub fn with_dot(mut self, dot: Dot) -> Self {
-        self.dot = dot;
-        self
-    }
-
-    pub fn dot(&self) -> Dot {
-        self.dot
     }
 
     pub fn format(&self) -> WeightFormat {
@@ -283,7 +259,7 @@ impl StoredMatrix {
         let rb = self.row_bytes();
         let src = self.bytes();
         let bytes: Vec<u8> = order.iter().flat_map(|&r| &src[r * rb..(r + 1) * rb]).copied().collect();
-        StoredMatrix::owned(self.format, order.len(), self.cols, bytes).expect("whole rows").with_dot(self.dot)
+        StoredMatrix::owned(self.format, order.len(), self.cols, bytes).expect("whole rows")
     }
 }
 
