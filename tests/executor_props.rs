@@ -207,6 +207,30 @@ proptest! {
     }
 }
 
+/// Token-tree scores of many states at once (more rows than one LM-head call takes, split
+/// inside a state) equal each state scored alone and each continuation appended to the prompt.
+#[test]
+fn token_tree_scores_of_many_rows_equal_scores_alone() {
+    let config = tiny_config("llama", NUM_LAYERS);
+    let (exec, _) = tiny_executor(&config, 17);
+    let ids: Vec<u32> = vec![3, 14, 15, 9, 26];
+    // 3 branches of 20 tokens: 60 rows per state, 180 for three states.
+    let branches: Vec<Vec<u32>> = (0..3u32).map(|b| (0..20u32).map(|t| (7 * b + 3 * t + 1) % 61).collect()).collect();
+    let chains = [vec![0, 1, 2, 3], vec![0, 0, 2], vec![3, 1, 2, 0, 1]];
+    let (root, layout) = exec.start_branches(&ids, &branches).unwrap();
+    let trees: Vec<_> = chains.iter().map(|c| exec.advance(&root, c).unwrap()).collect();
+    let batched = exec.branch_logprobs_batch(&trees.iter().collect::<Vec<_>>(), &layout).unwrap();
+    for (i, c) in chains.iter().enumerate() {
+        let alone = exec.branch_logprobs(&trees[i], &layout).unwrap();
+        assert!(max_abs_diff(&batched[i].concat(), &alone.concat()) <= 1e-5, "chain {c:?}: batched vs alone");
+        let plain = exec.run(&Chain::new(c.clone()), &ids).unwrap();
+        for (b, got) in branches.iter().zip(&batched[i]) {
+            let want = exec.continuation_logprobs(&plain, b).unwrap();
+            assert!(max_abs_diff(got, &want) < 1e-4, "chain {c:?}: {got:?} vs {want:?}");
+        }
+    }
+}
+
 /// The burn-op reference implementations of the layer steps (what the GPU backends run) agree
 /// with the fused CPU kernels, checked on the CPU itself.
 #[test]

@@ -259,26 +259,30 @@ impl<B: LayerOps> Executor<B> {
         let n = rows.len();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &self.device);
         let picked = stack(states.iter().map(|s| s.hidden.clone().select(0, index.clone())).collect());
-        let logits = to_vec(self.model.logits(picked));
+        // Rows are state-major, each state's in the layout's target order.
+        let targets: Vec<u32> = layout.targets.iter().flatten().copied().collect();
         let vocab = self.config.vocab_size;
-        let mut rows = logits.chunks_exact(vocab);
+        let total = states.len() * n;
+        let mut logprobs = Vec::with_capacity(total);
+        // The LM head in chunks of rows: all options of 16 chains at once are ~800 rows, whose
+        // whole-vocabulary logits would take ~160 MB for a 49k vocabulary.
+        for start in (0..total).step_by(LOGIT_ROWS) {
+            let len = LOGIT_ROWS.min(total - start);
+            let logits = to_vec(self.model.logits(picked.clone().narrow(0, start, len)));
+            for (i, row) in logits.chunks_exact(vocab).enumerate() {
+                logprobs.push(log_softmax_at(row, targets[(start + i) % n] as usize));
+            }
+        }
+        let mut logprobs = logprobs.into_iter();
         Ok(states
             .iter()
-            .map(|_| {
-                layout
-                    .targets
-                    .iter()
-                    .map(|targets| {
-                        targets
-                            .iter()
-                            .map(|&t| log_softmax_at(rows.next().expect("one row per target"), t as usize))
-                            .collect()
-                    })
-                    .collect()
-            })
+            .map(|_| layout.targets.iter().map(|t| logprobs.by_ref().take(t.len()).collect()).collect())
             .collect())
     }
 }
+
+/// Rows per LM-head call when scoring token trees (bounds the logits held at once).
+const LOGIT_ROWS: usize = 128;
 
 /// Rows of several tensors stacked in order (no copy for one).
 fn stack<B: LayerOps>(mut parts: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {

@@ -10,7 +10,7 @@ use cola_model::LayerOps;
 
 /// Default memory budget of the prefix caches, per model view: with the embedded model held as
 /// stored (about 100 MB) the default search stays under 400 MB.
-pub const DEFAULT_CACHE_MIB: usize = 256;
+pub const DEFAULT_CACHE_MIB: usize = 64;
 
 /// A loaded model run along a settable set of chains (its variants, answered as one batch).
 /// With caching on, every input (a prompt, or a prompt with its answer choices) gets a
