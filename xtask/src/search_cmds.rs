@@ -211,7 +211,8 @@ pub struct SearchArgs {
     items: ItemArgs,
     /// Settings bundle: `paper` (generate scoring, 200 simulations, paper actions, λ = 5,
     /// ε = 0.1, chain length 0.57N..1.15N) or `polar` (the authors' released code: 100
-    /// simulations, their action rules). Without it: a small quick default.
+    /// simulations, their action rules), or `default` (also without the flag: 60 simulations,
+    /// paper actions, loglik scoring for multiple choice).
     #[arg(long, value_parser = parse_preset)]
     preset: Option<Preset>,
     /// MCTS simulations per sample.

@@ -37,8 +37,8 @@ pub enum Preset {
     Paper,
     /// The authors' released code: their action rules, 100 simulations, generate scoring.
     Polar,
-    /// The quick default (no `--preset`): 60 simulations, paper actions, log-likelihood scoring
-    /// for multiple choice.
+    /// The quick default (no `--preset`, or `--preset default`; run directories name it so): 60
+    /// simulations, paper actions, log-likelihood scoring for multiple choice.
     Quick,
 }
 
@@ -55,11 +55,10 @@ impl Preset {
 impl std::str::FromStr for Preset {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "paper" => Ok(Preset::Paper),
-            "polar" => Ok(Preset::Polar),
-            _ => Err(format!("unknown preset `{s}` (paper, polar)")),
-        }
+        [Preset::Paper, Preset::Polar, Preset::Quick]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown preset `{s}` (paper, polar, default)"))
     }
 }
 
@@ -342,4 +341,18 @@ pub fn search_item<B: LayerOps>(
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Preset;
+
+    /// Each preset's name (what run directories and reports print) is what `--preset` accepts.
+    #[test]
+    fn preset_names_parse_back() {
+        for p in [Preset::Paper, Preset::Polar, Preset::Quick] {
+            assert_eq!(p.name().parse::<Preset>(), Ok(p));
+        }
+        assert!("quick".parse::<Preset>().unwrap_err().contains("paper, polar, default"));
+    }
 }
