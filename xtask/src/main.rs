@@ -19,6 +19,7 @@ use cola_model::{LayerOps, WeightPrecision};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("COLA_GIT_COMMIT"), ")"),
     about = "Chains of layers (CoLa): run a frozen LLM along any chain of its layers, search chains per sample with MCTS, evaluate on benchmarks",
     long_about = None
 )]

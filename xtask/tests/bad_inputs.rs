@@ -531,3 +531,19 @@ fn a_full_disk_is_an_error_naming_the_file() {
     Command::new("umount").arg(&mnt).status().unwrap();
     result.unwrap();
 }
+
+/// `--version` names the package version and the commit the binary was built from.
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let want = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(|| "unknown commit".to_string(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    assert_eq!(text.trim(), format!("cargo xtask {} ({want})", env!("CARGO_PKG_VERSION")));
+}
