@@ -215,10 +215,11 @@ pub struct SearchArgs {
     /// paper actions, loglik scoring for multiple choice).
     #[arg(long, value_parser = parse_preset)]
     preset: Option<Preset>,
-    /// MCTS simulations per sample.
+    /// MCTS simulations per sample [default: from the preset: 60 default, 200 paper, 100 polar].
     #[arg(long)]
     sims: Option<usize>,
-    /// Edit actions: paper, polar, drllm, skip-only, repeat-only.
+    /// Edit actions: paper, polar, drllm, skip-only, repeat-only [default: from the preset:
+    /// polar for polar, else paper].
     #[arg(long, value_parser = parse_actions)]
     actions: Option<ActionPreset>,
     /// letter, loglik or generate (see `eval --help`).
@@ -233,10 +234,11 @@ pub struct SearchArgs {
     /// Math prompt: zero-shot or few-shot (see `eval --help`).
     #[arg(long, value_parser = parse_math_prompt, default_value = "zero-shot")]
     prompt: MathPrompt,
-    /// Run a random-search baseline with the same number of distinct evaluations.
+    /// `random`: a random-search baseline with the same number of distinct evaluations on each
+    /// sample; `none`: no baseline.
     #[arg(long, value_parser = parse_baseline, default_value = "random")]
     baseline: Baseline,
-    /// Length penalty λ in the UCB score.
+    /// Length penalty λ in the UCB score [default: 5, every preset].
     #[arg(long)]
     lambda: Option<f64>,
     /// Stop a sample once a correct chain at least M layers shorter than the original is found
@@ -405,8 +407,8 @@ pub struct PruneArgs {
     model: ModelArgs,
     #[command(flatten)]
     items: ItemArgs,
-    /// How many layers to drop; one pruned chain per value.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8])]
+    /// How many layers to drop, comma-separated; one pruned chain per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     drop: Vec<usize>,
     /// Print one JSON object: {"influence": [...], "chains": {"k": "chain", ...}}.
     #[arg(long)]
@@ -484,8 +486,8 @@ pub struct TransferArgs {
     /// loglik or letter (the confidence strategy needs choice scores, so not generate).
     #[arg(long, value_parser = parse_mode, default_value = "loglik")]
     scoring: ScoringMode,
-    /// ShortGPT baseline: how many layers to drop; one strategy per value.
-    #[arg(long, value_delimiter = ',', default_values_t = [2usize, 4, 8])]
+    /// ShortGPT baseline: how many layers to drop, comma-separated; one strategy per value.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
     drop: Vec<usize>,
     /// How many of the best task chains vote (and, with the original model, are the
     /// candidates of `confidence` and `oracle`).
