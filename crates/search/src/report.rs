@@ -288,6 +288,17 @@ pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRu
     let Some(first) = merged.configs.first() else {
         return Err(RunError::Invalid { path: out_dir.to_path_buf(), message: "no run directories given".into() });
     };
+    if merged.records.is_empty() {
+        // An empty report would overwrite whatever report is there.
+        return Err(RunError::Invalid {
+            path: runs[0].clone(),
+            message: format!(
+                "no finished samples in {} ({} missing or empty); nothing to report",
+                if runs.len() == 1 { "this run" } else { "any of these runs" },
+                crate::run_dir::SAMPLES_FILE
+            ),
+        });
+    }
     if let Some((dir, other)) = runs.iter().zip(&merged.configs).find(|(_, c)| c.num_layers != first.num_layers) {
         return Err(RunError::Invalid {
             path: dir.clone(),
@@ -706,5 +717,25 @@ mod tests {
         let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         assert!(md.contains("| t | 1 |"));
         assert!(md.contains("Search time: t 2.5 s/sample (1 timed)."), "{md}");
+    }
+
+    /// A run directory without records is an error, and the report already there stays.
+    #[test]
+    fn a_run_without_records_is_refused_and_its_report_kept() {
+        let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/results");
+        let cfg = std::fs::read_dir(&results)
+            .unwrap()
+            .map(|e| e.unwrap().path().join(crate::run_dir::CONFIG_FILE))
+            .find(|p| {
+                std::fs::read_to_string(p).is_ok_and(|t| serde_json::from_str::<crate::run_dir::RunConfig>(&t).is_ok())
+            })
+            .expect("a committed search run");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(&cfg, dir.path().join(crate::run_dir::CONFIG_FILE)).unwrap();
+        std::fs::write(dir.path().join("report.md"), "kept").unwrap();
+        let Err(e) = report_runs(&[dir.path().to_path_buf()], dir.path()) else { panic!("reported an empty run") };
+        let e = e.to_string();
+        assert!(e.contains("no finished samples") && e.contains("samples.jsonl"), "{e}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("report.md")).unwrap(), "kept");
     }
 }
