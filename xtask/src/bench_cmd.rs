@@ -295,12 +295,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     merge(&mut result, &ours);
     // The tables go to stdout, or to stderr under --json so stdout is the JSON alone.
     let json_only = args.json;
-    macro_rules! line {
+    macro_rules! table_row {
         ($($t:tt)*) => {
             if json_only { eprintln!($($t)*) } else { println!($($t)*) }
         };
     }
-    line!("{:<36} {:>12} {:>12} {:>10}", "measure", "cola", "cola f32", "speedup");
+    table_row!("{:<36} {:>12} {:>12} {:>10}", "measure", "cola", "cola f32", "speedup");
     for key in [
         "prefill_128_ms",
         "prefill_512_ms",
@@ -318,9 +318,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 // Speed of the stored weights over the f32 copy (times: lower is better).
                 Some(f) => {
                     let speedup = if key.ends_with("_ms") || key.contains("seconds") { f / v } else { v / f };
-                    line!("{key:<36} {v:>12.2} {f:>12.2} {speedup:>9.2}x")
+                    table_row!("{key:<36} {v:>12.2} {f:>12.2} {speedup:>9.2}x")
                 }
-                None => line!("{key:<36} {v:>12.2}"),
+                None => table_row!("{key:<36} {v:>12.2}"),
             }
         }
     }
@@ -347,7 +347,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     ] {
         if let (Some(a), Some(b)) = (ours.get(faster).and_then(Value::as_f64), ours.get(slower).and_then(Value::as_f64))
         {
-            line!("{label:<36} {:>11.2}x", a / b);
+            table_row!("{label:<36} {:>11.2}x", a / b);
             result[key] = json!(a / b);
         }
     }
@@ -355,13 +355,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         // PyTorch reads an HF directory: the default GGUF's f32 import.
         let torch_dir = if args.model.model.is_none() { cola_assets::ensure()?.imported_model_dir()? } else { dir };
         let torch = torch_bench(&torch_dir, args.reps, args.decode_tokens, ours["threads"].as_u64().unwrap_or(1))?;
-        line!("\n{:<24} {:>12} {:>12} {:>10}", "measure", "cola", "pytorch", "speedup");
+        table_row!("\n{:<24} {:>12} {:>12} {:>10}", "measure", "cola", "pytorch", "speedup");
         for (key, higher_is_better) in
             [("prefill_128_ms", false), ("prefill_512_ms", false), ("decode_tokens_per_s", true)]
         {
             let (a, b) = (ours[key].as_f64().unwrap_or(f64::NAN), torch[key].as_f64().unwrap_or(f64::NAN));
             let ratio = if higher_is_better { a / b } else { b / a };
-            line!("{key:<24} {a:>12.2} {b:>12.2} {ratio:>9.2}x");
+            table_row!("{key:<24} {a:>12.2} {b:>12.2} {ratio:>9.2}x");
             result[format!("torch_{key}")] = json!(b);
             result[format!("speedup_{key}")] = json!(ratio);
         }

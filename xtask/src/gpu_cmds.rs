@@ -72,15 +72,7 @@ pub struct RandomModelArgs {
 }
 
 fn parse_format(s: &str) -> Result<WeightFormat, String> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "q4_0" => WeightFormat::Q4_0,
-        "q4_1" => WeightFormat::Q4_1,
-        "q8_0" => WeightFormat::Q8_0,
-        "f16" => WeightFormat::F16,
-        "bf16" => WeightFormat::BF16,
-        "f32" => WeightFormat::F32,
-        other => return Err(format!("`{other}` is not a format (q4_0, q4_1, q8_0, f16, bf16, f32)")),
-    })
+    s.parse()
 }
 
 fn shape_config(shape: &str) -> Result<ModelConfig> {

@@ -200,14 +200,7 @@ fn logits(model: &crate::CausalLm<burn_flex::Flex>, config: &crate::ModelConfig,
 fn direct_gguf_equals_its_f32_import_in_every_format() {
     use crate::llama::{ProjWeight, TokenEmbedding};
     let dir = tempfile::tempdir().unwrap();
-    for format in [
-        WeightFormat::Q4_0,
-        WeightFormat::Q4_1,
-        WeightFormat::Q8_0,
-        WeightFormat::F16,
-        WeightFormat::BF16,
-        WeightFormat::F32,
-    ] {
+    for format in WeightFormat::ALL {
         let file = GgufFile::open(&tiny_gguf(dir.path(), format)).unwrap();
         let weights = GgufWeights::new(&file).unwrap();
         let config = weights.config().clone();

@@ -528,15 +528,7 @@ mod tests {
     /// or chunk of stored rows, and an output wider than the weight.
     #[test]
     fn every_format_and_kernel_matches_an_f64_loop() {
-        let formats = [
-            WeightFormat::F32,
-            WeightFormat::F16,
-            WeightFormat::BF16,
-            WeightFormat::Q4_0,
-            WeightFormat::Q4_1,
-            WeightFormat::Q8_0,
-        ];
-        for format in formats {
+        for format in WeightFormat::ALL {
             let float = format.block().0 == 1;
             let shapes: &[(usize, usize, usize)] = if float {
                 &[(1, 7, 3), (2, 33, 70), (3, 576, 65), (17, 40, 130), (5, 100, 1)]

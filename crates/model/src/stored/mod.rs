@@ -32,6 +32,15 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    pub const ALL: [WeightFormat; 6] = [
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q8_0,
+        WeightFormat::F16,
+        WeightFormat::BF16,
+        WeightFormat::F32,
+    ];
+
     /// (values per block, bytes per block)
     pub fn block(self) -> (usize, usize) {
         match self {
@@ -58,6 +67,18 @@ impl WeightFormat {
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let (per_block, block_bytes) = self.block();
         n.is_multiple_of(per_block).then(|| n / per_block).and_then(|b| b.checked_mul(block_bytes))
+    }
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = String;
+
+    /// A format by its name, in any case (`q4_1`, `Q4_1`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        WeightFormat::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            let names: Vec<String> = WeightFormat::ALL.iter().map(|f| f.name().to_ascii_lowercase()).collect();
+            format!("`{s}` is not a format ({})", names.join(", "))
+        })
     }
 }
 
@@ -289,6 +310,16 @@ mod tests {
                 assert_eq!(dequantize(format, &quantize(format, &back)), back, "{format}");
             }
         }
+    }
+
+    #[test]
+    fn formats_parse_by_name_in_any_case() {
+        for f in WeightFormat::ALL {
+            assert_eq!(f.name().parse::<WeightFormat>(), Ok(f));
+            assert_eq!(f.name().to_ascii_lowercase().parse::<WeightFormat>(), Ok(f));
+        }
+        let e = "q4_k".parse::<WeightFormat>().unwrap_err();
+        assert!(e.contains("`q4_k`") && e.contains("q4_0, q4_1, q8_0, f16, bf16, f32"), "{e}");
     }
 
     #[test]
