@@ -25,7 +25,7 @@ for shape in smollm2-135m llama-3.2-1b; do
   /tmp/xtask random-model --shape $shape --out /tmp/$shape | tail -1
   cp .gpu/tokenizer.json .gpu/tokenizer_config.json /tmp/$shape/
 done
-B="/tmp/xtask bench --backend cuda --reps 3 --decode-tokens 32 --search-batch 16 --json"
+B="/tmp/xtask bench --backend cuda --reps 3 --decode-tokens 32 --batch 16 --json"
 $B --model /tmp/smollm2-135m --search-samples 2 --search-sims 60 --search-scoring loglik 2>&1 | tee "$OUT/bench-smollm2-arc-loglik.txt"
 $B --model /tmp/smollm2-135m --search-samples 1 --search-sims 16 --search-task gsm8k --search-scoring generate 2>&1 | tee "$OUT/bench-smollm2-gsm8k-generate.txt"
 $B --model /tmp/llama-3.2-1b --search-samples 0 2>&1 | tee "$OUT/bench-llama1b-decode.txt"

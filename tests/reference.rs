@@ -63,7 +63,10 @@ fn smollm2_matches_pytorch_along_chains() {
 
 /// The GGUF computed from its stored blocks and its f32 import (the blocks dequantized once, on
 /// disk) give the same logits up to the order of float sums, prefill (gemm path) and decoding
-/// (streaming path) alike.
+/// (streaming path) alike. Two summation orders drift apart through 30 layers, more along
+/// chains with repeats: measured 2.9e-4 with the tiled kernels (whose sums are as close to f64
+/// as the row kernels', `stored::kernels` tests), under 1e-4 with the row kernels before them;
+/// a wrong value or layout is off by orders of magnitude more.
 #[test]
 fn smollm2_stored_blocks_equal_the_f32_import() {
     let assets = cola_assets::ensure().expect("default model assets");
@@ -76,7 +79,7 @@ fn smollm2_stored_blocks_equal_the_f32_import() {
         for prompt in [&ids, &long] {
             let (a, b) = (stored.executor.run(&chain, prompt).unwrap(), imported.executor.run(&chain, prompt).unwrap());
             let d = max_abs_diff(&stored.executor.all_logits(&a), &imported.executor.all_logits(&b));
-            assert!(d < 1e-4, "chain {spec}, {} tokens: stored and imported logits differ by {d}", prompt.len());
+            assert!(d < 5e-4, "chain {spec}, {} tokens: stored and imported logits differ by {d}", prompt.len());
             let (ga, gb) =
                 (stored.executor.generate(&a, 6, &[]).unwrap(), imported.executor.generate(&b, 6, &[]).unwrap());
             assert_eq!(ga, gb, "chain {spec}: greedy ids");

@@ -125,7 +125,7 @@ while [ -n "$(squeue -h -j "$jobs" 2>/dev/null)" ]; do
     fi
     sleep 1
 done
-"$bin" search "${search[@]}" --out "$work/whole" >/dev/null 2>&1
+"$bin" search "${search[@]}" --run-dir "$work/whole" >/dev/null 2>&1
 
 status=0
 for f in samples.jsonl report.json best_chain_lengths.svg layer_skip_repeat.svg; do

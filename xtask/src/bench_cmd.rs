@@ -18,11 +18,13 @@ use crate::ModelArgs;
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Timed repetitions per measurement (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    /// Timed repetitions per measurement (the median is reported; decode and lockstep take at
+    /// most 3). With stored weights the same measures run on the f32 copy, repetitions
+    /// alternating between the two.
+    #[arg(long, default_value_t = 5, value_parser = crate::at_least_one)]
     reps: usize,
-    /// Tokens generated in the decode measurement.
-    #[arg(long, default_value_t = 64)]
+    /// Tokens generated in the decode measurement (at least 1).
+    #[arg(long, default_value_t = 64, value_parser = crate::at_least_one)]
     decode_tokens: usize,
     /// Also time PyTorch (transformers, f32, eager) on the same weights and print the ratios.
     /// Creates a Python venv with torch and transformers on first use (a large download).
@@ -31,8 +33,9 @@ pub struct BenchArgs {
     /// ARC-Easy samples in the search-throughput measurement (0 skips it).
     #[arg(long, default_value_t = 2)]
     search_samples: usize,
-    /// MCTS simulations per sample in the search measurement (`paper` preset otherwise).
-    #[arg(long, default_value_t = 60)]
+    /// MCTS simulations per sample in the search measurement, at least 1 (`paper` preset
+    /// otherwise).
+    #[arg(long, default_value_t = 60, value_parser = crate::at_least_one)]
     search_sims: usize,
     /// Scoring in the search measurement: generate (the `paper` preset, with the chat template)
     /// or loglik (the quick default of `cargo xtask search`).
@@ -43,8 +46,8 @@ pub struct BenchArgs {
     search_task: cola_eval::Task,
     /// Batch size K of the batched measurements (search with K chains per batch, K chains
     /// decoding in lockstep), timed in the same run as K = 1. Default: the backend's default.
-    #[arg(long, value_name = "K", value_parser = crate::search_cmds::parse_batch)]
-    search_batch: Option<usize>,
+    #[arg(long, alias = "search-batch", value_name = "K", value_parser = crate::at_least_one)]
+    batch: Option<usize>,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -68,17 +71,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up: first-touch allocations, thread pool start
-    median(
-        (0..reps.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect(),
-    )
+/// Median milliseconds of each closure over `reps` runs after a warm-up (first-touch
+/// allocations, thread pool start), the runs interleaved (a, b, a, b, ...) so that the
+/// machine's drifts (other tenants, clock) fall on all alike and their ratios hold.
+fn time_ms_each(reps: usize, fs: &mut [Box<dyn FnMut() + '_>]) -> Vec<f64> {
+    fs.iter_mut().for_each(|f| f());
+    let mut times = vec![Vec::new(); fs.len()];
+    for _ in 0..reps.max(1) {
+        for (f, t) in fs.iter_mut().zip(&mut times) {
+            let started = Instant::now();
+            f();
+            t.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.into_iter().map(median).collect()
 }
 
 struct Bench {
@@ -113,14 +119,25 @@ impl WithBackend for Bench {
     type Output = Result<Value>;
     fn run<B: LayerOps>(self, device: B::Device) -> Result<Value> {
         let model = crate::load_model::<B>(&self.model, device.clone())?;
-        let mut out = self.measure(&model, &[(true, 1), (false, 1), (true, self.batch)])?;
-        drop(model);
         // The same measures on the weights dequantized to f32 (what the CPU computed from
-        // before stored weights), in the same run, for the ratios.
-        if B::STORED_WEIGHTS && self.model.precision == WeightPrecision::Stored {
-            let f32_model = crate::ModelPath { precision: WeightPrecision::F32, ..self.model.clone() };
-            let model = crate::load_model::<B>(&f32_model, device)?;
-            let f32_out = self.measure(&model, &[(true, self.batch)])?;
+        // before stored weights), timed interleaved with the stored ones, for the ratios.
+        let f32_model = if B::STORED_WEIGHTS && self.model.precision == WeightPrecision::Stored {
+            let path = crate::ModelPath { precision: WeightPrecision::F32, ..self.model.clone() };
+            Some(crate::load_model::<B>(&path, device)?)
+        } else {
+            None
+        };
+        let models: Vec<&LoadedChainModel<B>> = std::iter::once(&model).chain(f32_model.as_ref()).collect();
+        let mut speeds = self.speeds(&models)?.into_iter();
+        let mut out = speeds.next().expect("one per model");
+        if self.search_samples > 0 {
+            merge(&mut out, &self.search(&model, &[(true, 1), (false, 1), (true, self.batch)])?);
+        }
+        if let Some(f32_model) = &f32_model {
+            let mut f32_out = speeds.next().expect("one per model");
+            if self.search_samples > 0 {
+                merge(&mut f32_out, &self.search(f32_model, &[(true, self.batch)])?);
+            }
             for key in F32_KEYS {
                 if let Some(v) = f32_out.get(key) {
                     out[format!("{key}_f32")] = v.clone();
@@ -141,54 +158,75 @@ const F32_KEYS: [&str; 5] = [
 ];
 
 impl Bench {
-    /// Prefill, decode and lockstep decode of `model`, and the search in the given
-    /// (prefix cache, batch) modes.
-    fn measure<B: LayerOps>(&self, model: &LoadedChainModel<B>, search_modes: &[(bool, usize)]) -> Result<Value> {
-        let exec = &model.executor;
-        let n = exec.num_layers();
-        let ids = bench_ids(512, exec.config().vocab_size);
+    /// Prefill, decode and lockstep decode of each model, their repetitions interleaved.
+    fn speeds<B: LayerOps>(&self, models: &[&LoadedChainModel<B>]) -> Result<Vec<Value>> {
+        let n = models[0].executor.num_layers();
+        let ids = bench_ids(512, models[0].executor.config().vocab_size);
         let chain = Chain::identity(n);
         let prefill = |len: usize| {
-            time_ms(self.reps, || {
-                let s = exec.run(&chain, &ids[..len]).expect("prefill");
-                std::hint::black_box(exec.last_logits(&s));
-            })
+            let mut fs: Vec<Box<dyn FnMut()>> = models
+                .iter()
+                .map(|m| {
+                    let (exec, chain, ids) = (&m.executor, &chain, &ids);
+                    Box::new(move || {
+                        let s = exec.run(chain, &ids[..len]).expect("prefill");
+                        std::hint::black_box(exec.last_logits(&s));
+                    }) as Box<dyn FnMut()>
+                })
+                .collect();
+            time_ms_each(self.reps, &mut fs)
         };
         let prefill_128_ms = prefill(128);
         let prefill_512_ms = prefill(512);
-        let state = exec.run(&chain, &ids[..128])?;
-        let decode_ms = time_ms(self.reps.min(3), || {
-            std::hint::black_box(exec.generate(&state, self.decode_tokens + 1, &[]).expect("decode"));
-        });
+        let states = models.iter().map(|m| m.executor.run(&chain, &ids[..128])).collect::<Result<Vec<_>, _>>()?;
         // generate(k + 1) = k cached steps after the first token, which comes from the prefill.
-        let decode_tokens_per_s = self.decode_tokens as f64 / (decode_ms / 1e3);
+        let mut fs: Vec<Box<dyn FnMut()>> = models
+            .iter()
+            .zip(&states)
+            .map(|(m, state)| {
+                let exec = &m.executor;
+                Box::new(move || {
+                    std::hint::black_box(exec.generate(state, self.decode_tokens + 1, &[]).expect("decode"));
+                }) as Box<dyn FnMut()>
+            })
+            .collect();
+        let decode_ms = time_ms_each(self.reps.min(3), &mut fs);
+        drop(fs);
         // K chains in lockstep: total new tokens per second.
-        let states =
-            sibling_chains(n, self.batch).iter().map(|c| exec.run(c, &ids[..128])).collect::<Result<Vec<_>, _>>()?;
-        let batched_ms = time_ms(self.reps.min(3), || {
-            std::hint::black_box(exec.generate_batch(&states, self.decode_tokens + 1, |_, _| false).expect("decode"));
-        });
-        let decode_tokens_per_s_batched = (self.decode_tokens * self.batch) as f64 / (batched_ms / 1e3);
-        let mut out = json!({
-            "prefill_128_ms": prefill_128_ms,
-            "prefill_512_ms": prefill_512_ms,
-            "decode_tokens_per_s": decode_tokens_per_s,
-            "decode_tokens_per_s_batched": decode_tokens_per_s_batched,
-            "batch": self.batch,
-            "threads": rayon_threads(),
-        });
-        if self.search_samples > 0 {
-            let search = search_throughput(
-                model,
-                self.search_task,
-                self.search_samples,
-                self.search_sims,
-                self.search_scoring,
-                search_modes,
-            )?;
-            merge(&mut out, &search);
-        }
-        Ok(out)
+        let siblings = sibling_chains(n, self.batch);
+        let batches = models
+            .iter()
+            .map(|m| siblings.iter().map(|c| m.executor.run(c, &ids[..128])).collect::<Result<Vec<_>, _>>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut fs: Vec<Box<dyn FnMut()>> = models
+            .iter()
+            .zip(&batches)
+            .map(|(m, states)| {
+                let exec = &m.executor;
+                Box::new(move || {
+                    let out = exec.generate_batch(states, self.decode_tokens + 1, |_, _| false).expect("decode");
+                    std::hint::black_box(out);
+                }) as Box<dyn FnMut()>
+            })
+            .collect();
+        let batched_ms = time_ms_each(self.reps.min(3), &mut fs);
+        Ok((0..models.len())
+            .map(|i| {
+                json!({
+                    "prefill_128_ms": prefill_128_ms[i],
+                    "prefill_512_ms": prefill_512_ms[i],
+                    "decode_tokens_per_s": self.decode_tokens as f64 / (decode_ms[i] / 1e3),
+                    "decode_tokens_per_s_batched": (self.decode_tokens * self.batch) as f64 / (batched_ms[i] / 1e3),
+                    "batch": self.batch,
+                    "threads": rayon_threads(),
+                })
+            })
+            .collect())
+    }
+
+    /// The search measurement of `model` in the given (prefix cache, batch) modes.
+    fn search<B: LayerOps>(&self, model: &LoadedChainModel<B>, modes: &[(bool, usize)]) -> Result<Value> {
+        search_throughput(model, self.search_task, self.search_samples, self.search_sims, self.search_scoring, modes)
     }
 }
 
@@ -286,9 +324,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         search_sims: args.search_sims,
         search_scoring: args.search_scoring,
         search_task: args.search_task,
-        batch: args
-            .search_batch
-            .unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), args.search_scoring)),
+        batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), args.search_scoring)),
     };
     let ours = dispatch(args.model.backend, work)??;
     let mut result = json!({ "backend": args.model.backend.name(), "model": dir.display().to_string() });

@@ -44,6 +44,7 @@ enum Command {
         /// The .gguf file.
         file: PathBuf,
         /// Output directory (created; gets config.json, model.safetensors, tokenizer files).
+        #[arg(long, value_name = "DIR")]
         out_dir: PathBuf,
     },
     /// Score a benchmark along one chain (default: the original model).
@@ -95,6 +96,25 @@ pub struct ModelArgs {
 
 pub fn parse_backend(s: &str) -> Result<BackendKind, String> {
     s.parse()
+}
+
+/// A count that means nothing at 0 (simulations, items, tokens, repetitions): a whole number,
+/// at least 1; the error says the range.
+pub(crate) fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number (at least 1)")),
+    }
+}
+
+/// A finite number, at least 0 (a penalty weight).
+pub(crate) fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        Ok(_) => Err("must be a finite number, at least 0".into()),
+        Err(_) => Err(format!("`{s}` is not a number (finite, at least 0)")),
+    }
 }
 
 fn parse_precision(s: &str) -> Result<WeightPrecision, String> {

@@ -26,8 +26,8 @@ pub struct ForwardArgs {
     /// Wrap the prompt in the model's chat template (one user turn, assistant prompt appended).
     #[arg(long)]
     chat: bool,
-    /// How many of the highest next-token logits to print.
-    #[arg(long, default_value_t = 10)]
+    /// How many of the highest next-token logits to print (at least 1).
+    #[arg(long, default_value_t = 10, value_parser = crate::at_least_one)]
     top_k: usize,
     /// Print one JSON object: {"ids":[...],"chain":"SPEC","top":[{"id":..,"logit":..,"token":".."}]}.
     #[arg(long)]
@@ -47,8 +47,8 @@ pub struct GenerateArgs {
     /// Wrap the prompt in the model's chat template.
     #[arg(long)]
     chat: bool,
-    /// Stop after this many new tokens (or at an end-of-turn token).
-    #[arg(long, default_value_t = 32)]
+    /// Stop after this many new tokens, at least 1 (or at an end-of-turn token).
+    #[arg(long, default_value_t = 32, value_parser = crate::at_least_one)]
     max_new_tokens: usize,
     /// Print one JSON object: {"ids":[...],"new_ids":[...],"text":".."}.
     #[arg(long)]

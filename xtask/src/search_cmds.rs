@@ -36,7 +36,7 @@ pub struct ItemArgs {
     subject: Option<String>,
     /// Use the first N items (after --offset). Items are in doc_id order, so N always means the
     /// same items.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::at_least_one)]
     limit: Option<usize>,
     /// Skip the first K items.
     #[arg(long, value_name = "K", default_value_t = 0)]
@@ -107,20 +107,21 @@ pub struct EvalArgs {
     #[arg(long, value_name = "SPEC")]
     chain: Option<String>,
     /// letter (multiple choice, one forward pass), loglik (choice log-likelihoods, raw and
-    /// length-normalised) or generate (greedy; required for math). Default: letter for
-    /// multiple choice, generate for math.
+    /// length-normalised) or generate (greedy; required for math). Default: loglik for
+    /// multiple choice (as `search` and `transfer`), generate for math.
     #[arg(long, value_parser = parse_mode)]
     scoring: Option<ScoringMode>,
     /// Wrap generation prompts in the model's chat template.
     #[arg(long)]
     chat: bool,
-    /// Generation length (default 10 for multiple choice; math: 50 zero-shot, 256 few-shot).
-    #[arg(long)]
+    /// Generation length in tokens, at least 1 (default 10 for multiple choice; math: 50
+    /// zero-shot, 256 few-shot).
+    #[arg(long, value_parser = crate::at_least_one)]
     max_new_tokens: Option<usize>,
-    /// Math prompt: zero-shot (the paper's: the answer in \boxed{}, no explanation) or few-shot
-    /// (the data package's chain of thought: Minerva's 4 examples for MATH, 8 for GSM8K).
-    #[arg(long, value_parser = parse_math_prompt, default_value = "zero-shot")]
-    prompt: MathPrompt,
+    /// Math prompt style: zero-shot (the paper's: the answer in \boxed{}, no explanation) or
+    /// few-shot (the data package's chain of thought: Minerva's 4 examples for MATH, 8 for GSM8K).
+    #[arg(long, alias = "prompt", value_parser = parse_math_prompt, default_value = "zero-shot")]
+    prompt_style: MathPrompt,
     /// Write one JSON line per item (doc id, gold, prediction, correct, generated text).
     #[arg(long, value_name = "FILE.jsonl")]
     out: Option<PathBuf>,
@@ -155,12 +156,16 @@ impl WithBackend for Eval {
         let model = crate::load_model::<B>(&dir, device)?;
         let chain = chain_arg(args.chain.as_deref(), model.executor.num_layers())?;
         let mode = args.scoring.unwrap_or(if args.items.all_multiple_choice() {
-            ScoringMode::Letter
+            ScoringMode::Loglik
         } else {
             ScoringMode::Generate
         });
-        let scoring =
-            ScoringOptions { mode, chat: args.chat, max_new_tokens: args.max_new_tokens, math_prompt: args.prompt };
+        let scoring = ScoringOptions {
+            mode,
+            chat: args.chat,
+            max_new_tokens: args.max_new_tokens,
+            math_prompt: args.prompt_style,
+        };
         let mut out = match &args.out {
             Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
             None => None,
@@ -209,41 +214,55 @@ pub struct SearchArgs {
     model: ModelArgs,
     #[command(flatten)]
     items: ItemArgs,
-    /// Settings bundle: `paper` (generate scoring, 200 simulations, paper actions, λ = 5,
-    /// ε = 0.1, chain length 0.57N..1.15N) or `polar` (the authors' released code: 100
-    /// simulations, their action rules), or `default` (also without the flag: 60 simulations,
-    /// paper actions, loglik scoring for multiple choice).
-    #[arg(long, value_parser = parse_preset)]
+    /// Settings bundle [default: default]:
+    ///   paper:   the paper's search: generate scoring (chat template if the model has one), 200
+    ///            simulations, paper actions, λ = 5, ε = 0.1, chain length 0.57N..1.15N, one
+    ///            walk at a time (--batch 1);
+    ///   polar:   the authors' released code: as paper with 100 simulations, polar actions,
+    ///            batched as `default`;
+    ///   default: (also without the flag) 60 simulations, paper actions, loglik scoring for
+    ///            multiple choice (generate for math), batched (see --batch).
+    #[arg(long, value_parser = parse_preset, verbatim_doc_comment)]
     preset: Option<Preset>,
-    /// MCTS simulations per sample [default: from the preset: 60 default, 200 paper, 100 polar].
-    #[arg(long)]
+    /// MCTS simulations per sample, at least 1 [default: from the preset: 60 default, 200
+    /// paper, 100 polar].
+    #[arg(long, value_parser = crate::at_least_one)]
     sims: Option<usize>,
-    /// Edit actions: paper, polar, drllm, skip-only, repeat-only [default: from the preset:
-    /// polar for polar, else paper].
-    #[arg(long, value_parser = parse_actions)]
+    /// Edit actions [default: from the preset: polar for polar, else paper]:
+    ///   paper:       from any chain, skip a block of k steps or repeat it r more times,
+    ///                k, r in 1..=4;
+    ///   polar:       the authors' released code: at the root skip or repeat (once) a block
+    ///                of 1-4 steps, deeper single-step skips and repeats, no layer over twice;
+    ///   drllm:       skips of 1 or 2 steps, single repeats of 1 step (stops early, see
+    ///                --early-stop);
+    ///   skip-only:   the paper's skips alone (its ablation);
+    ///   repeat-only: the paper's repeats alone (its ablation).
+    #[arg(long, value_parser = parse_actions, verbatim_doc_comment)]
     actions: Option<ActionPreset>,
-    /// letter, loglik or generate (see `eval --help`).
+    /// letter, loglik or generate (see `eval --help`) [default: from the preset: generate for
+    /// paper and polar; default: loglik for multiple choice, generate for math].
     #[arg(long, value_parser = parse_mode)]
     scoring: Option<ScoringMode>,
     /// Wrap generation prompts in the chat template (`paper` turns it on for chat models).
     #[arg(long)]
     chat: bool,
-    /// Generation length (default 10 for multiple choice; math: 50 zero-shot, 256 few-shot).
-    #[arg(long)]
+    /// Generation length in tokens, at least 1 (default 10 for multiple choice; math: 50
+    /// zero-shot, 256 few-shot).
+    #[arg(long, value_parser = crate::at_least_one)]
     max_new_tokens: Option<usize>,
-    /// Math prompt: zero-shot or few-shot (see `eval --help`).
-    #[arg(long, value_parser = parse_math_prompt, default_value = "zero-shot")]
-    prompt: MathPrompt,
+    /// Math prompt style: zero-shot or few-shot (see `eval --help`).
+    #[arg(long, alias = "prompt", value_parser = parse_math_prompt, default_value = "zero-shot")]
+    prompt_style: MathPrompt,
     /// `random`: a random-search baseline with the same number of distinct evaluations on each
     /// sample; `none`: no baseline.
     #[arg(long, value_parser = parse_baseline, default_value = "random")]
     baseline: Baseline,
-    /// Length penalty λ in the UCB score [default: 5, every preset].
-    #[arg(long)]
+    /// Length penalty λ in the UCB score, at least 0 [default: 5, every preset].
+    #[arg(long, value_parser = crate::non_negative)]
     lambda: Option<f64>,
-    /// Stop a sample once a correct chain at least M layers shorter than the original is found
-    /// (default: off; 2 with `--actions drllm`).
-    #[arg(long, value_name = "M")]
+    /// Stop a sample once a correct chain at least M (>= 1) layers shorter than the original is
+    /// found (default: off; 2 with `--actions drllm`).
+    #[arg(long, value_name = "M", value_parser = crate::at_least_one)]
     early_stop: Option<usize>,
     /// Seed for all random choices (each sample gets its own stream derived from it).
     #[arg(long, default_value_t = 0)]
@@ -253,8 +272,8 @@ pub struct SearchArgs {
     shard: Option<Shard>,
     /// Run directory (default: runs/<tasks>-<preset>-n<limit>-s<seed>). Rerunning with the
     /// same directory resumes.
-    #[arg(long, value_name = "RUN_DIR")]
-    out: Option<PathBuf>,
+    #[arg(long, alias = "out", value_name = "RUN_DIR")]
+    run_dir: Option<PathBuf>,
     /// Start the run directory over if its settings differ.
     #[arg(long)]
     force: bool,
@@ -262,20 +281,13 @@ pub struct SearchArgs {
     #[arg(long, default_value_t = cola_search::model::DEFAULT_CACHE_MIB)]
     cache_mib: usize,
     /// Chains evaluated together in one batched pass: MCTS runs K walks per round (with
-    /// virtual loss) and evaluates their new chains as one batch; the random baseline evaluates
-    /// its chains K at a time. 1 is the one-at-a-time search. Default: measured per backend and
-    /// scoring mode (16 on the CPU; on GPUs 16 for generate, else 1); it is part of the run's
-    /// settings.
-    #[arg(long, value_name = "K", value_parser = parse_batch)]
+    /// virtual loss) and evaluates their new chains as one batch, a different search from the
+    /// paper's unless K = 1; the random baseline evaluates its chains K at a time (the same
+    /// draws for every K). Default: 1 with `--preset paper`; otherwise measured per backend and
+    /// scoring mode (16 on the CPU; on GPUs 16 for generate, else 1). Part of the run's
+    /// settings, and said in its report.
+    #[arg(long, value_name = "K", value_parser = crate::at_least_one)]
     batch: Option<usize>,
-}
-
-pub(crate) fn parse_batch(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("the batch size must be at least 1".into()),
-        Ok(k) => Ok(k),
-        Err(_) => Err(format!("`{s}` is not a batch size (a whole number, at least 1)")),
-    }
 }
 
 fn parse_preset(s: &str) -> Result<Preset, String> {
@@ -322,7 +334,7 @@ impl WithBackend for Search {
             mode: args.scoring.unwrap_or(base.scoring.mode),
             chat: args.chat || base.scoring.chat,
             max_new_tokens: args.max_new_tokens,
-            math_prompt: args.prompt,
+            math_prompt: args.prompt_style,
         };
         let actions = args.actions.unwrap_or(base.tree.actions);
         let settings = SearchSettings {
@@ -334,11 +346,13 @@ impl WithBackend for Search {
             },
             early_stop_margin: args.early_stop.or(SearchSettings::early_stop_of(actions)),
             baseline: args.baseline,
-            batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), scoring.mode)),
+            batch: args
+                .batch
+                .unwrap_or_else(|| cola_search::preset_batch(preset, args.model.backend.name(), scoring.mode)),
             scoring,
             ..base
         };
-        let out_dir = args.out.clone().unwrap_or_else(|| {
+        let out_dir = args.run_dir.clone().unwrap_or_else(|| {
             let tasks: Vec<String> = selection.sources.iter().map(|s| s.name()).collect();
             let shard = args.shard.map_or(String::new(), |s| format!("-shard{}of{}", s.index, s.count));
             let split = selection.split.map_or(String::new(), |s| format!("-{}", s.name()));
@@ -387,13 +401,13 @@ pub struct ReportArgs {
     runs: Vec<PathBuf>,
     /// Where to write report.md and the figures (default: the first run directory). A directory
     /// that is none of the runs also gets the merged samples.jsonl (shards in the order of the
-    /// whole run).
-    #[arg(long, value_name = "DIR")]
-    out: Option<PathBuf>,
+    /// whole run). A report there made from more samples is not replaced.
+    #[arg(long, alias = "out", value_name = "DIR")]
+    out_dir: Option<PathBuf>,
 }
 
 pub fn report_cmd(args: ReportArgs) -> Result<()> {
-    let out = args.out.clone().unwrap_or_else(|| args.runs[0].clone());
+    let out = args.out_dir.clone().unwrap_or_else(|| args.runs[0].clone());
     let (r, merged, files) = report::report_runs(&args.runs, &out)?;
     println!("{}", report::render_table(&r));
     println!("{}", report::render_timing(&merged.records, &merged.timings));
@@ -467,21 +481,21 @@ pub struct TransferArgs {
     /// Your own held-out items (JSONL, multiple choice; no question may be a calibration one).
     #[arg(long, value_name = "FILE.jsonl", requires = "calibration_data")]
     heldout_data: Option<PathBuf>,
-    /// Calibration items (the first N).
-    #[arg(long, value_name = "N", default_value_t = 150)]
+    /// Calibration items (the first N, at least 1).
+    #[arg(long, value_name = "N", default_value_t = 150, value_parser = crate::at_least_one)]
     calibration: usize,
-    /// Held-out items (the first N).
-    #[arg(long, value_name = "N", default_value_t = 500)]
+    /// Held-out items (the first N, at least 1).
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = crate::at_least_one)]
     heldout: usize,
-    /// Simulations of the task-level search; each scores at most one new chain on every
-    /// calibration item.
-    #[arg(long, default_value_t = 100)]
+    /// Simulations of the task-level search, at least 1; each scores at most one new chain on
+    /// every calibration item.
+    #[arg(long, default_value_t = 100, value_parser = crate::at_least_one)]
     sims: usize,
     /// Edit actions of the task-level search: paper, polar, drllm, skip-only, repeat-only.
     #[arg(long, value_parser = parse_actions, default_value = "paper")]
     actions: ActionPreset,
-    /// Length penalty λ in the UCB score (the paper's 5 by default).
-    #[arg(long)]
+    /// Length penalty λ in the UCB score, at least 0 (the paper's 5 by default).
+    #[arg(long, value_parser = crate::non_negative)]
     lambda: Option<f64>,
     /// loglik or letter (the confidence strategy needs choice scores, so not generate).
     #[arg(long, value_parser = parse_mode, default_value = "loglik")]
@@ -490,22 +504,22 @@ pub struct TransferArgs {
     #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
     drop: Vec<usize>,
     /// How many of the best task chains vote (and, with the original model, are the
-    /// candidates of `confidence` and `oracle`).
-    #[arg(long, value_name = "M", default_value_t = 5)]
-    top: usize,
+    /// candidates of `confidence` and `oracle`); at least 1.
+    #[arg(long, alias = "top", value_name = "M", default_value_t = 5, value_parser = crate::at_least_one)]
+    top_k: usize,
     /// Chains scored together in the task-level search (default as `search`).
-    #[arg(long, value_name = "K", value_parser = parse_batch)]
+    #[arg(long, value_name = "K", value_parser = crate::at_least_one)]
     batch: Option<usize>,
-    /// Bootstrap resamples for the 95% intervals.
-    #[arg(long, default_value_t = 2000)]
+    /// Bootstrap resamples for the 95% intervals, at least 1.
+    #[arg(long, default_value_t = 2000, value_parser = crate::at_least_one)]
     resamples: usize,
     /// Seed of the task-level search and of the bootstrap resamples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Run directory (default: runs/transfer-<task>-c<N>-h<N>-s<seed>). Rerunning with the
     /// same directory resumes.
-    #[arg(long, value_name = "RUN_DIR")]
-    out: Option<PathBuf>,
+    #[arg(long, alias = "out", value_name = "RUN_DIR")]
+    run_dir: Option<PathBuf>,
     /// Start the run directory over if its settings differ.
     #[arg(long)]
     force: bool,
@@ -543,9 +557,6 @@ impl WithBackend for Transfer {
             }
             _ => bail!("give --task T, or --calibration-data and --heldout-data"),
         };
-        if args.top == 0 {
-            bail!("--top must be at least 1");
-        }
         let data_dir = data_dir(&calibration)?;
         let model = crate::load_model::<B>(&dir, device)?;
         let n = model.executor.num_layers();
@@ -560,10 +571,10 @@ impl WithBackend for Transfer {
             },
             batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), args.scoring)),
             drop: args.drop.clone(),
-            top: args.top,
+            top: args.top_k,
             resamples: args.resamples,
         };
-        let out_dir = args.out.clone().unwrap_or_else(|| {
+        let out_dir = args.run_dir.clone().unwrap_or_else(|| {
             PathBuf::from("runs").join(format!(
                 "transfer-{}-c{}-h{}-s{}",
                 calibration.sources[0].name(),

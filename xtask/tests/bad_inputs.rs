@@ -83,12 +83,24 @@ impl Fixture {
     }
 
     fn search(&self, data: &str, out: &str) -> Vec<String> {
-        strings(&["search", "--model", &self.arg("model"), "--data", data, "--sims", "3", "--batch", "1", "--out", out])
+        strings(&[
+            "search",
+            "--model",
+            &self.arg("model"),
+            "--data",
+            data,
+            "--sims",
+            "3",
+            "--batch",
+            "1",
+            "--run-dir",
+            out,
+        ])
     }
 
     fn transfer(&self, calibration: &str, heldout: &str, extra: &[&str]) -> Vec<String> {
         let mut a =
-            strings(&["transfer", "--model", &self.arg("model"), "--sims", "2", "--out", &self.arg("transfer")]);
+            strings(&["transfer", "--model", &self.arg("model"), "--sims", "2", "--run-dir", &self.arg("transfer")]);
         a.extend(strings(&["--calibration-data", calibration, "--heldout-data", heldout]));
         a.extend(strings(extra));
         a
@@ -159,6 +171,11 @@ fn cases(f: &Fixture) -> Vec<Case> {
             &["--chain `5-3`", "range end 3 is before its start 5"],
         ),
         case("letters", f.eval(&model, &data, Some("a,b")), &["--chain `a,b`", "`a`", "expected a layer index"]),
+        // Numbers outside the range where they mean something (checked before anything loads).
+        case("zero simulations", strings(&["search", "--sims", "0"]), &["--sims <SIMS>", "must be at least 1"]),
+        case("zero batch", strings(&["search", "--batch", "0"]), &["--batch <K>", "must be at least 1"]),
+        case("negative length penalty", strings(&["search", "--lambda=-1"]), &["--lambda <LAMBDA>", "at least 0"]),
+        case("zero new tokens", strings(&["eval", "--max-new-tokens", "0"]), &["--max-new-tokens", "at least 1"]),
         case(
             "empty item",
             f.eval(&model, &data, Some("1,,2")),
@@ -336,7 +353,7 @@ fn cases(f: &Fixture) -> Vec<Case> {
         case(
             "transfer: no bootstrap resamples",
             f.transfer(&data, &held, &["--resamples", "0"]),
-            &["--resamples 0", "at least one"],
+            &["--resamples <RESAMPLES>", "must be at least 1"],
         ),
         case("transfer: generate scoring", f.transfer(&data, &held, &["--scoring", "generate"]), &["loglik or letter"]),
         case(
@@ -350,9 +367,9 @@ fn cases(f: &Fixture) -> Vec<Case> {
             &["--heldout-data"],
         ),
         // Run directories.
-        case("--out that is a file", f.search(&data, &data), &["data.jsonl", "is a file, not a run directory"]),
+        case("--run-dir that is a file", f.search(&data, &data), &["data.jsonl", "is a file, not a run directory"]),
         case(
-            "--out that cannot be created",
+            "--run-dir that cannot be created",
             f.search(&data, "/proc/self/cola-run"),
             &["/proc/self/cola-run", "cannot create the run directory"],
         ),
@@ -367,6 +384,7 @@ fn cases(f: &Fixture) -> Vec<Case> {
             strings(&[
                 "import-gguf",
                 &f.gguf(&format!("cut-{}.gguf", section.replace(' ', "-")), &bytes[..cut]),
+                "--out-dir",
                 &f.arg("imported"),
             ]),
             &[&format!("cut-{}.gguf", section.replace(' ', "-"))],
@@ -376,7 +394,7 @@ fn cases(f: &Fixture) -> Vec<Case> {
     lie[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
     cases.push(case(
         "GGUF lying tensor count",
-        strings(&["import-gguf", &f.gguf("count.gguf", &lie), &f.arg("imported")]),
+        strings(&["import-gguf", &f.gguf("count.gguf", &lie), "--out-dir", &f.arg("imported")]),
         &["count.gguf", "exceeds the file size"],
     ));
     let mut lie = bytes.clone();
@@ -384,14 +402,14 @@ fn cases(f: &Fixture) -> Vec<Case> {
     lie[offset_at..offset_at + 8].copy_from_slice(&(1u64 << 30).to_le_bytes());
     cases.push(case(
         "GGUF lying tensor offset",
-        strings(&["import-gguf", &f.gguf("offset.gguf", &lie), &f.arg("imported")]),
+        strings(&["import-gguf", &f.gguf("offset.gguf", &lie), "--out-dir", &f.arg("imported")]),
         &["offset.gguf", "token_embd.weight", "outside the file"],
     ));
     let mut q4k = GgufBuilder::new();
     q4k.kv_str("general.architecture", "llama").tensor("w", &[256], 12, &[0u8; 144]);
     cases.push(case(
         "GGUF unsupported tensor type",
-        strings(&["import-gguf", &f.gguf("q4k.gguf", &q4k.build()), &f.arg("imported")]),
+        strings(&["import-gguf", &f.gguf("q4k.gguf", &q4k.build()), "--out-dir", &f.arg("imported")]),
         &["q4k.gguf", "Q4_K", "`w`"],
     ));
     // The same files given to --model, which loads a GGUF directly.
@@ -408,7 +426,7 @@ fn cases(f: &Fixture) -> Vec<Case> {
     ));
     cases.push(case(
         "GGUF zero bytes",
-        strings(&["import-gguf", &f.gguf("zero.gguf", b""), &f.arg("imported")]),
+        strings(&["import-gguf", &f.gguf("zero.gguf", b""), "--out-dir", &f.arg("imported")]),
         &["zero.gguf"],
     ));
     cases

@@ -533,28 +533,14 @@ impl LayerOps for Flex {
             if s >= 8 {
                 // SAFETY: slices are in bounds; gemm reads q/k and writes the scores buffer.
                 unsafe {
-                    gemm::gemm(
-                        s,
-                        t,
-                        hd,
-                        scores.as_mut_ptr(),
-                        1,
-                        t as isize,
-                        false,
-                        qh.as_ptr(),
-                        1,
-                        hd as isize,
-                        kh.as_ptr(),
-                        hd as isize,
-                        1,
-                        0.0,
+                    stored::kernels::gemm_f32(
+                        (s, t, hd),
+                        (scores.as_mut_ptr(), t),
+                        (qh.as_ptr(), hd),
+                        (kh.as_ptr(), hd, 1),
                         scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                    )
+                };
             } else {
                 for i in 0..s {
                     dot_rows(&qh[i * hd..(i + 1) * hd], kh, hd, scale, &mut scores[i * t..(i + 1) * t]);
@@ -578,28 +564,14 @@ impl LayerOps for Flex {
             if s >= 8 {
                 // SAFETY: this head writes only columns h*hd..(h+1)*hd of `out`.
                 unsafe {
-                    gemm::gemm(
-                        s,
-                        hd,
-                        t,
-                        shared.0.add(h * hd),
-                        1,
-                        width as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        t as isize,
-                        vh.as_ptr(),
-                        1,
-                        hd as isize,
-                        0.0,
+                    stored::kernels::gemm_f32(
+                        (s, hd, t),
+                        (shared.0.add(h * hd), width),
+                        (scores.as_ptr(), t),
+                        (vh.as_ptr(), 1, hd),
                         1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                    )
+                };
             } else {
                 let mut row_out = vec![0.0f32; hd];
                 for i in 0..s {

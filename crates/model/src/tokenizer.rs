@@ -41,10 +41,12 @@ impl TextTokenizer {
         if path.is_file() { Self::from_gguf(&GgufFile::open(path)?) } else { Self::from_dir(path) }
     }
 
-    /// The tokenizer stored in a GGUF file's metadata, or, when the file has none, the
-    /// `tokenizer.json` (and `tokenizer_config.json`) beside it.
+    /// The tokenizer stored in a GGUF file's metadata, or, when the file has none (no
+    /// `tokenizer.ggml.model`, or `none`), the `tokenizer.json` (and `tokenizer_config.json`)
+    /// beside it.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, ModelError> {
-        if !file.metadata.contains_key("tokenizer.ggml.model")
+        let model = file.metadata.get("tokenizer.ggml.model").map(|v| v.as_str());
+        if matches!(model, None | Some(Some("none")))
             && let Some(dir) = file.path.parent()
             && dir.join("tokenizer.json").exists()
         {

@@ -18,7 +18,9 @@ pub mod transfer;
 
 pub use model::ChainModel;
 pub use runs::{SearchRequest, Selection, Source, run_eval, run_search, select_items};
-pub use sample::{Baseline, Preset, SampleRecord, SearchSettings, default_batch, oracle_reward, search_item};
+pub use sample::{
+    Baseline, Preset, SampleRecord, SearchSettings, default_batch, oracle_reward, preset_batch, search_item,
+};
 
 /// An error of a search or eval run: which file, item or run directory, and what went wrong.
 #[derive(Debug, thiserror::Error)]

@@ -308,6 +308,8 @@ pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRu
             ),
         });
     }
+    check_same_settings(runs, &merged.configs)?;
+    check_not_fewer(out_dir, merged.records.len())?;
     let report = build_report(&merged.records, first.num_layers);
     let mut files = write_report(out_dir, &report, &merged.records, &merged.timings, &merged.configs, runs)?;
     // A directory of its own also gets the merged records (never a run's own samples.jsonl).
@@ -319,6 +321,69 @@ pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRu
         files.push(path);
     }
     Ok((report, merged, files))
+}
+
+/// Runs reported together must have searched alike: same search settings, seed and model
+/// weights (shards of one run, or runs of other tasks with the same command). The error names
+/// the first setting that differs.
+fn check_same_settings(runs: &[PathBuf], configs: &[RunConfig]) -> Result<(), RunError> {
+    let key = |c: &RunConfig| {
+        serde_json::json!({
+            "settings": c.settings,
+            "seed": c.seed,
+            "weights": c.weights.iter().map(|w| &w.sha256).collect::<Vec<_>>(),
+        })
+    };
+    let first = key(&configs[0]);
+    for (dir, config) in runs.iter().zip(configs).skip(1) {
+        if let Some((at, theirs, ours)) = first_difference(&key(config), &first, String::new()) {
+            return Err(RunError::Invalid {
+                path: dir.join(crate::run_dir::CONFIG_FILE),
+                message: format!(
+                    "this run has {at} = {theirs}, the first run ({}) {ours}; runs with different settings are not merged, report them separately",
+                    runs[0].display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A report in `out_dir` made from more samples than `records` is kept: replacing it would lose
+/// results (a shard, or a run cut short, reported into the directory of the whole run).
+fn check_not_fewer(out_dir: &Path, records: usize) -> Result<(), RunError> {
+    let path = out_dir.join("report.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let Ok(old) = serde_json::from_str::<serde_json::Value>(&text) else { return Ok(()) };
+    let before: u64 = old["tasks"].as_array().map_or(0, |t| t.iter().filter_map(|t| t["n"].as_u64()).sum());
+    if before > records as u64 {
+        return Err(RunError::Invalid {
+            path,
+            message: format!(
+                "holds a report of {before} samples and these runs have {records}; write this one elsewhere (--out-dir) or remove it first"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The dotted path and both values of the first place where `a` and `b` differ.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) -> Option<(String, String, String)> {
+    use serde_json::Value;
+    let child = |k: &str| if at.is_empty() { k.to_string() } else { format!("{at}.{k}") };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                let (u, v) = (x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null));
+                first_difference(u, v, child(k))
+            })
+        }
+        _ if a == b => None,
+        _ => Some((at, a.to_string(), b.to_string())),
+    }
 }
 
 /// Writes `report.md`, `report.json` and the figures into `out_dir`; returns the files written.
@@ -338,7 +403,7 @@ pub fn write_report(
         let s = &c.settings;
         let _ = writeln!(
             md,
-            "Model `{}` ({} layers); actions `{}`, {} simulations, λ = {}, c = {:.3}, ε = {}, chain length {}..={}, scoring `{}`{}, seed {}.\n",
+            "Model `{}` ({} layers); actions `{}`, {} simulations, λ = {}, c = {:.3}, ε = {}, chain length {}..={}, scoring `{}`{}, seed {}; {}.\n",
             c.model_dir,
             c.num_layers,
             s.tree.actions,
@@ -350,7 +415,12 @@ pub fn write_report(
             s.tree.max_len,
             s.scoring.mode,
             if s.scoring.chat { " (chat template)" } else { "" },
-            c.seed
+            c.seed,
+            if s.batch == 1 {
+                "one walk at a time (the paper's search)".to_string()
+            } else {
+                format!("batched: {} walks per round with virtual loss (not the paper's sequential search)", s.batch)
+            }
         );
     }
     md.push_str(&render_table(report));
@@ -717,6 +787,57 @@ mod tests {
         let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         assert!(md.contains("| t | 1 |"));
         assert!(md.contains("Search time: t 2.5 s/sample (1 timed)."), "{md}");
+    }
+
+    /// Runs made with different settings are not merged: the error names the setting; a shard
+    /// of the same settings merges.
+    #[test]
+    fn runs_with_different_settings_are_refused() {
+        let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/results");
+        let run = std::fs::read_dir(&results)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.join(crate::run_dir::SAMPLES_FILE).exists()
+                    && std::fs::read_to_string(p.join(crate::run_dir::CONFIG_FILE))
+                        .is_ok_and(|t| serde_json::from_str::<crate::run_dir::RunConfig>(&t).is_ok())
+            })
+            .expect("a committed search run with records");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join(crate::run_dir::CONFIG_FILE)).unwrap()).unwrap();
+        let sims = config["settings"]["simulations"].as_u64().unwrap();
+        let copy = |config: &serde_json::Value| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(crate::run_dir::CONFIG_FILE), config.to_string()).unwrap();
+            std::fs::copy(run.join(crate::run_dir::SAMPLES_FILE), dir.path().join(crate::run_dir::SAMPLES_FILE))
+                .unwrap();
+            dir
+        };
+        let (a, same) = (copy(&config), copy(&config));
+        let mut changed = config.clone();
+        changed["settings"]["simulations"] = (sims + 1).into();
+        let b = copy(&changed);
+        let out = tempfile::tempdir().unwrap();
+        let Err(e) = report_runs(&[a.path().to_path_buf(), b.path().to_path_buf()], out.path()) else {
+            panic!("merged runs of different settings")
+        };
+        let e = e.to_string();
+        assert!(e.contains(&format!("settings.simulations = {}", sims + 1)) && e.contains(&sims.to_string()), "{e}");
+        assert!(!out.path().join("report.md").exists());
+        report_runs(&[a.path().to_path_buf(), same.path().to_path_buf()], out.path()).unwrap();
+    }
+
+    /// A report made from more samples is not replaced by one from fewer.
+    #[test]
+    fn a_report_of_more_samples_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        check_not_fewer(dir.path(), 0).unwrap();
+        let older = r#"{"tasks":[{"task":"arc_easy","n":2},{"task":"arc_challenge","n":1}]}"#;
+        std::fs::write(dir.path().join("report.json"), older).unwrap();
+        let e = check_not_fewer(dir.path(), 2).unwrap_err().to_string();
+        assert!(e.contains("report of 3 samples") && e.contains("have 2"), "{e}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("report.json")).unwrap(), older);
+        check_not_fewer(dir.path(), 3).unwrap();
     }
 
     /// A run directory without records is an error, and the report already there stays.

@@ -166,7 +166,7 @@ pub fn open_locked(dir: &Path, wanted: &Value, force: bool, records: &[&str]) ->
                 return Err(RunError::Invalid {
                     path: cfg_path,
                     message: format!(
-                        "this run directory was made with different settings ({}); use another --out, or --force to start it over",
+                        "this run directory was made with different settings ({}); use another --run-dir, or --force to start it over",
                         describe_difference(&existing, wanted)
                     ),
                 });

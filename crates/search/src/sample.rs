@@ -242,8 +242,15 @@ fn shortest_correct(result: &SearchResult<Vec<usize>, ItemResult>) -> Option<(St
         .map(|e| (chain_text(&e.state), e.length, e.payload.prediction.clone()))
 }
 
+/// The batch size of a search with `preset` unless told otherwise: 1 for `paper`, whose name
+/// promises the paper's sequential search (each walk sees the rewards of all before it), else
+/// [`default_batch`].
+pub fn preset_batch(preset: Preset, backend: &str, mode: ScoringMode) -> usize {
+    if preset == Preset::Paper { 1 } else { default_batch(backend, mode) }
+}
+
 /// The batch size `search` and `bench` use unless told otherwise, chosen by measurement
-/// (`cargo xtask bench --search-batch K`, K = 1 beside it in the same run; README, Performance).
+/// (`cargo xtask bench --batch K`, K = 1 beside it in the same run; README, Performance).
 pub fn default_batch(backend: &str, mode: ScoringMode) -> usize {
     match (backend, mode) {
         // 2-core CPU, SmolLM2-135M: K = 16 gave 1.49x (ARC-Easy loglik) and 3.12x (GSM8K

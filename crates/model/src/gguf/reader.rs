@@ -363,6 +363,12 @@ impl GgufFile {
 impl GgufFile {
     pub(crate) fn tokenizer_parts(&self) -> Result<GgufTokenizerParts<'_>, ModelError> {
         let model = self.meta_str("tokenizer.ggml.model")?;
+        if model == "none" {
+            return Err(ModelError::file(
+                &self.path,
+                "holds no tokenizer (tokenizer.ggml.model `none`) and no tokenizer.json lies beside it",
+            ));
+        }
         if model != "gpt2" {
             return Err(ModelError::file(
                 &self.path,

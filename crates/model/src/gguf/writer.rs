@@ -34,7 +34,8 @@ fn put_kv_f32(out: &mut Vec<u8>, key: &str, v: f32) {
 
 /// Writes `config`'s tensors from `source` to `path` as GGUF: 2-D weights in `format`, norms in
 /// F32, q/k rows in llama.cpp's order (what [`super::GgufWeights`] undoes). No tokenizer is
-/// written; a `tokenizer.json` beside the file serves [`crate::TextTokenizer::load`].
+/// written (tokenizer model `none`); a `tokenizer.json` beside the file serves
+/// [`crate::TextTokenizer::load`].
 pub fn write_gguf(
     path: &Path, config: &ModelConfig, source: &dyn WeightSource, format: WeightFormat,
 ) -> Result<(), ModelError> {
@@ -69,13 +70,19 @@ pub fn write_gguf(
         ("llama.attention.head_count_kv", config.num_kv_heads),
         ("llama.attention.key_length", config.head_dim),
         ("llama.context_length", config.max_position_embeddings),
+        // With tokenizer model `none` below, llama.cpp takes the vocabulary size from here (and
+        // adds dummy tokens), so its `llama-bench` runs on these files.
+        ("llama.vocab_size", config.vocab_size),
     ] {
         put_kv_u32(&mut kv, key, v as u32);
         n_kv += 1;
     }
     put_kv_f32(&mut kv, "llama.rope.freq_base", config.rope_theta as f32);
     put_kv_f32(&mut kv, "llama.attention.layer_norm_rms_epsilon", config.rms_norm_eps as f32);
-    n_kv += 2;
+    put_str(&mut kv, "tokenizer.ggml.model");
+    kv.extend(8u32.to_le_bytes());
+    put_str(&mut kv, "none");
+    n_kv += 3;
     head.extend(n_kv.to_le_bytes());
     head.extend(kv);
     let mut offset = 0usize;

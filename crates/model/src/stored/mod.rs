@@ -1,10 +1,11 @@
 //! Weights as the file stores them: ggml's 4- and 8-bit blocks (Q4_0, Q4_1, Q8_0) and 16/32-bit
-//! floats, held in memory (memory-mapped where no reordering is needed) and multiplied by f32
-//! activations in [`kernels`], dequantizing in registers.
+//! floats, held in memory (floats memory-mapped where no reordering is needed, blocks regrouped
+//! into tiles of 16 rows) and multiplied by f32 activations in [`kernels`], dequantizing in
+//! registers.
 //!
 //! A [`StoredMatrix`] is a PyTorch-layout `[rows, cols]` weight: each row is `cols` values, stored
-//! as `cols / block` blocks back to back. A projection computes `y = x · Wᵀ`, i.e. one dot
-//! product of an activation row with each stored row.
+//! as `cols / block` blocks. A projection computes `y = x · Wᵀ`, i.e. one dot product of an
+//! activation row with each stored row.
 //!
 //! Exactness: every block value dequantizes to `d * q` or `d * q + m` where `d * q` is exact in
 //! f32 (an 11-bit mantissa times an integer below 2^8), so the value in a register equals the f32
@@ -92,8 +93,20 @@ fn f16(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[0], b[1]]).to_f32()
 }
 
+/// The value of quant `q` (a byte for Q8_0, a nibble for the 4-bit formats) in a block with
+/// header `d` (and `m` for Q4_1). The one definition of each block format's values.
+#[inline(always)]
+pub(crate) fn block_value(format: WeightFormat, q: u8, d: f32, m: f32) -> f32 {
+    match format {
+        WeightFormat::Q8_0 => q as i8 as f32 * d,
+        WeightFormat::Q4_0 => (q as i32 - 8) as f32 * d,
+        WeightFormat::Q4_1 => q as f32 * d + m,
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => unreachable!("not a block format"),
+    }
+}
+
 /// Dequantizes whole blocks (`bytes` a whole number of blocks of `format`) into `out`
-/// (`out.len()` values). The one definition of each format's values.
+/// (`out.len()` values).
 pub fn dequantize_into(format: WeightFormat, bytes: &[u8], out: &mut [f32]) {
     let (per_block, block_bytes) = format.block();
     debug_assert_eq!(bytes.len() / block_bytes * per_block, out.len());
@@ -105,24 +118,60 @@ pub fn dequantize_into(format: WeightFormat, bytes: &[u8], out: &mut [f32]) {
             WeightFormat::Q8_0 => {
                 let d = f16(b);
                 for (o, &q) in o.iter_mut().zip(&b[2..34]) {
-                    *o = q as i8 as f32 * d;
+                    *o = block_value(format, q, d, 0.0);
                 }
             }
-            WeightFormat::Q4_0 => {
-                let d = f16(b);
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+                let head = header_bytes(format);
+                let (d, m) = (f16(b), if head == 4 { f16(&b[2..4]) } else { 0.0 });
                 let (lo, hi) = o.split_at_mut(16);
-                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..18]) {
-                    *l = ((q & 0x0f) as i32 - 8) as f32 * d;
-                    *h = ((q >> 4) as i32 - 8) as f32 * d;
+                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[head..head + 16]) {
+                    *l = block_value(format, q & 0x0f, d, m);
+                    *h = block_value(format, q >> 4, d, m);
                 }
             }
-            WeightFormat::Q4_1 => {
-                let (d, m) = (f16(b), f16(&b[2..4]));
-                let (lo, hi) = o.split_at_mut(16);
-                for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[4..20]) {
-                    *l = (q & 0x0f) as f32 * d + m;
-                    *h = (q >> 4) as f32 * d + m;
-                }
+        }
+    }
+}
+
+/// Dequantizes one tile (see [`StoredMatrix`]) into `out[l * stride + r]`: value `l` (0..32) of
+/// the block of the tile's row `r` (0..16).
+pub(crate) fn dequantize_tile(format: WeightFormat, tile: &[u8], out: &mut [f32], stride: usize) {
+    // One loop per format (the format a constant inside), so the loops vectorize.
+    match format {
+        WeightFormat::Q4_0 => fill_tile(tile, out, stride, 2, true, |q, d, m| block_value(WeightFormat::Q4_0, q, d, m)),
+        WeightFormat::Q4_1 => fill_tile(tile, out, stride, 4, true, |q, d, m| block_value(WeightFormat::Q4_1, q, d, m)),
+        WeightFormat::Q8_0 => {
+            fill_tile(tile, out, stride, 2, false, |q, d, m| block_value(WeightFormat::Q8_0, q, d, m))
+        }
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => unreachable!("float formats are not tiled"),
+    }
+}
+
+/// [`dequantize_tile`] for a format with `head` header bytes, 4-bit quants if `nibbles`.
+#[inline(always)]
+fn fill_tile(
+    tile: &[u8], out: &mut [f32], stride: usize, head: usize, nibbles: bool, value: impl Fn(u8, f32, f32) -> f32,
+) {
+    let header = |h: usize, r: usize| f16(&tile[h * 2 * TILE_ROWS + 2 * r..]);
+    let d: [f32; TILE_ROWS] = std::array::from_fn(|r| header(0, r));
+    let m: [f32; TILE_ROWS] = std::array::from_fn(|r| if head == 4 { header(1, r) } else { 0.0 });
+    let quants = &tile[TILE_ROWS * head..];
+    for (i, q) in quants.chunks_exact(TILE_ROWS).enumerate() {
+        let q: &[u8; TILE_ROWS] = q.try_into().expect("whole tile rows");
+        if nibbles {
+            let lo: &mut [f32; TILE_ROWS] = (&mut out[i * stride..][..TILE_ROWS]).try_into().expect("16 values");
+            for r in 0..TILE_ROWS {
+                lo[r] = value(q[r] & 0x0f, d[r], m[r]);
+            }
+            let hi: &mut [f32; TILE_ROWS] = (&mut out[(i + 16) * stride..][..TILE_ROWS]).try_into().expect("16 values");
+            for r in 0..TILE_ROWS {
+                hi[r] = value(q[r] >> 4, d[r], m[r]);
+            }
+        } else {
+            let o: &mut [f32; TILE_ROWS] = (&mut out[i * stride..][..TILE_ROWS]).try_into().expect("16 values");
+            for r in 0..TILE_ROWS {
+                o[r] = value(q[r], d[r], m[r]);
             }
         }
     }
@@ -179,6 +228,9 @@ pub fn quantize(format: WeightFormat, values: &[f32]) -> Vec<u8> {
     out
 }
 
+/// Stored rows per tile of a block format (the lanes of an AVX-512 register).
+pub const TILE_ROWS: usize = 16;
+
 /// The bytes of a stored weight: its own copy, or a range of a memory-mapped file.
 #[derive(Clone)]
 enum Bytes {
@@ -187,6 +239,17 @@ enum Bytes {
 }
 
 /// A `[rows, cols]` weight in its stored format (PyTorch layout: one stored row per output).
+///
+/// Float formats keep the file's layout (row after row; memory-mapped where the file allows).
+/// Block formats are held as *tiles*, the same blocks regrouped, so that one vector register
+/// holds the same value position of 16 stored rows (the kernels then dequantize once for 16
+/// outputs and multiply with a broadcast activation, with no horizontal sums):
+///
+/// - tile `(g, b)` holds block `b` of rows `16g..16g + 16` (missing rows of the last tile are
+///   zero blocks), and a row group's tiles lie back to back: tile `(g, b)` starts at byte
+///   `(g * blocks_per_row + b) * 16 * block_bytes`;
+/// - in a tile, first each f16 of the block header (`d`, then `m` for Q4_1) for the 16 rows
+///   (`2 * 16` bytes each), then the quant bytes: byte `i` of row `r` at `header + 16 * i + r`.
 #[derive(Clone)]
 pub struct StoredMatrix {
     format: WeightFormat,
@@ -215,14 +278,61 @@ fn check(format: WeightFormat, rows: usize, cols: usize, len: usize) -> Result<(
     }
 }
 
+/// Whether a format is held as tiles (the block formats).
+fn tiled(format: WeightFormat) -> bool {
+    format.block().0 > 1
+}
+
+/// Header bytes of one block (the f16 scale, and the f16 minimum for Q4_1).
+fn header_bytes(format: WeightFormat) -> usize {
+    if format == WeightFormat::Q4_1 { 4 } else { 2 }
+}
+
+/// Rows in file layout (`rows` rows of `blocks` blocks) as tiles.
+fn to_tiles(format: WeightFormat, rows: usize, blocks: usize, src: &[u8]) -> Vec<u8> {
+    let bb = format.block().1;
+    let (head, tile) = (header_bytes(format), TILE_ROWS * bb);
+    let mut out = vec![0u8; rows.div_ceil(TILE_ROWS) * blocks * tile];
+    for (row, src_row) in src.chunks_exact(blocks * bb).enumerate() {
+        let (g, r) = (row / TILE_ROWS, row % TILE_ROWS);
+        for (b, block) in src_row.chunks_exact(bb).enumerate() {
+            let t = &mut out[(g * blocks + b) * tile..][..tile];
+            for h in 0..head / 2 {
+                t[h * 2 * TILE_ROWS + 2 * r..][..2].copy_from_slice(&block[2 * h..2 * h + 2]);
+            }
+            for (i, &q) in block[head..].iter().enumerate() {
+                t[TILE_ROWS * (head + i) + r] = q;
+            }
+        }
+    }
+    out
+}
+
+/// Block `b` of row `row`, in file layout, from tiles.
+fn block_from_tiles(format: WeightFormat, blocks: usize, tiles: &[u8], row: usize, b: usize, out: &mut [u8]) {
+    let bb = format.block().1;
+    let (head, tile) = (header_bytes(format), TILE_ROWS * bb);
+    let (g, r) = (row / TILE_ROWS, row % TILE_ROWS);
+    let t = &tiles[(g * blocks + b) * tile..][..tile];
+    for h in 0..head / 2 {
+        out[2 * h..2 * h + 2].copy_from_slice(&t[h * 2 * TILE_ROWS + 2 * r..][..2]);
+    }
+    for (i, q) in out[head..bb].iter_mut().enumerate() {
+        *q = t[TILE_ROWS * (head + i) + r];
+    }
+}
+
 impl StoredMatrix {
-    /// A matrix over its own bytes; the length must match the shape exactly.
+    /// A matrix over its own bytes (file layout); the length must match the shape exactly.
     pub fn owned(format: WeightFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Self, String> {
         check(format, rows, cols, bytes.len())?;
+        let bytes = if tiled(format) { to_tiles(format, rows, cols / format.block().0, &bytes) } else { bytes };
         Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Owned(bytes.into()) })
     }
 
-    /// A matrix over `map[start..start + len]`; the range must lie in the map and match the shape.
+    /// A matrix over `map[start..start + len]` (file layout); the range must lie in the map and
+    /// match the shape. Float formats stay mapped; block formats are copied into tiles, and the
+    /// map's pages of the range are released (so the weight is not resident twice).
     pub fn mapped(
         format: WeightFormat, rows: usize, cols: usize, map: Arc<Mmap>, start: usize, len: usize,
     ) -> Result<Self, String> {
@@ -230,7 +340,16 @@ impl StoredMatrix {
         if start.checked_add(len).is_none_or(|end| end > map.len()) {
             return Err(format!("data at byte {start} (+{len}) lies outside the file (truncated?)"));
         }
-        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Mapped { map, start, len } })
+        if !tiled(format) {
+            return Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Mapped { map, start, len } });
+        }
+        let tiles = to_tiles(format, rows, cols / format.block().0, &map[start..start + len]);
+        #[cfg(unix)]
+        // SAFETY: the map is read-only and file-backed, so released pages are read again from
+        // the file if anything touches them later: no value seen through the map changes.
+        // Failure only leaves the pages resident.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Owned(tiles.into()) })
     }
 
     /// An f32 matrix from values.
@@ -252,34 +371,65 @@ impl StoredMatrix {
         self.cols
     }
 
-    pub fn bytes(&self) -> &[u8] {
+    /// The held bytes: rows in file layout (float formats) or tiles (block formats).
+    fn held(&self) -> &[u8] {
         match &self.bytes {
             Bytes::Owned(b) => b,
             Bytes::Mapped { map, start, len } => &map[*start..start + len],
         }
     }
 
-    /// Bytes of one stored row.
+    /// Rows in file layout, for the float formats; `None` for tiled block formats.
+    pub(crate) fn row_layout(&self) -> Option<&[u8]> {
+        (!tiled(self.format)).then(|| self.held())
+    }
+
+    /// Tiles (see the type's documentation), for the block formats; `None` for float formats.
+    pub(crate) fn tiles(&self) -> Option<&[u8]> {
+        tiled(self.format).then(|| self.held())
+    }
+
+    /// Bytes of one stored row in file layout.
     pub fn row_bytes(&self) -> usize {
         self.format.bytes_for(self.cols).expect("checked on construction")
     }
 
+    /// Rows `r0..r1` in file layout (the tiles' blocks regrouped).
+    pub fn file_rows(&self, r0: usize, r1: usize) -> Vec<u8> {
+        let rb = self.row_bytes();
+        let Some(tiles) = self.tiles() else { return self.held()[r0 * rb..r1 * rb].to_vec() };
+        let (per_block, bb) = self.format.block();
+        let blocks = self.cols / per_block;
+        let mut out = vec![0u8; (r1 - r0) * rb];
+        for (row, dst) in (r0..r1).zip(out.chunks_exact_mut(rb)) {
+            for (b, block) in dst.chunks_exact_mut(bb).enumerate() {
+                block_from_tiles(self.format, blocks, tiles, row, b, block);
+            }
+        }
+        out
+    }
+
     /// Rows `r0..r1`, dequantized into `out` (`(r1 - r0) * cols` values).
     pub fn dequantize_rows(&self, r0: usize, r1: usize, out: &mut [f32]) {
-        let rb = self.row_bytes();
-        dequantize_into(self.format, &self.bytes()[r0 * rb..r1 * rb], out);
+        match self.row_layout() {
+            Some(rows) => {
+                let rb = self.row_bytes();
+                dequantize_into(self.format, &rows[r0 * rb..r1 * rb], out)
+            }
+            None => dequantize_into(self.format, &self.file_rows(r0, r1), out),
+        }
     }
 
     /// All values as f32, row-major `[rows, cols]`.
     pub fn to_f32(&self) -> Vec<f32> {
-        dequantize(self.format, self.bytes())
+        let mut out = vec![0.0; self.rows * self.cols];
+        self.dequantize_rows(0, self.rows, &mut out);
+        out
     }
 
     /// The same rows in another order: row `i` of the result is row `order[i]` of this one.
     pub fn with_row_order(&self, order: &[usize]) -> Self {
-        let rb = self.row_bytes();
-        let src = self.bytes();
-        let bytes: Vec<u8> = order.iter().flat_map(|&r| &src[r * rb..(r + 1) * rb]).copied().collect();
+        let bytes: Vec<u8> = order.iter().flat_map(|&r| self.file_rows(r, r + 1)).collect();
         StoredMatrix::owned(self.format, order.len(), self.cols, bytes).expect("whole rows")
     }
 }
@@ -320,6 +470,27 @@ mod tests {
         }
         let e = "q4_k".parse::<WeightFormat>().unwrap_err();
         assert!(e.contains("`q4_k`") && e.contains("q4_0, q4_1, q8_0, f16, bf16, f32"), "{e}");
+    }
+
+    /// Tiles hold the file's blocks: rows read back (one, a range, all, reordered) are the
+    /// file's bytes, for row counts on both sides of a tile and a partial last tile.
+    #[test]
+    fn tiles_give_back_the_file_rows() {
+        for format in WeightFormat::ALL {
+            for rows in [1, 15, 16, 17, 40] {
+                let cols = 64;
+                let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 29 % 83) as f32 - 41.0) / 9.0).collect();
+                let file = quantize(format, &values);
+                let w = StoredMatrix::owned(format, rows, cols, file.clone()).unwrap();
+                let rb = w.row_bytes();
+                assert_eq!(w.file_rows(0, rows), file, "{format} {rows}");
+                assert_eq!(w.file_rows(rows - 1, rows), file[(rows - 1) * rb..], "{format} {rows}");
+                assert_eq!(w.to_f32(), dequantize(format, &file), "{format} {rows}");
+                let order: Vec<usize> = (0..rows).rev().collect();
+                let reversed: Vec<u8> = order.iter().flat_map(|&r| file[r * rb..(r + 1) * rb].to_vec()).collect();
+                assert_eq!(w.with_row_order(&order).file_rows(0, rows), reversed, "{format} {rows}");
+            }
+        }
     }
 
     #[test]
