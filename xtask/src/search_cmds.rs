@@ -122,7 +122,9 @@ pub struct EvalArgs {
     /// few-shot (the data package's chain of thought: Minerva's 4 examples for MATH, 8 for GSM8K).
     #[arg(long, alias = "prompt", value_parser = parse_math_prompt, default_value = "zero-shot")]
     prompt_style: MathPrompt,
-    /// Write one JSON line per item (doc id, gold, prediction, correct, generated text).
+    /// Write one JSON line per item (doc id, gold, prediction, correct, generated text), and
+    /// beside it the same results in lm-evaluation-harness's layout: FILE.lm-eval/results.json
+    /// (`results.<task>."acc,none"`, `"acc_stderr,none"`, ...) and samples_<task>.jsonl.
     #[arg(long, value_name = "FILE.jsonl")]
     out: Option<PathBuf>,
     /// Print the summary as JSON; the last line is {"task":..,"n":..,"correct":..,"accuracy":..}.
@@ -171,15 +173,30 @@ impl WithBackend for Eval {
             None => None,
         };
         let started = std::time::Instant::now();
+        let mut by_task: Vec<(String, Vec<cola_eval::ItemResult>)> = Vec::new();
         let summaries = cola_search::run_eval(&model, &tasks, &chain, &scoring, |task, r| {
             if let Some(w) = out.as_mut() {
                 let mut v = serde_json::to_value(r).expect("an item result serializes");
                 v["task"] = json!(task);
                 writeln!(w, "{v}").and_then(|_| w.flush())?;
+                match by_task.last_mut() {
+                    Some((t, results)) if t == task => results.push(r.clone()),
+                    _ => by_task.push((task.to_string(), vec![r.clone()])),
+                }
             }
             Ok(())
         })?;
         let seconds = started.elapsed().as_secs_f64();
+        if let Some(path) = &args.out {
+            let config = json!({
+                "model": dir.path.display().to_string(),
+                "chain": chain.to_string(),
+                "scoring": mode.name(),
+                "chat": args.chat,
+            });
+            let files = cola_eval::lm_eval::write(&path.with_extension("lm-eval"), &by_task, config)?;
+            eprintln!("wrote {} and {}", path.display(), files[0].parent().expect("in a directory").display());
+        }
         for s in &summaries {
             if args.json {
                 let mut v = json!({"task": s.task, "n": s.n, "correct": s.correct, "accuracy": s.accuracy});

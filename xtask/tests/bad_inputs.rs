@@ -565,3 +565,29 @@ fn version_names_the_commit() {
         .map_or_else(|| "unknown commit".to_string(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     assert_eq!(text.trim(), format!("cargo xtask {} ({want})", env!("CARGO_PKG_VERSION")));
 }
+
+/// `eval --out` also writes lm-evaluation-harness's layout beside the JSONL: its results keys,
+/// with the accuracy the JSONL's items give, and one sample line per item.
+#[test]
+fn eval_out_writes_the_harness_layout() {
+    let f = Fixture::new();
+    let mut args = f.eval(&f.arg("model"), &f.arg("data.jsonl"), None);
+    args.retain(|a| a != "--limit" && a != "1");
+    args.extend(strings(&["--out", &f.arg("items.jsonl")]));
+    let out = f.run(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let items: Vec<Value> = std::fs::read_to_string(f.path("items.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let right = items.iter().filter(|v| v["correct"] == true).count() as f64;
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(f.path("items.lm-eval/results.json")).unwrap()).unwrap();
+    let (task, entry) = results["results"].as_object().unwrap().iter().next().unwrap();
+    assert_eq!(entry["acc,none"].as_f64().unwrap(), right / items.len() as f64);
+    assert!(entry.get("acc_stderr,none").is_some() && entry.get("acc_norm,none").is_some(), "{entry}");
+    assert_eq!(results["n-samples"][task]["effective"], items.len());
+    let samples = std::fs::read_to_string(f.path(&format!("items.lm-eval/samples_{task}.jsonl"))).unwrap();
+    assert_eq!(samples.lines().count(), items.len());
+}

@@ -8,6 +8,7 @@
 
 pub mod data;
 pub mod grading;
+pub mod lm_eval;
 pub mod metrics;
 pub mod prompts;
 pub mod scoring;

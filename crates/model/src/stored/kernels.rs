@@ -7,9 +7,9 @@
 //!   16 outputs accumulate in one register with no horizontal sums (measured 1.8x the per-row
 //!   kernel at one row, 2.6x at 16, on Q4_1). Each 32-value block is summed on its own and
 //!   then added to the total: a row's sums then take the same operations however many rows
-//!   share the pass (a chain gives the same numbers alone and in a batch), and no float chain
-//!   is longer than 16 + blocks terms (one chain over a 1536-value row put the logits 3e-4 from
-//!   the f32 path's). Float formats go row by row ([`dot_rows`]).
+//!   share the pass (a chain gives the same numbers alone and in a lockstep batch), and the
+//!   sums are as close to f64 as 32 partial sums (a single running sum per row is several
+//!   times further; tested). Float formats go row by row ([`dot_rows`]).
 //!   AVX-512 or AVX2+FMA+F16C when the CPU has them, a portable loop otherwise (all tested
 //!   against an f64 loop).
 //! - Many rows (prefill) are bound by arithmetic: chunks of stored rows are dequantized into a
