@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::{StoredMatrix, TILE_ROWS, WeightFormat, dequantize_into, dequantize_tile};
+use super::{StoredMatrix, TILE_ROWS, WeightFormat, dequantize_into, dequantize_tile, tile_bytes};
 
 /// Up to this many activation rows use the streaming dot-product kernel; more use gemm.
 pub const FEW_ROWS: usize = 16;
@@ -125,12 +125,8 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, parts: &[StoredMatrix], out: &
                 }
             }
             (true, None) => {
-                let tile_bytes = TILE_ROWS * w.format().block().1;
-                let blocks = k / GROUP;
-                let tiles = w.tiles().expect("block format");
                 for j in (j0..j1).step_by(TILE_ROWS) {
-                    let g = j / TILE_ROWS;
-                    let group = &tiles[g * blocks * tile_bytes..(g + 1) * blocks * tile_bytes];
+                    let group = w.tile_group(j / TILE_ROWS);
                     let mut sums = [[0.0f32; TILE_ROWS]; FEW_ROWS];
                     tile_rows(isa, w.format(), group, x, m, k, &mut sums[..m]);
                     let width = (j1 - j).min(TILE_ROWS);
@@ -154,12 +150,9 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, parts: &[StoredMatrix], out: &
                     None => {
                         let width = (j1 - j0).next_multiple_of(TILE_ROWS);
                         let mut buf = vec![0.0f32; k * width];
-                        let tile_bytes = TILE_ROWS * w.format().block().1;
-                        let blocks = k / GROUP;
-                        let tiles = w.tiles().expect("block format");
                         for (t, g) in (j0 / TILE_ROWS..j0 / TILE_ROWS + width / TILE_ROWS).enumerate() {
-                            for b in 0..blocks {
-                                let tile = &tiles[(g * blocks + b) * tile_bytes..][..tile_bytes];
+                            let tiles = w.tile_group(g).chunks_exact(tile_bytes(w.format()));
+                            for (b, tile) in tiles.enumerate() {
                                 dequantize_tile(w.format(), tile, &mut buf[b * GROUP * width + t * TILE_ROWS..], width);
                             }
                         }
@@ -241,9 +234,8 @@ fn tile_rows(
 fn portable_tile_rows(
     format: WeightFormat, group: &[u8], x: &[f32], m: usize, k: usize, sums: &mut [[f32; TILE_ROWS]],
 ) {
-    let tile_bytes = TILE_ROWS * format.block().1;
     let mut w = [0.0f32; GROUP * TILE_ROWS];
-    for (b, tile) in group.chunks_exact(tile_bytes).enumerate() {
+    for (b, tile) in group.chunks_exact(tile_bytes(format)).enumerate() {
         dequantize_tile(format, tile, &mut w, TILE_ROWS);
         for (i, total) in sums[..m].iter_mut().enumerate() {
             // The block summed on its own, then added (as the vector kernels do).
@@ -448,17 +440,17 @@ mod avx2 {
     macro_rules! tile_pair {
         ($format:expr, $p:expr, $i:expr, $h:expr, $d:expr, $m:expr) => {{
             let p: *const u8 = $p;
+            let head = super::super::tile_quants($format);
             match $format {
                 WeightFormat::Q8_0 => {
-                    let lo = _mm_loadl_epi64(p.add(32 + 16 * $i + 8 * $h).cast());
-                    let hi = _mm_loadl_epi64(p.add(32 + 16 * ($i + 16) + 8 * $h).cast());
+                    let lo = _mm_loadl_epi64(p.add(head + 16 * $i + 8 * $h).cast());
+                    let hi = _mm_loadl_epi64(p.add(head + 16 * ($i + 16) + 8 * $h).cast());
                     [
                         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), $d),
                         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), $d),
                     ]
                 }
                 _ => {
-                    let head = if $format == WeightFormat::Q4_1 { 64 } else { 32 };
                     let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(head + 16 * $i + 8 * $h).cast()));
                     let lo = _mm256_cvtepi32_ps(_mm256_and_si256(q, _mm256_set1_epi32(0x0f)));
                     let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(q));
@@ -475,7 +467,7 @@ mod avx2 {
         ($R:literal, $format:expr, $group:expr, $blocks:expr, $x:expr, $k:expr, $sums:expr) => {{
             const R: usize = $R;
             let (group, blocks, x, k): (*const u8, usize, *const f32, usize) = ($group, $blocks, $x, $k);
-            let tile_bytes = TILE_ROWS * $format.block().1;
+            let tile_bytes = super::super::tile_bytes($format);
             let mut total = [[_mm256_setzero_ps(); 2]; R];
             for b in 0..blocks {
                 let p = group.add(b * tile_bytes);
@@ -631,17 +623,17 @@ mod avx512 {
     macro_rules! tile_pair {
         ($format:expr, $p:expr, $i:expr, $d:expr, $m:expr) => {{
             let p: *const u8 = $p;
+            let head = super::super::tile_quants($format);
             match $format {
                 WeightFormat::Q8_0 => {
-                    let lo = _mm_loadu_si128(p.add(32 + 16 * $i).cast());
-                    let hi = _mm_loadu_si128(p.add(32 + 16 * ($i + 16)).cast());
+                    let lo = _mm_loadu_si128(p.add(head + 16 * $i).cast());
+                    let hi = _mm_loadu_si128(p.add(head + 16 * ($i + 16)).cast());
                     [
                         _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), $d),
                         _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), $d),
                     ]
                 }
                 _ => {
-                    let head = if $format == WeightFormat::Q4_1 { 64 } else { 32 };
                     let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(head + 16 * $i).cast()));
                     let lo = _mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(0x0f)));
                     let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(q));
@@ -659,7 +651,7 @@ mod avx512 {
         ($R:literal, $format:expr, $group:expr, $blocks:expr, $x:expr, $k:expr, $sums:expr) => {{
             const R: usize = $R;
             let (group, blocks, x, k): (*const u8, usize, *const f32, usize) = ($group, $blocks, $x, $k);
-            let tile_bytes = TILE_ROWS * $format.block().1;
+            let tile_bytes = super::super::tile_bytes($format);
             let mut total = [_mm512_setzero_ps(); R];
             for b in 0..blocks {
                 let p = group.add(b * tile_bytes);

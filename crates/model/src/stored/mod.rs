@@ -137,12 +137,17 @@ pub fn dequantize_into(format: WeightFormat, bytes: &[u8], out: &mut [f32]) {
 /// Dequantizes one tile (see [`StoredMatrix`]) into `out[l * stride + r]`: value `l` (0..32) of
 /// the block of the tile's row `r` (0..16).
 pub(crate) fn dequantize_tile(format: WeightFormat, tile: &[u8], out: &mut [f32], stride: usize) {
+    let (head, nibbles) = (header_bytes(format), format != WeightFormat::Q8_0);
     // One loop per format (the format a constant inside), so the loops vectorize.
     match format {
-        WeightFormat::Q4_0 => fill_tile(tile, out, stride, 2, true, |q, d, m| block_value(WeightFormat::Q4_0, q, d, m)),
-        WeightFormat::Q4_1 => fill_tile(tile, out, stride, 4, true, |q, d, m| block_value(WeightFormat::Q4_1, q, d, m)),
+        WeightFormat::Q4_0 => {
+            fill_tile(tile, out, stride, head, nibbles, |q, d, m| block_value(WeightFormat::Q4_0, q, d, m))
+        }
+        WeightFormat::Q4_1 => {
+            fill_tile(tile, out, stride, head, nibbles, |q, d, m| block_value(WeightFormat::Q4_1, q, d, m))
+        }
         WeightFormat::Q8_0 => {
-            fill_tile(tile, out, stride, 2, false, |q, d, m| block_value(WeightFormat::Q8_0, q, d, m))
+            fill_tile(tile, out, stride, head, nibbles, |q, d, m| block_value(WeightFormat::Q8_0, q, d, m))
         }
         WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => unreachable!("float formats are not tiled"),
     }
@@ -288,10 +293,20 @@ fn header_bytes(format: WeightFormat) -> usize {
     if format == WeightFormat::Q4_1 { 4 } else { 2 }
 }
 
+/// Bytes of one tile of a block format.
+pub(crate) fn tile_bytes(format: WeightFormat) -> usize {
+    TILE_ROWS * format.block().1
+}
+
+/// Where a tile's quant bytes start (after the 16 rows' headers).
+pub(crate) fn tile_quants(format: WeightFormat) -> usize {
+    TILE_ROWS * header_bytes(format)
+}
+
 /// Rows in file layout (`rows` rows of `blocks` blocks) as tiles.
 fn to_tiles(format: WeightFormat, rows: usize, blocks: usize, src: &[u8]) -> Vec<u8> {
     let bb = format.block().1;
-    let (head, tile) = (header_bytes(format), TILE_ROWS * bb);
+    let (head, tile) = (header_bytes(format), tile_bytes(format));
     let mut out = vec![0u8; rows.div_ceil(TILE_ROWS) * blocks * tile];
     for (row, src_row) in src.chunks_exact(blocks * bb).enumerate() {
         let (g, r) = (row / TILE_ROWS, row % TILE_ROWS);
@@ -301,7 +316,7 @@ fn to_tiles(format: WeightFormat, rows: usize, blocks: usize, src: &[u8]) -> Vec
                 t[h * 2 * TILE_ROWS + 2 * r..][..2].copy_from_slice(&block[2 * h..2 * h + 2]);
             }
             for (i, &q) in block[head..].iter().enumerate() {
-                t[TILE_ROWS * (head + i) + r] = q;
+                t[tile_quants(format) + TILE_ROWS * i + r] = q;
             }
         }
     }
@@ -310,15 +325,14 @@ fn to_tiles(format: WeightFormat, rows: usize, blocks: usize, src: &[u8]) -> Vec
 
 /// Block `b` of row `row`, in file layout, from tiles.
 fn block_from_tiles(format: WeightFormat, blocks: usize, tiles: &[u8], row: usize, b: usize, out: &mut [u8]) {
-    let bb = format.block().1;
-    let (head, tile) = (header_bytes(format), TILE_ROWS * bb);
+    let (bb, head, tile) = (format.block().1, header_bytes(format), tile_bytes(format));
     let (g, r) = (row / TILE_ROWS, row % TILE_ROWS);
     let t = &tiles[(g * blocks + b) * tile..][..tile];
     for h in 0..head / 2 {
         out[2 * h..2 * h + 2].copy_from_slice(&t[h * 2 * TILE_ROWS + 2 * r..][..2]);
     }
     for (i, q) in out[head..bb].iter_mut().enumerate() {
-        *q = t[TILE_ROWS * (head + i) + r];
+        *q = t[tile_quants(format) + TILE_ROWS * i + r];
     }
 }
 
@@ -387,6 +401,13 @@ impl StoredMatrix {
     /// Tiles (see the type's documentation), for the block formats; `None` for float formats.
     pub(crate) fn tiles(&self) -> Option<&[u8]> {
         tiled(self.format).then(|| self.held())
+    }
+
+    /// The tiles of stored rows `16g..16g + 16`, block after block (block formats only).
+    pub(crate) fn tile_group(&self, g: usize) -> &[u8] {
+        let tiles = self.tiles().expect("a block format");
+        let group = self.cols / self.format.block().0 * tile_bytes(self.format);
+        &tiles[g * group..(g + 1) * group]
     }
 
     /// Bytes of one stored row in file layout.
