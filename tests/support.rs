@@ -282,6 +282,6 @@ pub fn tiny_search_request(data: &Path, out: &Path, num_layers: usize) -> cola_s
             batch: 1,
         },
         cache_mib: 64,
-        backend: "cpu".into(),
+        backend: cola_executor::backend::BackendKind::Cpu,
     }
 }

@@ -59,7 +59,7 @@ fn request(calibration: &Path, heldout: &Path, out: &Path) -> TransferRequest {
             top: 3,
             resamples: 200,
         },
-        backend: "cpu".into(),
+        backend: cola_executor::backend::BackendKind::Cpu,
     }
 }
 

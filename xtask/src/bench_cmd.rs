@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: prefill and decode speed of the executor (and, with `--vs-torch`, of
 //! PyTorch on the same weights, token ids and thread count, run side by side).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -324,10 +324,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         search_sims: args.search_sims,
         search_scoring: args.search_scoring,
         search_task: args.search_task,
-        batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), args.search_scoring)),
+        batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend, args.search_scoring)),
     };
     let ours = dispatch(args.model.backend, work)??;
-    let mut result = json!({ "backend": args.model.backend.name(), "model": dir.display().to_string() });
+    let mut result = json!({ "backend": args.model.backend, "model": dir.display().to_string() });
     merge(&mut result, &ours);
     // The tables go to stdout, or to stderr under --json so stdout is the JSON alone.
     let json_only = args.json;
@@ -416,34 +416,8 @@ fn merge(into: &mut Value, from: &Value) {
     }
 }
 
-/// The Python used for PyTorch comparisons: a venv in the cache with torch + transformers.
-pub fn torch_python() -> Result<PathBuf> {
-    let venv = cola_assets::cache_dir().join("torch-venv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(".ready");
-    if ready.exists() {
-        return Ok(python);
-    }
-    eprintln!("creating {} with torch and transformers (one-time, large download)...", venv.display());
-    let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().context("running python3 -m venv")?;
-    if !status.success() {
-        bail!("python3 -m venv failed; is the venv module installed (Debian: python3-venv)?");
-    }
-    let reqs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference/requirements.txt");
-    let status = Command::new(&python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "-r"])
-        .arg(&reqs)
-        .status()
-        .context("running pip")?;
-    if !status.success() {
-        bail!("pip install -r {} failed", reqs.display());
-    }
-    std::fs::write(&ready, "").with_context(|| format!("writing {}", ready.display()))?;
-    Ok(python)
-}
-
 fn torch_bench(dir: &Path, reps: usize, decode_tokens: usize, threads: u64) -> Result<Value> {
-    let python = torch_python()?;
+    let python = cola_assets::torch_python()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/torch_bench.py");
     let out = Command::new(&python)
         .arg(&script)

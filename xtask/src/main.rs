@@ -64,6 +64,9 @@ enum Command {
     Transfer(search_cmds::TransferArgs),
     /// Write report.md and figures for finished run directories (shards are merged).
     Report(search_cmds::ReportArgs),
+    /// Write the chains finished run directories found, per item and per task, as JSON
+    /// (docs/chains.md; scripts/python/cola_chain.py runs a Hugging Face model along them).
+    ExportChains(search_cmds::ExportChainsArgs),
     /// Prefill and decode speed on the model (with --vs-torch: next to PyTorch, as ratios).
     Bench(bench_cmd::BenchArgs),
     /// Compare a GPU backend with the CPU on a random model along several chains.
@@ -201,5 +204,6 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Prune(args) => search_cmds::prune(args),
         Command::Transfer(args) => search_cmds::transfer(args),
         Command::Report(args) => search_cmds::report_cmd(args),
+        Command::ExportChains(args) => search_cmds::export_chains(args),
     }
 }

@@ -363,9 +363,7 @@ impl WithBackend for Search {
             },
             early_stop_margin: args.early_stop.or(SearchSettings::early_stop_of(actions)),
             baseline: args.baseline,
-            batch: args
-                .batch
-                .unwrap_or_else(|| cola_search::preset_batch(preset, args.model.backend.name(), scoring.mode)),
+            batch: args.batch.unwrap_or_else(|| cola_search::preset_batch(preset, args.model.backend, scoring.mode)),
             scoring,
             ..base
         };
@@ -400,7 +398,7 @@ impl WithBackend for Search {
             seed: args.seed,
             settings,
             cache_mib: args.cache_mib,
-            backend: args.model.backend.name().into(),
+            backend: args.model.backend,
         };
         let (report, run) = cola_search::run_search(&req, &model)?;
         println!("{}", cola_search::runs::table(&report));
@@ -429,6 +427,31 @@ pub fn report_cmd(args: ReportArgs) -> Result<()> {
     println!("{}", report::render_table(&r));
     println!("{}", report::render_timing(&merged.records, &merged.timings));
     println!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ExportChainsArgs {
+    /// Run directories of `search` (shards of one run are merged, as `report` merges them).
+    #[arg(required = true, value_name = "RUN_DIR")]
+    runs: Vec<PathBuf>,
+    /// Where to write the JSON (default: chains.json in the first run directory).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+pub fn export_chains(args: ExportChainsArgs) -> Result<()> {
+    let export = cola_search::export::export_chains(&args.runs)?;
+    let out = args.out.unwrap_or_else(|| args.runs[0].join("chains.json"));
+    let json = serde_json::to_string_pretty(&export)? + "\n";
+    cola_search::run_dir::write_atomic(&out, json.as_bytes())?;
+    let found = export.items.iter().filter(|i| i.mcts.is_some()).count();
+    println!(
+        "wrote {}: {} items ({found} with a correct chain found), {} tasks",
+        out.display(),
+        export.items.len(),
+        export.tasks.len()
+    );
     Ok(())
 }
 
@@ -489,9 +512,10 @@ pub struct TransferArgs {
     model: ModelArgs,
     /// Benchmark with both a validation and a test split: arc-easy, arc-challenge, openbookqa.
     /// Calibration uses the first items of its validation split, the held-out set the first
-    /// items of its test split.
+    /// items of its test split. Repeat for several tasks: each is a transfer run of its own
+    /// (its own run directory), on the model loaded once.
     #[arg(long, value_parser = parse_task, required_unless_present = "calibration_data")]
-    task: Option<Task>,
+    task: Vec<Task>,
     /// Your own calibration items instead (JSONL, multiple choice); needs --heldout-data.
     #[arg(long, value_name = "FILE.jsonl", requires = "heldout_data", conflicts_with = "task")]
     calibration_data: Option<PathBuf>,
@@ -533,8 +557,8 @@ pub struct TransferArgs {
     /// Seed of the task-level search and of the bootstrap resamples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run directory (default: runs/transfer-<task>-c<N>-h<N>-s<seed>). Rerunning with the
-    /// same directory resumes.
+    /// Run directory (default: runs/transfer-<task>-c<N>-h<N>-s<seed>; with several tasks,
+    /// one subdirectory per task inside it). Rerunning with the same directory resumes.
     #[arg(long, alias = "out", value_name = "RUN_DIR")]
     run_dir: Option<PathBuf>,
     /// Start the run directory over if its settings differ.
@@ -564,17 +588,22 @@ impl WithBackend for Transfer {
             subject: None,
             split,
         };
-        let (calibration, heldout) = match (&args.task, &args.calibration_data, &args.heldout_data) {
-            (Some(t), None, None) => (
-                select(Source::Task(*t), Some(Split::Validation), args.calibration),
-                select(Source::Task(*t), Some(Split::Test), args.heldout),
-            ),
-            (None, Some(c), Some(h)) => {
-                (select(Source::file(c), None, args.calibration), select(Source::file(h), None, args.heldout))
+        let pairs: Vec<(Selection, Selection)> = match (&args.task[..], &args.calibration_data, &args.heldout_data) {
+            ([_, ..], None, None) => args
+                .task
+                .iter()
+                .map(|t| {
+                    (
+                        select(Source::Task(*t), Some(Split::Validation), args.calibration),
+                        select(Source::Task(*t), Some(Split::Test), args.heldout),
+                    )
+                })
+                .collect(),
+            ([], Some(c), Some(h)) => {
+                vec![(select(Source::file(c), None, args.calibration), select(Source::file(h), None, args.heldout))]
             }
-            _ => bail!("give --task T, or --calibration-data and --heldout-data"),
+            _ => bail!("give --task T (one or more), or --calibration-data and --heldout-data"),
         };
-        let data_dir = data_dir(&calibration)?;
         let model = crate::load_model::<B>(&dir, device)?;
         let n = model.executor.num_layers();
         let paper = TreeSettings::paper(n);
@@ -586,42 +615,42 @@ impl WithBackend for Transfer {
                 lambda: args.lambda.unwrap_or(paper.lambda),
                 ..paper
             },
-            batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend.name(), args.scoring)),
+            batch: args.batch.unwrap_or_else(|| cola_search::default_batch(args.model.backend, args.scoring)),
             drop: args.drop.clone(),
             top: args.top_k,
             resamples: args.resamples,
         };
-        let out_dir = args.run_dir.clone().unwrap_or_else(|| {
-            PathBuf::from("runs").join(format!(
-                "transfer-{}-c{}-h{}-s{}",
-                calibration.sources[0].name(),
+        let several = pairs.len() > 1;
+        for (calibration, heldout) in pairs {
+            let name = calibration.sources[0].name();
+            let default_dir = || format!("transfer-{name}-c{}-h{}-s{}", args.calibration, args.heldout, args.seed);
+            let out_dir = match &args.run_dir {
+                Some(d) if several => d.join(&name),
+                Some(d) => d.clone(),
+                None => PathBuf::from("runs").join(default_dir()),
+            };
+            eprintln!(
+                "transfer: calibrate on {} {name} items ({} simulations in batches of {}), hold out {} items, run dir {}",
                 args.calibration,
+                settings.tree.simulations,
+                settings.batch,
                 args.heldout,
-                args.seed
-            ))
-        });
-        eprintln!(
-            "transfer: calibrate on {} {} items ({} simulations in batches of {}), hold out {} items, run dir {}",
-            args.calibration,
-            calibration.sources[0].name(),
-            settings.tree.simulations,
-            settings.batch,
-            args.heldout,
-            out_dir.display()
-        );
-        let req = TransferRequest {
-            calibration,
-            heldout,
-            data_dir,
-            out_dir: out_dir.clone(),
-            force: args.force,
-            seed: args.seed,
-            settings,
-            backend: args.model.backend.name().into(),
-        };
-        let (report, files) = cola_search::transfer::run_transfer(&req, &model)?;
-        println!("{}", cola_search::transfer::render_table(&report));
-        println!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+                out_dir.display()
+            );
+            let req = TransferRequest {
+                data_dir: data_dir(&calibration)?,
+                calibration,
+                heldout,
+                out_dir,
+                force: args.force,
+                seed: args.seed,
+                settings: settings.clone(),
+                backend: args.model.backend,
+            };
+            let (report, files) = cola_search::transfer::run_transfer(&req, &model)?;
+            println!("{}", cola_search::transfer::render_table(&report));
+            println!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+        }
         Ok(())
     }
 }

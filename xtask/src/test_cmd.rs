@@ -1,5 +1,6 @@
 //! `cargo xtask test`: what CI runs. Checks formatting (`cargo fmt --check`, rustfmt.toml) and
-//! lints (`cargo clippy --all-targets -D warnings`), fetches the assets the tests compare against,
+//! lints (`cargo clippy --all-targets -D warnings`), fetches the assets the tests compare against
+//! and a venv with torch and transformers (pip, once; for the Python chain script's test),
 //! runs the workspace tests, and (in CI, or with `--gpu`) checks that the GPU backends compile and runs
 //! the wgpu parity test on a CPU Vulkan driver; in CI, or with `--slurm`, it also runs the Slurm
 //! self-test (a one-node Slurm on this machine, about 15 s once installed).
@@ -56,6 +57,10 @@ pub fn test(args: TestArgs) -> Result<()> {
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     let assets = cola_assets::ensure()?;
     eprintln!("assets ready in {}", assets.cache.display());
+    // For tests/python_chain.rs: the chain script run by PyTorch beside the executor.
+    let python = cola_assets::torch_python()?;
+    // SAFETY: single-threaded at this point; only child processes read it.
+    unsafe { std::env::set_var("COLA_TORCH_PYTHON", &python) };
     let mut test = vec!["test", "--workspace"];
     test.extend(args.cargo_args.iter().map(String::as_str));
     cargo(&test)?;

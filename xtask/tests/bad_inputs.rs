@@ -591,3 +591,56 @@ fn eval_out_writes_the_harness_layout() {
     let samples = std::fs::read_to_string(f.path(&format!("items.lm-eval/samples_{task}.jsonl"))).unwrap();
     assert_eq!(samples.lines().count(), items.len());
 }
+
+/// `export-chains` writes, per item, the shortest correct chain the run recorded (both forms)
+/// and, per task, chains ranked by the items they were right on; a directory without records
+/// is an error.
+#[test]
+fn export_chains_writes_what_the_records_hold() {
+    let f = Fixture::new();
+    let run = f.arg("run");
+    let ok = f.run(&f.search(&f.arg("data.jsonl"), &run));
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let out = f.run(&strings(&["export-chains", &run, "--out", &f.arg("chains.json")]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let export: Value = serde_json::from_str(&std::fs::read_to_string(f.path("chains.json")).unwrap()).unwrap();
+    assert_eq!(export["format"], "cola-chains/1");
+    assert_eq!(export["model"]["num_layers"], LAYERS);
+    let records: Vec<Value> = std::fs::read_to_string(f.path("run/samples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let items = export["items"].as_array().unwrap();
+    assert_eq!(items.len(), records.len());
+    for (item, r) in items.iter().zip(&records) {
+        assert_eq!(item["doc_id"], r["doc_id"]);
+        assert_eq!(item["mcts"]["chain"], r["best_chain"], "item {}", r["doc_id"]);
+        if let Some(text) = r["best_chain"].as_str() {
+            let layers: Vec<usize> =
+                item["mcts"]["layers"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            assert_eq!(cola_executor::Chain::new(layers).to_string(), text);
+        }
+    }
+    // A task chain's `right` is the number of records in which it was evaluated with reward 1.
+    for task in export["tasks"].as_array().unwrap() {
+        for c in task["chains"].as_array().unwrap() {
+            let right = records
+                .iter()
+                .filter(|r| r["task"] == task["task"])
+                .filter(|r| {
+                    r["chains"].as_array().unwrap().iter().any(|e| e["chain"] == c["chain"] && e["reward"] == 1.0)
+                })
+                .count();
+            assert_eq!(c["right"], right, "{c}");
+        }
+    }
+    std::fs::create_dir(f.path("no-records")).unwrap();
+    std::fs::copy(f.path("run/config.json"), f.path("no-records/config.json")).unwrap();
+    let c = case(
+        "export-chains without records",
+        strings(&["export-chains", &f.arg("no-records")]),
+        &["no-records", "no finished samples"],
+    );
+    check(&f, &c).unwrap();
+}

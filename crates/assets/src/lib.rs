@@ -171,6 +171,57 @@ impl Assets {
     }
 }
 
+/// The pinned PyTorch stack (torch, transformers, gguf, ...) for the reference scripts, the
+/// chain script's test and `bench --vs-torch`, compiled in like the wheels.
+const TORCH_REQUIREMENTS: &str = include_str!("../../../scripts/reference/requirements.txt");
+
+/// The Python of a venv in the cache with [`TORCH_REQUIREMENTS`] installed, created with pip on
+/// first use (about 6 GB: PyPI's Linux torch wheel brings its CUDA libraries, unused on the CPU)
+/// and again when the requirements change. Under the cache lock, so concurrent callers wait.
+pub fn torch_python() -> Result<PathBuf, AssetError> {
+    let cache = cache_dir();
+    fs::create_dir_all(&cache).map_err(io_err(&cache))?;
+    let venv = cache.join("torch-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join(".ready");
+    let wanted = format!("{:x}", Sha256::digest(TORCH_REQUIREMENTS.as_bytes()));
+    let is_ready = || fs::read_to_string(&ready).is_ok_and(|h| h.trim() == wanted);
+    if is_ready() {
+        return Ok(python);
+    }
+    let lock_path = cache.join(".lock");
+    let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+    lock.lock().map_err(io_err(&lock_path))?;
+    if is_ready() {
+        return Ok(python);
+    }
+    let run = |cmd: &mut Command, what: &str| -> Result<(), AssetError> {
+        let pb = spinner(what.to_string());
+        let out = cmd.output();
+        pb.finish_and_clear();
+        match out {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => {
+                Err(AssetError::Fetch(format!("{what} failed:\n{}", String::from_utf8_lossy(&o.stderr).trim_end())))
+            }
+            Err(e) => Err(AssetError::Fetch(format!("{what}: {e} (is python3 installed?)"))),
+        }
+    };
+    if !python.exists() {
+        let what = format!("creating {} (python3 -m venv; Debian: python3-venv)", venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv), &what)?;
+    }
+    let reqs = cache.join(".torch-requirements.txt");
+    fs::write(&reqs, TORCH_REQUIREMENTS).map_err(io_err(&reqs))?;
+    let what = format!("installing torch and transformers into {} with pip (one-time, ~6 GB)", venv.display());
+    run(
+        Command::new(&python).args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "-r"]).arg(&reqs),
+        &what,
+    )?;
+    fs::write(&ready, &wanted).map_err(io_err(&ready))?;
+    Ok(python)
+}
+
 fn spinner(msg: String) -> ProgressBar {
     let pb = ProgressBar::new_spinner();
     pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"));

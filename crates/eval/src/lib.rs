@@ -22,9 +22,13 @@ pub use scoring::{
 /// A problem with benchmark data or with scoring, naming the file and line where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    // The io error is part of the message, not a `source`, so `{:#}` chains print it once.
-    #[error("{path}: {error}")]
-    Io { path: String, error: std::io::Error },
+    /// The cause is the `source`: `{:#}` (anyhow) prints `path: cause`.
+    #[error("{path}")]
+    Io {
+        path: String,
+        #[source]
+        error: std::io::Error,
+    },
     #[error("{path}:{line}: {message}")]
     BadLine { path: String, line: usize, message: String },
     #[error("{0}")]
@@ -33,6 +37,6 @@ pub enum EvalError {
     #[error("model: {0}")]
     Model(String),
     /// The model failed (its own error, e.g. the executor's).
-    #[error("model: {0}")]
-    Backend(Box<dyn std::error::Error + Send + Sync>),
+    #[error("model")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -31,7 +31,7 @@ pub trait LanguageModel {
     fn encode(&self, text: &str, chat: bool) -> Result<Vec<u32>, Self::Error>;
     /// Ids of a continuation, without any special tokens added.
     fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, Self::Error>;
-    fn decode(&self, ids: &[u32]) -> String;
+    fn decode(&self, ids: &[u32]) -> Result<String, Self::Error>;
     /// Token ids that end a generation (end of text / end of turn).
     fn stop_ids(&self) -> Vec<u32>;
     /// Per variant: next-token logits (whole vocabulary) after `prompt`.
@@ -373,13 +373,13 @@ fn generate_texts<M: LanguageModel>(
 ) -> Result<Vec<String>, EvalError> {
     let stop = StopRule { ids: model.stop_ids(), on_text };
     let generated = model.generate(prompt, max_new, &stop).map_err(model_err)?;
-    Ok(generated
+    generated
         .into_iter()
         .map(|ids| {
             let kept: Vec<u32> = ids.into_iter().filter(|i| !stop.ids.contains(i)).collect();
-            model.decode(&kept).trim().to_string()
+            Ok(model.decode(&kept).map_err(model_err)?.trim().to_string())
         })
-        .collect())
+        .collect()
 }
 
 fn letter_answer_dead(text: &str) -> bool {

@@ -55,8 +55,8 @@ impl LanguageModel for FakeModel {
         }
         self.encode(text, false)
     }
-    fn decode(&self, ids: &[u32]) -> String {
-        self.text(ids)
+    fn decode(&self, ids: &[u32]) -> Result<String, Never> {
+        Ok(self.text(ids))
     }
     fn stop_ids(&self) -> Vec<u32> {
         vec![EOS]

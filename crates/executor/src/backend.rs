@@ -61,6 +61,19 @@ impl FromStr for BackendKind {
     }
 }
 
+/// Written as its name (`"cpu"`), as run configs have always recorded it.
+impl serde::Serialize for BackendKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BackendKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Work to run on whichever backend is selected (a generic closure, spelled as a trait).
 pub trait WithBackend {
     type Output;

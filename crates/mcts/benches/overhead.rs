@@ -18,16 +18,14 @@ fn main() {
                 let mut problem = ChainProblem {
                     space: ChainSpace::new(n, preset),
                     evaluate: |batch: &[Vec<usize>]| {
-                        batch
-                            .iter()
-                            .map(|c| Evaluation {
-                                reward: if c[0] == 0 && c.len() < n { 1.0 } else { 0.0 },
-                                payload: (),
-                            })
-                            .collect()
+                        let rewards = batch.iter().map(|c| Evaluation {
+                            reward: if c[0] == 0 && c.len() < n { 1.0 } else { 0.0 },
+                            payload: (),
+                        });
+                        Ok::<_, std::convert::Infallible>(rewards.collect())
                     },
                 };
-                let r = search(&mut problem, &config, &mut sample_rng(1, &rep.to_string()));
+                let r = search(&mut problem, &config, &mut sample_rng(1, &rep.to_string())).unwrap();
                 sims += r.simulations;
             }
             let per_sim = start.elapsed().as_secs_f64() / sims as f64 * 1e6;

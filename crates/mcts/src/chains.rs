@@ -179,20 +179,21 @@ impl ChainSpace {
 }
 
 /// A chain search: the space plus an evaluation function over a batch of chains (one
-/// evaluation per chain, in order).
+/// evaluation per chain, in order, or the error that ends the search).
 pub struct ChainProblem<F> {
     pub space: ChainSpace,
     pub evaluate: F,
 }
 
-impl<F, P> Problem for ChainProblem<F>
+impl<F, P, E> Problem for ChainProblem<F>
 where
-    F: FnMut(&[Vec<usize>]) -> Vec<Evaluation<P>>,
+    F: FnMut(&[Vec<usize>]) -> Result<Vec<Evaluation<P>>, E>,
     P: Clone,
 {
     type State = Vec<usize>;
     type Action = Edit;
     type Payload = P;
+    type Error = E;
 
     fn root(&self) -> Vec<usize> {
         self.space.root.clone()
@@ -209,7 +210,7 @@ where
     fn is_valid(&self, state: &Vec<usize>) -> bool {
         !state.is_empty() && state.iter().all(|&l| l < self.space.num_layers)
     }
-    fn evaluate(&mut self, states: &[Vec<usize>]) -> Vec<Evaluation<P>> {
+    fn evaluate(&mut self, states: &[Vec<usize>]) -> Result<Vec<Evaluation<P>>, E> {
         (self.evaluate)(states)
     }
 }

@@ -29,6 +29,8 @@ pub trait Problem {
     type State: Clone + Eq + Hash;
     type Action: Clone;
     type Payload: Clone;
+    /// Why an evaluation failed; the search stops at the first one and returns it.
+    type Error;
 
     /// The state the search starts from (evaluated first).
     fn root(&self) -> Self::State;
@@ -44,7 +46,7 @@ pub trait Problem {
     }
     /// The expensive part: one evaluation per state, in order. Each distinct state is passed
     /// at most once over a whole search; a batch holds up to [`MctsConfig::batch`] states.
-    fn evaluate(&mut self, states: &[Self::State]) -> Vec<Evaluation<Self::Payload>>;
+    fn evaluate(&mut self, states: &[Self::State]) -> Result<Vec<Evaluation<Self::Payload>>, Self::Error>;
 }
 
 /// Search settings. Defaults are the authors' (λ = 5, c = √2, ε = 0.1, 200 simulations).
@@ -174,6 +176,9 @@ pub(crate) struct Entry<S, P> {
     pub outcome: Option<(f64, P)>,
 }
 
+/// An evaluated state of problem `P`.
+type Evaluated<P> = EvaluatedState<<P as Problem>::State, <P as Problem>::Payload>;
+
 /// Cache of evaluations plus the bookkeeping shared with the random baseline. New states are
 /// queued and evaluated together by [`Evaluator::flush`].
 pub(crate) struct Evaluator<'p, P: Problem> {
@@ -214,16 +219,17 @@ impl<'p, P: Problem> Evaluator<'p, P> {
     }
 
     /// Evaluates every queued state in one call.
-    pub fn flush(&mut self) {
+    pub fn flush(&mut self) -> Result<(), P::Error> {
         if self.pending.is_empty() {
-            return;
+            return Ok(());
         }
         let states: Vec<P::State> = self.pending.iter().map(|&i| self.entries[i].state.clone()).collect();
-        let results = self.problem.evaluate(&states);
+        let results = self.problem.evaluate(&states)?;
         assert_eq!(results.len(), states.len(), "Problem::evaluate must return one evaluation per state");
         for (i, e) in self.pending.drain(..).zip(results) {
             self.entries[i].outcome = Some((e.reward.clamp(0.0, 1.0), e.payload));
         }
+        Ok(())
     }
 
     /// The reward of an evaluated entry.
@@ -232,9 +238,10 @@ impl<'p, P: Problem> Evaluator<'p, P> {
     }
 
     /// The evaluated states in order of first evaluation, with `visits[i]` visits each.
-    pub fn finish(mut self, visits: impl Fn(usize) -> usize) -> Vec<EvaluatedState<P::State, P::Payload>> {
-        self.flush();
-        self.entries
+    pub fn finish(mut self, visits: impl Fn(usize) -> usize) -> Result<Vec<Evaluated<P>>, P::Error> {
+        self.flush()?;
+        Ok(self
+            .entries
             .into_iter()
             .enumerate()
             .map(|(i, e)| {
@@ -248,19 +255,20 @@ impl<'p, P: Problem> Evaluator<'p, P> {
                     first_simulation: e.first_simulation,
                 }
             })
-            .collect()
+            .collect())
     }
 }
 
 /// Runs MCTS from `problem.root()`. The root is evaluated even if it lies outside the length
-/// bounds (it is the reference the search improves on); no other out-of-bounds state is.
+/// bounds (it is the reference the search improves on); no other out-of-bounds state is. A failed
+/// evaluation ends the search with its error.
 pub fn search<P: Problem>(
     problem: &mut P, config: &MctsConfig, rng: &mut SearchRng,
-) -> SearchResult<P::State, P::Payload> {
+) -> Result<SearchResult<P::State, P::Payload>, P::Error> {
     let root_state = problem.root();
     let mut ev = Evaluator::new(problem, config.min_len, config.max_len);
     let root_eval = ev.get(&root_state, 0);
-    ev.flush();
+    ev.flush()?;
     let root_reward = ev.reward(root_eval);
     let mut nodes: Vec<Node<P::Action>> = vec![Node {
         eval: root_eval,
@@ -292,7 +300,7 @@ pub fn search<P: Problem>(
             }
             round.push((path, leaf));
         }
-        ev.flush();
+        ev.flush()?;
         for (path, leaf) in round {
             let eval = nodes[leaf].eval;
             let reward = ev.reward(eval);
@@ -306,7 +314,7 @@ pub fn search<P: Problem>(
     for n in &nodes {
         visits[n.eval] += n.visits;
     }
-    SearchResult { evaluated: ev.finish(|i| visits[i]), simulations, stopped_early }
+    Ok(SearchResult { evaluated: ev.finish(|i| visits[i])?, simulations, stopped_early })
 }
 
 /// One walk down from the root until a child is expanded (for `simulation`): the path and the

@@ -23,14 +23,14 @@ pub struct RandomConfig {
 
 /// Draws random edit sequences from the root until `config.evaluations` distinct admissible
 /// states are evaluated (or 100 draws in a row find nothing new: the reachable space is used up),
-/// evaluating them in batches of `config.batch`.
+/// evaluating them in batches of `config.batch`. A failed evaluation ends the search with its error.
 pub fn random_search<P: Problem>(
     problem: &mut P, config: &RandomConfig, rng: &mut SearchRng,
-) -> SearchResult<P::State, P::Payload> {
+) -> Result<SearchResult<P::State, P::Payload>, P::Error> {
     let root = problem.root();
     let mut ev = Evaluator::new(problem, config.min_len, config.max_len);
     ev.get(&root, 0);
-    ev.flush();
+    ev.flush()?;
     let mut draws = 0usize;
     let mut fruitless = 0usize;
     while ev.entries.len() < config.evaluations && fruitless < 100 {
@@ -50,11 +50,11 @@ pub fn random_search<P: Problem>(
             ev.get(&state, draws);
             fruitless = 0;
             if ev.pending() >= config.batch.max(1) {
-                ev.flush();
+                ev.flush()?;
             }
         } else {
             fruitless += 1;
         }
     }
-    SearchResult { evaluated: ev.finish(|_| 1), simulations: draws, stopped_early: false }
+    Ok(SearchResult { evaluated: ev.finish(|_| 1)?, simulations: draws, stopped_early: false })
 }

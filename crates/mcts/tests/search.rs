@@ -8,7 +8,7 @@ use cola_mcts::{Evaluation, MctsConfig, RandomConfig, random_search, sample_rng,
 use proptest::prelude::*;
 
 type Calls = std::rc::Rc<std::cell::RefCell<Vec<Vec<usize>>>>;
-type Evaluate = Box<dyn FnMut(&[Vec<usize>]) -> Vec<Evaluation<usize>>>;
+type Evaluate = Box<dyn FnMut(&[Vec<usize>]) -> Result<Vec<Evaluation<usize>>, std::convert::Infallible>>;
 /// A chain problem whose evaluations go through a recording closure.
 type Recorded = ChainProblem<Evaluate>;
 
@@ -20,7 +20,7 @@ fn recording(n: usize, preset: ActionPreset, reward: impl Fn(&[usize]) -> f64 + 
         space: ChainSpace::new(n, preset),
         evaluate: Box::new(move |batch: &[Vec<usize>]| {
             log.borrow_mut().extend(batch.iter().cloned());
-            batch.iter().map(|c| Evaluation { reward: reward(c), payload: c.len() }).collect()
+            Ok(batch.iter().map(|c| Evaluation { reward: reward(c), payload: c.len() }).collect())
         }) as Evaluate,
     };
     (problem, calls)
@@ -41,7 +41,7 @@ proptest! {
         let (min_len, max_len) = (n.saturating_sub(lo).max(1), n + hi);
         let config = MctsConfig { simulations: budget, ..MctsConfig::new(n, min_len, max_len) };
         let (mut problem, calls) = recording(n, preset, |c| if c.len() % 3 == 0 { 1.0 } else { 0.0 });
-        let result = search(&mut problem, &config, &mut sample_rng(seed, "s"));
+        let result = search(&mut problem, &config, &mut sample_rng(seed, "s")).unwrap();
         let calls = calls.borrow();
         let distinct: HashSet<_> = calls.iter().collect();
         prop_assert_eq!(distinct.len(), calls.len(), "a state was evaluated twice");
@@ -70,7 +70,7 @@ proptest! {
         let config = MctsConfig { simulations: 40, ..MctsConfig::new(n, n / 2, n + 4) };
         let run = |id: &str| {
             let (mut p, _) = recording(n, preset, |c| (c.iter().sum::<usize>() % 5) as f64 / 4.0);
-            search(&mut p, &config, &mut sample_rng(seed, id))
+            search(&mut p, &config, &mut sample_rng(seed, id)).unwrap()
         };
         let (a, b, c) = (run("q1"), run("q1"), run("q2"));
         prop_assert_eq!(&a, &b);
@@ -84,7 +84,7 @@ proptest! {
     fn best_is_the_shortest_state_with_the_highest_reward(n in 6usize..12, seed in 0u64..500) {
         let config = MctsConfig { simulations: 60, ..MctsConfig::new(n, 2, n + 6) };
         let (mut p, _) = recording(n, ActionPreset::Paper, |c| if c.contains(&1) { 1.0 } else { 0.0 });
-        let r = search(&mut p, &config, &mut sample_rng(seed, "b"));
+        let r = search(&mut p, &config, &mut sample_rng(seed, "b")).unwrap();
         let best = &r.evaluated[r.best().unwrap()];
         let top = r.evaluated.iter().map(|e| e.reward).fold(0.0, f64::max);
         prop_assert_eq!(best.reward, top);
@@ -101,7 +101,7 @@ proptest! {
     ) {
         let (mut p, calls) = recording(n, preset, |_| 0.0);
         let cfg = RandomConfig { evaluations: budget, max_edits: 6, min_len: n / 2, max_len: n + 4, batch: 1 };
-        let r = random_search(&mut p, &cfg, &mut sample_rng(seed, "r"));
+        let r = random_search(&mut p, &cfg, &mut sample_rng(seed, "r")).unwrap();
         let calls = calls.borrow();
         prop_assert_eq!(calls.iter().collect::<HashSet<_>>().len(), calls.len());
         prop_assert!(calls.iter().skip(1).all(|c| c.len() >= n / 2 && c.len() <= n + 4));
@@ -188,12 +188,42 @@ fn early_stop_ends_the_search_at_a_short_correct_state() {
     let n = 10;
     let config = MctsConfig { simulations: 500, early_stop_margin: Some(1), ..MctsConfig::new(n, 3, 14) };
     let (mut p, _) = recording(n, ActionPreset::Drllm, |c| if c.len() <= 9 && !c.contains(&4) { 1.0 } else { 0.0 });
-    let r = search(&mut p, &config, &mut sample_rng(3, "e"));
+    let r = search(&mut p, &config, &mut sample_rng(3, "e")).unwrap();
     assert!(r.stopped_early);
     let last = r.evaluated.last().unwrap();
     assert_eq!(last.reward, 1.0);
     assert!(last.length < n);
     assert!(r.simulations < 500);
+}
+
+/// A failed evaluation ends MCTS and the random search at once with that error: no evaluation
+/// call after it, in batches of one and of four.
+#[test]
+fn a_failed_evaluation_ends_the_search_with_its_error() {
+    let n = 10;
+    for batch in [1, 4] {
+        let calls = std::rc::Rc::new(std::cell::Cell::new(0usize));
+        let seen = calls.clone();
+        let mut p = ChainProblem {
+            space: ChainSpace::new(n, ActionPreset::Paper),
+            evaluate: move |states: &[Vec<usize>]| {
+                seen.set(seen.get() + 1);
+                // The third call fails; each call before it succeeds.
+                if seen.get() == 3 {
+                    return Err(format!("call 3 of {} states", states.len()));
+                }
+                Ok(states.iter().map(|_| Evaluation { reward: 0.0, payload: () }).collect())
+            },
+        };
+        let config = MctsConfig { simulations: 50, batch, ..MctsConfig::new(n, 3, 14) };
+        let err = search(&mut p, &config, &mut sample_rng(1, "f")).unwrap_err();
+        assert!(err.starts_with("call 3 of"), "{err}");
+        assert_eq!(calls.get(), 3, "batch {batch}: evaluations after the failure");
+        calls.set(0);
+        let cfg = RandomConfig { evaluations: 50, max_edits: 3, min_len: 3, max_len: 14, batch };
+        assert!(random_search(&mut p, &cfg, &mut sample_rng(1, "f")).is_err());
+        assert_eq!(calls.get(), 3, "random, batch {batch}: evaluations after the failure");
+    }
 }
 
 /// Hidden optimum: a 10-layer model, chains of at least 6 steps; the reward is the share of the
@@ -213,12 +243,12 @@ fn mcts_finds_the_hidden_optimum_more_often_than_random_search() {
     for seed in 0..seeds {
         let config = MctsConfig { simulations: 200, ..MctsConfig::new(n, 6, 12) };
         let (mut p, _) = recording(n, ActionPreset::Drllm, hidden_target);
-        let r = search(&mut p, &config, &mut sample_rng(seed, "hidden"));
+        let r = search(&mut p, &config, &mut sample_rng(seed, "hidden")).unwrap();
         let best = &r.evaluated[r.best().unwrap()];
         mcts_hits += (best.reward == 1.0) as usize;
         let (mut p, _) = recording(n, ActionPreset::Drllm, hidden_target);
         let cfg = RandomConfig { evaluations: r.evaluations(), max_edits: 4, min_len: 6, max_len: 12, batch: 1 };
-        let rr = random_search(&mut p, &cfg, &mut sample_rng(seed, "hidden"));
+        let rr = random_search(&mut p, &cfg, &mut sample_rng(seed, "hidden")).unwrap();
         assert_eq!(rr.evaluations(), r.evaluations(), "equal budgets");
         random_hits += (rr.evaluated[rr.best().unwrap()].reward == 1.0) as usize;
     }
@@ -238,7 +268,7 @@ fn batch_recording(
         evaluate: Box::new(move |batch: &[Vec<usize>]| {
             log_sizes.borrow_mut().push(batch.len());
             log_calls.borrow_mut().extend(batch.iter().cloned());
-            batch.iter().map(|c| Evaluation { reward: reward(c), payload: c.len() }).collect()
+            Ok(batch.iter().map(|c| Evaluation { reward: reward(c), payload: c.len() }).collect())
         }) as Evaluate,
     };
     (problem, calls, sizes)
@@ -256,7 +286,7 @@ proptest! {
         let reward = |c: &[usize]| if c.len().is_multiple_of(3) { 1.0 } else { 0.0 };
         let config = MctsConfig { simulations: budget, batch: k, ..MctsConfig::new(n, n / 2, n + 3) };
         let (mut p, calls, sizes) = batch_recording(n, preset, reward);
-        let r = search(&mut p, &config, &mut sample_rng(seed, "k"));
+        let r = search(&mut p, &config, &mut sample_rng(seed, "k")).unwrap();
         let calls = calls.borrow();
         prop_assert_eq!(calls.iter().collect::<HashSet<_>>().len(), calls.len(), "a state was evaluated twice");
         prop_assert_eq!(calls.len(), r.evaluations());
@@ -264,16 +294,16 @@ proptest! {
         prop_assert!(calls.iter().skip(1).all(|c| c.len() >= n / 2 && c.len() <= n + 3));
         prop_assert!(r.simulations <= budget && r.evaluations() <= budget + 1);
         let (mut p2, _, _) = batch_recording(n, preset, reward);
-        prop_assert_eq!(&search(&mut p2, &config, &mut sample_rng(seed, "k")), &r);
+        prop_assert_eq!(&search(&mut p2, &config, &mut sample_rng(seed, "k")).unwrap(), &r);
 
         let cfg = RandomConfig { evaluations: budget, max_edits: 5, min_len: n / 2, max_len: n + 3, batch: k };
         let (mut p, calls, sizes) = batch_recording(n, preset, reward);
-        let rr = random_search(&mut p, &cfg, &mut sample_rng(seed, "r"));
+        let rr = random_search(&mut p, &cfg, &mut sample_rng(seed, "r")).unwrap();
         prop_assert!(sizes.borrow().iter().all(|&s| s >= 1 && s <= k));
         prop_assert_eq!(calls.borrow().iter().collect::<HashSet<_>>().len(), rr.evaluations());
         // The random baseline's draws do not depend on the batch size.
         let (mut p1, _, _) = batch_recording(n, preset, reward);
-        let one = random_search(&mut p1, &RandomConfig { batch: 1, ..cfg.clone() }, &mut sample_rng(seed, "r"));
+        let one = random_search(&mut p1, &RandomConfig { batch: 1, ..cfg.clone() }, &mut sample_rng(seed, "r")).unwrap();
         prop_assert_eq!(one, rr);
     }
 }
@@ -289,7 +319,7 @@ fn batched_mcts_finds_the_hidden_optimum_about_as_often_as_one_at_a_time() {
         for (i, k) in [1usize, 8].into_iter().enumerate() {
             let config = MctsConfig { simulations: 200, batch: k, ..MctsConfig::new(n, 6, 12) };
             let (mut p, _) = recording(n, ActionPreset::Drllm, hidden_target);
-            let r = search(&mut p, &config, &mut sample_rng(seed, "hidden"));
+            let r = search(&mut p, &config, &mut sample_rng(seed, "hidden")).unwrap();
             hits[i] += (r.evaluated[r.best().unwrap()].reward == 1.0) as usize;
             evaluations[i] += r.evaluations();
         }

@@ -8,6 +8,7 @@
 //! This is the glue crate: it depends on the executor, MCTS and evaluation crates; nothing but
 //! xtask depends on it.
 
+pub mod export;
 pub mod influence;
 pub mod model;
 pub mod report;
@@ -32,8 +33,13 @@ pub enum SearchError {
     #[error(transparent)]
     Data(#[from] cola_eval::EvalError),
     /// Scoring one item.
-    #[error("{task} item {doc_id}: {error}")]
-    Item { task: String, doc_id: String, error: cola_eval::EvalError },
+    #[error("{task} item {doc_id}")]
+    Item {
+        task: String,
+        doc_id: String,
+        #[source]
+        error: cola_eval::EvalError,
+    },
     /// Reading or hashing a model or data file.
     #[error("{}: {error}", path.display())]
     File { path: std::path::PathBuf, error: String },

@@ -122,8 +122,8 @@ impl<B: LayerOps> LanguageModel for ChainModel<'_, B> {
         Ok(self.model.tokenizer.encode_continuation(text)?)
     }
 
-    fn decode(&self, ids: &[u32]) -> String {
-        self.model.tokenizer.decode(ids).unwrap_or_default()
+    fn decode(&self, ids: &[u32]) -> Result<String, ExecError> {
+        Ok(self.model.tokenizer.decode(ids)?)
     }
 
     fn stop_ids(&self) -> Vec<u32> {
@@ -156,6 +156,8 @@ impl<B: LayerOps> LanguageModel for ChainModel<'_, B> {
         let exec = &self.model.executor;
         let states = self.run_chains(prompt.to_vec(), || exec.start(prompt))?;
         let tokenizer = &self.model.tokenizer;
+        // An id the tokenizer cannot decode does not stop the generation here; decoding the
+        // result (`LanguageModel::decode`) reports it.
         exec.generate_batch(&states, max_new, |_, new| {
             stop.should_stop(new, |ids| tokenizer.decode(ids).unwrap_or_default())
         })

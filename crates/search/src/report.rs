@@ -51,27 +51,84 @@ pub struct Report {
     pub layer_use: Vec<LayerUse>,
 }
 
+/// Who found a chain: MCTS, or random search with the same number of evaluations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Searcher {
+    Mcts,
+    Random,
+}
+
+impl Searcher {
+    pub const ALL: [Searcher; 2] = [Searcher::Mcts, Searcher::Random];
+
+    /// As tables and figures name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Searcher::Mcts => "MCTS",
+            Searcher::Random => "random",
+        }
+    }
+
+    fn colour(self) -> RGBColor {
+        match self {
+            Searcher::Mcts => RGBColor(31, 90, 180),
+            Searcher::Random => RGBColor(230, 120, 0),
+        }
+    }
+
+    /// The sample's shortest correct chain by this searcher.
+    fn best(self, r: &SampleRecord) -> Option<&Chain> {
+        match self {
+            Searcher::Mcts => r.best_chain.as_ref(),
+            Searcher::Random => r.random_best_chain.as_ref(),
+        }
+    }
+}
+
+/// Samples by what the original chain did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    /// The original chain was right: how far a search shortens it.
+    Right,
+    /// It was wrong: a correct chain fixes it.
+    Fixed,
+}
+
+impl Group {
+    pub const ALL: [Group; 2] = [Group::Right, Group::Fixed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Right => "right",
+            Group::Fixed => "fixed",
+        }
+    }
+
+    fn holds(self, r: &SampleRecord) -> bool {
+        r.static_correct == (self == Group::Right)
+    }
+}
+
 /// The shortest correct chains of one task, one searcher and one group of samples.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LayerUse {
     pub task: String,
-    /// `mcts` or `random`.
-    pub searcher: &'static str,
-    /// `right` (the original chain was right: how far it shortens) or `fixed` (it was wrong).
-    pub group: &'static str,
+    pub searcher: Searcher,
+    pub group: Group,
     /// Their lengths, in sample order.
     pub lengths: Vec<usize>,
     pub skip_rate: Vec<f64>,
     pub repeat_rate: Vec<f64>,
 }
 
-/// Skip and repeat rates per layer over `chains` (texts that do not parse are left out).
-fn layer_rates<'a>(chains: impl Iterator<Item = &'a str>, num_layers: usize) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+/// Skip and repeat rates per layer over `chains`.
+fn layer_rates<'a>(chains: impl Iterator<Item = &'a Chain>, num_layers: usize) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
     let mut skipped = vec![0usize; num_layers];
     let mut repeated = vec![0usize; num_layers];
     let mut lengths = Vec::new();
-    for text in chains {
-        let Ok(chain) = Chain::parse(text) else { continue };
+    for chain in chains {
         lengths.push(chain.len());
         let mut counts = vec![0usize; num_layers];
         for &l in chain.layers() {
@@ -143,7 +200,7 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
         })
         .collect();
     let (lengths, skip_rate, repeat_rate) =
-        layer_rates(records.iter().filter_map(|r| r.best_chain.as_deref()), num_layers);
+        layer_rates(records.iter().filter_map(|r| r.best_chain.as_ref()), num_layers);
     let mut hist = BTreeMap::new();
     for len in lengths {
         *hist.entry(len).or_insert(0) += 1;
@@ -151,15 +208,12 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
     let mut layer_use = Vec::new();
     for t in &tasks {
         let rs: Vec<&SampleRecord> = records.iter().filter(|r| r.task == t.task).collect();
-        for searcher in ["mcts", "random"] {
-            if searcher == "random" && t.random_accuracy.is_none() {
+        for searcher in Searcher::ALL {
+            if searcher == Searcher::Random && t.random_accuracy.is_none() {
                 continue;
             }
-            for (group, right) in [("right", true), ("fixed", false)] {
-                let chains = rs.iter().filter(|r| r.static_correct == right).filter_map(|r| match searcher {
-                    "mcts" => r.best_chain.as_deref(),
-                    _ => r.random_best_chain.as_deref(),
-                });
+            for group in Group::ALL {
+                let chains = rs.iter().filter(|r| group.holds(r)).filter_map(|r| searcher.best(r));
                 let (lengths, skip_rate, repeat_rate) = layer_rates(chains, num_layers);
                 layer_use.push(LayerUse { task: t.task.clone(), searcher, group, lengths, skip_rate, repeat_rate });
             }
@@ -234,7 +288,7 @@ pub fn render_by_task(report: &Report) -> String {
         report.num_layers
     );
     for t in &report.tasks {
-        let cell = |searcher: &str, group: &str| {
+        let cell = |searcher: Searcher, group: Group| {
             report
                 .layer_use
                 .iter()
@@ -252,10 +306,10 @@ pub fn render_by_task(report: &Report) -> String {
             s,
             "| {} | {} | {} | {} | {} |",
             t.task,
-            cell("mcts", "right"),
-            cell("mcts", "fixed"),
-            cell("random", "right"),
-            cell("random", "fixed")
+            cell(Searcher::Mcts, Group::Right),
+            cell(Searcher::Mcts, Group::Fixed),
+            cell(Searcher::Random, Group::Right),
+            cell(Searcher::Random, Group::Fixed)
         );
     }
     s
@@ -326,7 +380,7 @@ pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRu
 /// Runs reported together must have searched alike: same search settings, seed and model
 /// weights (shards of one run, or runs of other tasks with the same command). The error names
 /// the first setting that differs.
-fn check_same_settings(runs: &[PathBuf], configs: &[RunConfig]) -> Result<(), RunError> {
+pub(crate) fn check_same_settings(runs: &[PathBuf], configs: &[RunConfig]) -> Result<(), RunError> {
     let key = |c: &RunConfig| {
         serde_json::json!({
             "settings": c.settings,
@@ -470,13 +524,6 @@ fn write_figures(out_dir: &Path, report: &Report) -> Result<Vec<PathBuf>, RunErr
     Ok(vec![lengths_path, layers_path])
 }
 
-const MCTS_COLOUR: RGBColor = RGBColor(31, 90, 180);
-const RANDOM_COLOUR: RGBColor = RGBColor(230, 120, 0);
-
-fn searcher_colour(searcher: &str) -> RGBColor {
-    if searcher == "mcts" { MCTS_COLOUR } else { RANDOM_COLOUR }
-}
-
 /// Lengths of the shortest correct chains, one dot per sample: per task, MCTS then random,
 /// each for samples the original chain got right (filled) and fixed (hollow); identical lengths
 /// spread sideways, so a row's width is its count; a black bar marks each mean.
@@ -513,13 +560,13 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
         .map_err(|x| e(&x))?
         .label(format!("original chain ({} layers)", report.num_layers))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.6)));
-    let mut legend_done: Vec<(&str, &str)> = Vec::new();
+    let mut legend_done: Vec<(Searcher, Group)> = Vec::new();
     for (ti, task) in tasks.iter().enumerate() {
         let mine: Vec<&&LayerUse> = slots.iter().filter(|u| u.task == *task).collect();
         for (si, u) in mine.iter().enumerate() {
             let centre = (ti * (per_task + 1) + si) as f64;
-            let colour = searcher_colour(u.searcher);
-            let style = if u.group == "right" { colour.filled() } else { colour.stroke_width(1) };
+            let colour = u.searcher.colour();
+            let style = if u.group == Group::Right { colour.filled() } else { colour.stroke_width(1) };
             let mut by_len: BTreeMap<usize, usize> = BTreeMap::new();
             for &l in &u.lengths {
                 *by_len.entry(l).or_default() += 1;
@@ -535,7 +582,7 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
             if !legend_done.contains(&(u.searcher, u.group)) {
                 legend_done.push((u.searcher, u.group));
                 series
-                    .label(format!("{} · {}", if u.searcher == "mcts" { "MCTS" } else { "random" }, u.group))
+                    .label(format!("{} · {}", u.searcher.label(), u.group.name()))
                     .legend(move |(x, y)| Circle::new((x + 8, y), 4, style));
             }
             if !u.lengths.is_empty() {
@@ -573,11 +620,11 @@ fn heat(rate: f64) -> RGBColor {
 /// one colour scale for all.
 fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
     let e = |x: &dyn std::fmt::Display| x.to_string();
-    let searchers: Vec<&str> =
-        ["mcts", "random"].into_iter().filter(|s| report.layer_use.iter().any(|u| u.searcher == *s)).collect();
-    let searchers = if searchers.is_empty() { vec!["mcts"] } else { searchers };
-    let rows: Vec<(String, &str)> =
-        report.tasks.iter().flat_map(|t| ["right", "fixed"].map(|g| (t.task.clone(), g))).collect();
+    let searchers: Vec<Searcher> =
+        Searcher::ALL.into_iter().filter(|s| report.layer_use.iter().any(|u| u.searcher == *s)).collect();
+    let searchers = if searchers.is_empty() { vec![Searcher::Mcts] } else { searchers };
+    let rows: Vec<(String, Group)> =
+        report.tasks.iter().flat_map(|t| Group::ALL.map(|g| (t.task.clone(), g))).collect();
     let n = report.num_layers as i32;
     let panel_h = 70 + 20 * rows.len().max(1) as u32;
     let root = SVGBackend::new(path, (460 * searchers.len() as u32 + 120, 2 * panel_h + 40)).into_drawing_area();
@@ -597,7 +644,10 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
         let what = if kind == 0 { "skip" } else { "repeat" };
         let mut chart = ChartBuilder::on(area)
             .caption(
-                format!("{} · {what}", if searcher == "mcts" { "MCTS" } else { "random (same budget)" }),
+                match searcher {
+                    Searcher::Mcts => format!("MCTS · {what}"),
+                    Searcher::Random => format!("random (same budget) · {what}"),
+                },
                 ("sans-serif", 15),
             )
             .margin(6)
@@ -613,7 +663,7 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
             .y_label_formatter(&|y| match y {
                 SegmentValue::CenterOf(y) => {
                     let k = rows.len().wrapping_sub(1 + *y as usize);
-                    rows.get(k).map_or(String::new(), |(t, g)| format!("{t} · {g}"))
+                    rows.get(k).map_or(String::new(), |(t, g)| format!("{t} · {}", g.name()))
                 }
                 _ => String::new(),
             })
@@ -677,7 +727,7 @@ mod tests {
             static_correct,
             best_len: best.map(|b| Chain::parse(b).unwrap().len()),
             best_correct: best.is_some(),
-            best_chain: best.map(str::to_string),
+            best_chain: best.map(|b| Chain::parse(b).unwrap()),
             best_prediction: None,
             evaluations: 10,
             simulations: 9,
@@ -722,7 +772,7 @@ mod tests {
     #[test]
     fn readable_answers_are_counted_over_evaluated_chains() {
         let chain = |prediction: Option<&str>| ChainRecord {
-            chain: "0-3".into(),
+            chain: Chain::parse("0-3").unwrap(),
             length: 4,
             reward: 0.0,
             prediction: prediction.map(str::to_string),
@@ -753,21 +803,21 @@ mod tests {
         // 4 layers, two tasks. MCTS: "a" right shortened to 0,1,3 (skips 2), "a" fixed by
         // 0,1,1,2,3 (repeats 1); "b" right, no chain. Random: "a" right by 0,2,3 (skips 1).
         let mut a_right = rec("a", true, Some("0-1,3"), true);
-        a_right.random_best_chain = Some("0,2-3".into());
+        a_right.random_best_chain = Some(Chain::parse("0,2-3").unwrap());
         let a_fixed = rec("a", false, Some("0,1,1,2,3"), false);
         let b_right = rec("b", true, None, false);
         let r = build_report(&[a_right, a_fixed, b_right], 4);
-        let find = |t: &str, s: &str, g: &str| {
+        let find = |t: &str, s: Searcher, g: Group| {
             r.layer_use.iter().find(|u| u.task == t && u.searcher == s && u.group == g).unwrap().clone()
         };
-        let u = find("a", "mcts", "right");
+        let u = find("a", Searcher::Mcts, Group::Right);
         assert_eq!((u.lengths, u.skip_rate, u.repeat_rate), (vec![3], vec![0.0, 0.0, 1.0, 0.0], vec![0.0; 4]));
-        let u = find("a", "mcts", "fixed");
+        let u = find("a", Searcher::Mcts, Group::Fixed);
         assert_eq!((u.lengths, u.repeat_rate), (vec![5], vec![0.0, 1.0, 0.0, 0.0]));
-        let u = find("a", "random", "right");
+        let u = find("a", Searcher::Random, Group::Right);
         assert_eq!((u.lengths, u.skip_rate), (vec![3], vec![0.0, 1.0, 0.0, 0.0]));
-        assert!(find("a", "random", "fixed").lengths.is_empty());
-        assert!(find("b", "mcts", "right").lengths.is_empty());
+        assert!(find("a", Searcher::Random, Group::Fixed).lengths.is_empty());
+        assert!(find("b", Searcher::Mcts, Group::Right).lengths.is_empty());
         assert_eq!(r.layer_use.len(), 8);
         let md = render_by_task(&r);
         assert!(md.contains("| static (original chain) | 50.0% | 100.0% |"), "{md}");
@@ -838,6 +888,34 @@ mod tests {
         assert!(e.contains("report of 3 samples") && e.contains("have 2"), "{e}");
         assert_eq!(std::fs::read_to_string(dir.path().join("report.json")).unwrap(), older);
         check_not_fewer(dir.path(), 3).unwrap();
+    }
+
+    /// Every committed search run with its records reports again to the committed report.json
+    /// and figures, byte for byte: the committed results are what this code computes from them.
+    #[test]
+    fn committed_runs_report_again_byte_for_byte() {
+        let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/results");
+        let mut checked = 0;
+        for run in std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().path()) {
+            let config = std::fs::read_to_string(run.join(crate::run_dir::CONFIG_FILE)).unwrap_or_default();
+            if !run.join(crate::run_dir::SAMPLES_FILE).exists()
+                || serde_json::from_str::<crate::run_dir::RunConfig>(&config).is_err()
+            {
+                continue;
+            }
+            let out = tempfile::tempdir().unwrap();
+            report_runs(std::slice::from_ref(&run), out.path()).unwrap();
+            for file in ["report.json", "best_chain_lengths.svg", "layer_skip_repeat.svg"] {
+                let (committed, now) = (run.join(file), out.path().join(file));
+                assert!(
+                    std::fs::read(&committed).unwrap() == std::fs::read(&now).unwrap(),
+                    "{} differs from what its records give now",
+                    committed.display()
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 0, "no committed search run with records in {}", results.display());
     }
 
     /// A run directory without records is an error, and the report already there stays.

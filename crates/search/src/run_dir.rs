@@ -18,9 +18,13 @@ use crate::sample::{SampleRecord, SearchSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    // The io error is part of the message, not a `source`, so `{:#}` chains print it once.
-    #[error("{}: {error}", path.display())]
-    Io { path: PathBuf, error: std::io::Error },
+    /// The cause is the `source`: `{:#}` (anyhow) prints `path: cause`.
+    #[error("{}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
     #[error("{}: the run directory is in use by {holder}; wait for that process to finish or stop it (two writers would interleave records)", path.display())]
@@ -79,7 +83,7 @@ pub struct RunConfig {
     pub num_layers: usize,
     pub weights: Vec<HashedFile>,
     pub data: Vec<HashedFile>,
-    pub backend: String,
+    pub backend: cola_executor::backend::BackendKind,
     pub versions: Value,
 }
 
@@ -396,7 +400,7 @@ mod tests {
             gold: "A".into(),
             static_prediction: Some("A".into()),
             static_correct: true,
-            best_chain: Some("0-3".into()),
+            best_chain: Some(cola_executor::Chain::parse("0-3").unwrap()),
             best_len: Some(4),
             best_correct: true,
             best_prediction: Some("A".into()),

@@ -227,7 +227,7 @@ pub struct SearchRequest {
     pub seed: u64,
     pub settings: SearchSettings,
     pub cache_mib: usize,
-    pub backend: String,
+    pub backend: cola_executor::backend::BackendKind,
 }
 
 /// sha256 of the weight files of a model directory, named relative to it (or of a GGUF file).
@@ -287,7 +287,7 @@ pub fn run_search<B: LayerOps>(
         num_layers,
         weights: weight_hashes(model_dir)?,
         data,
-        backend: req.backend.clone(),
+        backend: req.backend,
         versions: json!({"cola": env!("CARGO_PKG_VERSION"), "burn": "0.21.0"}),
     };
     let run = RunDir::open(&req.out_dir, &config, req.force)?;

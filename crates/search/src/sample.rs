@@ -4,6 +4,7 @@
 
 use cola_eval::{EvalError, Item, ItemResult, ScoringMode, ScoringOptions, score_item_variants};
 use cola_executor::Chain;
+use cola_executor::backend::BackendKind;
 use cola_mcts::chains::{ActionPreset, ChainProblem, ChainSpace};
 use cola_mcts::{Evaluation, MctsConfig, RandomConfig, SearchResult, random_search, sample_rng, search};
 use cola_model::LayerOps;
@@ -190,7 +191,7 @@ impl SearchSettings {
 /// One evaluated chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChainRecord {
-    pub chain: String,
+    pub chain: Chain,
     pub length: usize,
     pub reward: f64,
     pub prediction: Option<String>,
@@ -207,8 +208,8 @@ pub struct SampleRecord {
     pub gold: String,
     pub static_prediction: Option<String>,
     pub static_correct: bool,
-    /// Shortest correct chain found (text form), or null.
-    pub best_chain: Option<String>,
+    /// Shortest correct chain found, or null.
+    pub best_chain: Option<Chain>,
     pub best_len: Option<usize>,
     pub best_correct: bool,
     pub best_prediction: Option<String>,
@@ -219,7 +220,7 @@ pub struct SampleRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub random_best_correct: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub random_best_chain: Option<String>,
+    pub random_best_chain: Option<Chain>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub random_best_len: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,34 +229,30 @@ pub struct SampleRecord {
     pub chains: Vec<ChainRecord>,
 }
 
-fn chain_text(layers: &[usize]) -> String {
-    Chain::new(layers.to_vec()).to_string()
-}
-
-/// The shortest rewarded state (first found on ties), as (text, length, prediction).
-fn shortest_correct(result: &SearchResult<Vec<usize>, ItemResult>) -> Option<(String, usize, Option<String>)> {
+/// The shortest rewarded state (first found on ties), as (chain, length, prediction).
+fn shortest_correct(result: &SearchResult<Vec<usize>, ItemResult>) -> Option<(Chain, usize, Option<String>)> {
     result
         .evaluated
         .iter()
         .filter(|e| e.reward >= 1.0)
         .min_by_key(|e| e.length)
-        .map(|e| (chain_text(&e.state), e.length, e.payload.prediction.clone()))
+        .map(|e| (Chain::new(e.state.clone()), e.length, e.payload.prediction.clone()))
 }
 
 /// The batch size of a search with `preset` unless told otherwise: 1 for `paper`, whose name
 /// promises the paper's sequential search (each walk sees the rewards of all before it), else
 /// [`default_batch`].
-pub fn preset_batch(preset: Preset, backend: &str, mode: ScoringMode) -> usize {
+pub fn preset_batch(preset: Preset, backend: BackendKind, mode: ScoringMode) -> usize {
     if preset == Preset::Paper { 1 } else { default_batch(backend, mode) }
 }
 
 /// The batch size `search` and `bench` use unless told otherwise, chosen by measurement
 /// (`cargo xtask bench --batch K`, K = 1 beside it in the same run; README, Performance).
-pub fn default_batch(backend: &str, mode: ScoringMode) -> usize {
+pub fn default_batch(backend: BackendKind, mode: ScoringMode) -> usize {
     match (backend, mode) {
         // 2-core CPU, SmolLM2-135M: K = 16 gave 1.49x (ARC-Easy loglik) and 3.12x (GSM8K
         // generate) the evaluations/s of K = 1; K = 8 1.38x and 2.09x.
-        ("cpu", _) => 16,
+        (BackendKind::Cpu, _) => 16,
         // H200 (CUDA, f32): K = 16 gave 1.28x in GSM8K generate but 0.66x in ARC-Easy loglik,
         // where the per-chain attention launches outweigh the shared matmuls.
         (_, ScoringMode::Generate) => 16,
@@ -275,46 +272,41 @@ pub fn search_item<B: LayerOps>(
     let n = model.loaded().executor.num_layers();
     let sample_id = format!("{}/{}", item.task, item.doc_id);
     model.clear_cache();
-    let mut failure: Option<EvalError> = None;
-    let mut evaluate = |model: &mut ChainModel<'_, B>, chains: &[Vec<usize>]| -> Vec<Evaluation<ItemResult>> {
+    let evaluate = |model: &mut ChainModel<'_, B>, chains: &[Vec<usize>]| {
         let _span = tracing::debug_span!("evaluate", chains = chains.len()).entered();
         model.set_chains(chains.iter().map(|c| Chain::new(c.clone())).collect());
-        match score_item_variants(model, item, &settings.scoring) {
-            Ok(results) => results.into_iter().map(|r| Evaluation { reward: oracle_reward(&r), payload: r }).collect(),
-            Err(e) => {
-                failure.get_or_insert(e);
-                chains.iter().map(|_| Evaluation { reward: 0.0, payload: ItemResult::unanswered(item) }).collect()
-            }
-        }
+        let results = score_item_variants(model, item, &settings.scoring)?;
+        Ok::<_, EvalError>(results.into_iter().map(|r| Evaluation { reward: oracle_reward(&r), payload: r }).collect())
     };
-    let mcts = {
-        let mut problem = ChainProblem {
-            space: ChainSpace::new(n, settings.tree.actions),
-            evaluate: |c: &[Vec<usize>]| evaluate(model, c),
-        };
-        search(&mut problem, &settings.mcts_config(n), &mut sample_rng(seed, &sample_id))
-    };
-    let random = match settings.baseline {
-        Baseline::None => None,
-        Baseline::Random => {
-            let cfg = RandomConfig {
-                evaluations: mcts.evaluations(),
-                max_edits: settings.random_max_edits,
-                min_len: settings.tree.min_len,
-                max_len: settings.tree.max_len,
-                batch: settings.batch,
-            };
+    let searched = (|| {
+        let mcts = {
             let mut problem = ChainProblem {
                 space: ChainSpace::new(n, settings.tree.actions),
                 evaluate: |c: &[Vec<usize>]| evaluate(model, c),
             };
-            Some(random_search(&mut problem, &cfg, &mut sample_rng(seed, &format!("random/{sample_id}"))))
-        }
-    };
+            search(&mut problem, &settings.mcts_config(n), &mut sample_rng(seed, &sample_id))?
+        };
+        let random = match settings.baseline {
+            Baseline::None => None,
+            Baseline::Random => {
+                let cfg = RandomConfig {
+                    evaluations: mcts.evaluations(),
+                    max_edits: settings.random_max_edits,
+                    min_len: settings.tree.min_len,
+                    max_len: settings.tree.max_len,
+                    batch: settings.batch,
+                };
+                let mut problem = ChainProblem {
+                    space: ChainSpace::new(n, settings.tree.actions),
+                    evaluate: |c: &[Vec<usize>]| evaluate(model, c),
+                };
+                Some(random_search(&mut problem, &cfg, &mut sample_rng(seed, &format!("random/{sample_id}")))?)
+            }
+        };
+        Ok::<_, EvalError>((mcts, random))
+    })();
     model.clear_cache();
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let (mcts, random) = searched?;
     let root = &mcts.evaluated[0];
     let best = shortest_correct(&mcts);
     let random_best = random.as_ref().map(shortest_correct);
@@ -339,7 +331,7 @@ pub fn search_item<B: LayerOps>(
             .evaluated
             .iter()
             .map(|e| ChainRecord {
-                chain: chain_text(&e.state),
+                chain: Chain::new(e.state.clone()),
                 length: e.length,
                 reward: e.reward,
                 prediction: e.payload.prediction.clone(),

@@ -75,7 +75,7 @@ pub struct TransferConfig {
     pub num_layers: usize,
     pub weights: Vec<HashedFile>,
     pub data: Vec<HashedFile>,
-    pub backend: String,
+    pub backend: cola_executor::backend::BackendKind,
     pub versions: serde_json::Value,
 }
 
@@ -90,7 +90,7 @@ pub struct TransferRequest {
     pub force: bool,
     pub seed: u64,
     pub settings: TransferSettings,
-    pub backend: String,
+    pub backend: cola_executor::backend::BackendKind,
 }
 
 /// One chain of the task-level search, scored on every calibration item.
@@ -484,7 +484,7 @@ pub fn run_transfer<B: LayerOps>(
         num_layers,
         weights: weight_hashes(&model.dir)?,
         data,
-        backend: req.backend.clone(),
+        backend: req.backend,
         versions: json!({"cola": env!("CARGO_PKG_VERSION"), "burn": "0.21.0"}),
     };
     let dir = &req.out_dir;
@@ -527,53 +527,41 @@ fn calibrate<B: LayerOps>(
     let items = &calibration.items;
     let pb = progress((settings.tree.simulations + 1) * items.len(), 0, format!("{} chains", calibration.name));
     let mut chain_model = ChainModel::new(model, Chain::identity(num_layers));
-    let mut failure: Option<SearchError> = None;
     let mut order: Vec<String> = Vec::new();
     let mut best = (f64::NEG_INFINITY, 0usize);
-    let mut evaluate = |chains: &[Vec<usize>]| -> Vec<Evaluation<()>> {
+    let mut evaluate = |chains: &[Vec<usize>]| -> Result<Vec<Evaluation<()>>, SearchError> {
         let texts: Vec<String> = chains.iter().map(|c| Chain::new(c.clone()).to_string()).collect();
         let todo: Vec<usize> = (0..chains.len()).filter(|&i| !known.contains_key(&texts[i])).collect();
         pb.inc(((chains.len() - todo.len()) * items.len()) as u64);
-        if !todo.is_empty() && failure.is_none() {
+        if !todo.is_empty() {
             let mut correct = vec![String::with_capacity(items.len()); todo.len()];
             chain_model.set_chains(todo.iter().map(|&i| Chain::new(chains[i].clone())).collect());
             for item in items {
-                match score_item_variants(&mut chain_model, item, &settings.scoring) {
-                    Ok(results) => {
-                        for (c, r) in correct.iter_mut().zip(results) {
-                            c.push(if r.correct { '1' } else { '0' });
-                        }
-                    }
-                    Err(e) => {
-                        failure = Some(item_error(&calibration.name, item, e));
-                        break;
-                    }
+                let results = score_item_variants(&mut chain_model, item, &settings.scoring)
+                    .map_err(|e| item_error(&calibration.name, item, e))?;
+                for (c, r) in correct.iter_mut().zip(results) {
+                    c.push(if r.correct { '1' } else { '0' });
                 }
                 // The prefix caches hold one item's states: free them before the next item.
                 chain_model.clear_cache();
                 pb.inc(todo.len() as u64);
             }
-            if failure.is_none() {
-                for (&i, correct) in todo.iter().zip(correct) {
-                    let right = correct.bytes().filter(|&b| b == b'1').count();
-                    let record = CalibrationRecord {
-                        chain: texts[i].clone(),
-                        length: chains[i].len(),
-                        accuracy: right as f64 / items.len() as f64,
-                        correct,
-                    };
-                    if let Err(e) = append_line(&path, &record) {
-                        failure = Some(e.into());
-                        break;
-                    }
-                    known.insert(texts[i].clone(), record);
-                }
+            for (&i, correct) in todo.iter().zip(correct) {
+                let right = correct.bytes().filter(|&b| b == b'1').count();
+                let record = CalibrationRecord {
+                    chain: texts[i].clone(),
+                    length: chains[i].len(),
+                    accuracy: right as f64 / items.len() as f64,
+                    correct,
+                };
+                append_line(&path, &record)?;
+                known.insert(texts[i].clone(), record);
             }
         }
         let rewards = texts
             .iter()
             .map(|t| {
-                let Some(r) = known.get(t) else { return Evaluation { reward: 0.0, payload: () } };
+                let r = &known[t];
                 order.push(t.clone());
                 if r.accuracy > best.0 || (r.accuracy == best.0 && r.length < best.1) {
                     best = (r.accuracy, r.length);
@@ -582,7 +570,7 @@ fn calibrate<B: LayerOps>(
             })
             .collect();
         pb.set_message(format!("best calibration accuracy {:.1}% at {} layers", 100.0 * best.0, best.1));
-        rewards
+        Ok(rewards)
     };
     let mut problem = ChainProblem {
         space: ChainSpace::new(num_layers, settings.tree.actions),
@@ -592,12 +580,9 @@ fn calibrate<B: LayerOps>(
         &mut problem,
         &settings.tree.mcts_config(num_layers, None, settings.batch),
         &mut sample_rng(seed, &format!("transfer/{}", calibration.name)),
-    );
+    )?;
     drop(problem);
     pb.finish();
-    if let Some(e) = failure {
-        return Err(e);
-    }
     Ok(order.iter().filter_map(|c| known.get(c).cloned()).collect())
 }
 
