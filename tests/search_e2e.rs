@@ -21,6 +21,62 @@ fn setup(items: usize) -> (tempfile::TempDir, std::path::PathBuf, std::path::Pat
     (dir, model_dir, data)
 }
 
+/// The report's budget curves and MCTS-minus-random differences, recomputed from the JSON of a
+/// real run's records (random baseline on): for every budget b and group, the samples with a
+/// correct (for right samples: shorter) chain among the first b chains each searcher evaluated.
+/// The random chains recorded give the recorded random best.
+#[test]
+fn budget_curves_and_paired_differences_follow_from_the_records() {
+    let (dir, model_dir, data) = setup(6);
+    let model = LoadedChainModel::<Cpu>::load(&model_dir, Default::default()).unwrap();
+    let out = dir.path().join("run");
+    let req = tiny_search_request(&data, &out, LAYERS);
+    cola_search::run_search(&req, &model).unwrap();
+    let records: Vec<Value> = std::fs::read_to_string(out.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let counts =
+        |c: &Value, right: bool| c["reward"] == 1.0 && (!right || c["length"].as_u64().unwrap() < LAYERS as u64);
+    for r in &records {
+        let random = r["random_chains"].as_array().expect("random chains recorded");
+        let best = random.iter().filter(|c| c["reward"] == 1.0).min_by_key(|c| c["length"].as_u64().unwrap());
+        assert_eq!(best.map(|c| &c["chain"]).unwrap_or(&Value::Null), &r["random_best_chain"]);
+        assert_eq!(random.len() as u64, r["random_evaluations"].as_u64().unwrap());
+    }
+    let curves = report["budget_curves"].as_array().unwrap();
+    assert_eq!(curves.len(), 4, "MCTS and random, right and fixed");
+    for curve in curves {
+        let right = curve["group"] == "right";
+        let key = if curve["searcher"] == "mcts" { "chains" } else { "random_chains" };
+        let members: Vec<&Value> = records.iter().filter(|r| r["static_correct"] == right).collect();
+        assert_eq!(curve["n"].as_u64().unwrap() as usize, members.len());
+        let found_at: Vec<u64> = curve["found_at"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let longest = members.iter().map(|r| r[key].as_array().unwrap().len()).max().unwrap_or(0);
+        assert_eq!(curve["evaluations"].as_u64().unwrap() as usize, longest);
+        for b in 1..=longest + 3 {
+            let want =
+                members.iter().filter(|r| r[key].as_array().unwrap().iter().take(b).any(|c| counts(c, right))).count();
+            let got = found_at.iter().filter(|&&at| at <= b as u64).count();
+            assert_eq!(got, want, "{} {} at b = {b}", curve["searcher"], curve["group"]);
+        }
+    }
+    let task = &report["tasks"][0];
+    let wrong: Vec<&Value> = records.iter().filter(|r| r["static_correct"] == false).collect();
+    if !wrong.is_empty() {
+        let diff = wrong
+            .iter()
+            .map(|r| (r["best_correct"] == true) as i32 - (r["random_best_correct"] == true) as i32)
+            .sum::<i32>() as f64
+            / wrong.len() as f64;
+        assert!((task["mcts_minus_random_fixed"].as_f64().unwrap() - diff).abs() < 1e-12);
+        let [lo, hi] = [0, 1].map(|i| task["mcts_minus_random_fixed_ci"][i].as_f64().unwrap());
+        assert!(lo <= diff && diff <= hi, "{diff} outside [{lo}, {hi}]");
+    }
+}
+
 #[test]
 fn search_records_are_complete_and_honest() {
     let (dir, model_dir, data) = setup(5);

@@ -260,6 +260,7 @@ pub fn tiny_search_request(data: &Path, out: &Path, num_layers: usize) -> cola_s
             shard: None,
             subject: None,
             split: None,
+            sample: Default::default(),
         },
         data_dir: out.to_path_buf(),
         out_dir: out.to_path_buf(),

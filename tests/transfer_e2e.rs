@@ -35,6 +35,7 @@ fn request(calibration: &Path, heldout: &Path, out: &Path) -> TransferRequest {
         shard: None,
         subject: None,
         split: None,
+        sample: Default::default(),
     };
     TransferRequest {
         calibration: select(calibration, "tiny"),

@@ -249,6 +249,7 @@ fn search_throughput<B: LayerOps>(
         shard: None,
         subject: None,
         split: None,
+        sample: Default::default(),
     };
     let items: Vec<_> = cola_search::select_items(&data_dir, &sel)?.remove(0).items;
     // Chat only for generation, as the `paper` preset does.

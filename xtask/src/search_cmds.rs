@@ -12,6 +12,7 @@ use cola_executor::backend::WithBackend;
 use cola_mcts::chains::ActionPreset;
 use cola_model::LayerOps;
 use cola_search::run_dir::Shard;
+use cola_search::runs::Sampling;
 use cola_search::sample::TreeSettings;
 use cola_search::transfer::{TransferRequest, TransferSettings};
 use cola_search::{Baseline, Preset, SearchRequest, SearchSettings, Selection, Source, report};
@@ -34,10 +35,16 @@ pub struct ItemArgs {
     /// intermediate_algebra, number_theory, prealgebra, precalculus).
     #[arg(long)]
     subject: Option<String>,
-    /// Use the first N items (after --offset). Items are in doc_id order, so N always means the
+    /// Use the first N items (after --offset), in the order --sample gives; N always means the
     /// same items.
     #[arg(long, value_name = "N", value_parser = crate::at_least_one)]
     limit: Option<usize>,
+    /// Item order: `stratified` takes MATH items (math, math-l1 .. math-l5, math-500) from every
+    /// subject in proportion, in an order shuffled with a fixed seed (the same for every run);
+    /// `first` keeps the data's order (MATH: subject by subject, so the first 10 of a level are
+    /// all algebra). Tasks without subjects keep their order either way.
+    #[arg(long, value_name = "ORDER", default_value = "stratified", value_parser = parse_sampling)]
+    sample: Sampling,
     /// Skip the first K items.
     #[arg(long, value_name = "K", default_value_t = 0)]
     offset: usize,
@@ -45,6 +52,10 @@ pub struct ItemArgs {
     /// has labelled test items (ARC, OpenBookQA, MATH, GSM8K), validation for CSQA.
     #[arg(long, value_parser = parse_split)]
     split: Option<Split>,
+}
+
+fn parse_sampling(s: &str) -> Result<Sampling, String> {
+    s.parse()
 }
 
 fn parse_split(s: &str) -> Result<Split, String> {
@@ -74,6 +85,7 @@ impl ItemArgs {
             shard,
             subject: self.subject.clone(),
             split: self.split,
+            sample: self.sample,
         })
     }
 
@@ -587,6 +599,7 @@ impl WithBackend for Transfer {
             shard: None,
             subject: None,
             split,
+            sample: Sampling::First,
         };
         let pairs: Vec<(Selection, Selection)> = match (&args.task[..], &args.calibration_data, &args.heldout_data) {
             ([_, ..], None, None) => args

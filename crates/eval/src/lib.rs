@@ -14,7 +14,7 @@ pub mod prompts;
 pub mod scoring;
 
 pub use data::{AnswerForm, Item, ItemKind, LoadReport, Split, Task, load_task, load_user_jsonl};
-pub use metrics::{Summary, bootstrap_interval};
+pub use metrics::{Summary, bootstrap_interval, bootstrap_ratio, wilson_interval};
 pub use scoring::{
     ItemResult, LanguageModel, MathPrompt, ScoringMode, ScoringOptions, StopRule, score_item, score_item_variants,
 };

@@ -222,6 +222,7 @@ mod tests {
             random_best_len: None,
             random_evaluations: None,
             chains,
+            random_chains: None,
         }
     }
 

@@ -14,27 +14,99 @@ use serde::Serialize;
 use crate::run_dir::{MergedRuns, RunConfig, RunError, jsonl_line, merge_runs, write_atomic};
 use crate::sample::{ChainRecord, SampleRecord};
 
+/// A 95% interval `[low, high]`.
+pub type Interval = [f64; 2];
+
+/// Resamples and seed of the report's bootstrap intervals (fixed: a report is a function of its
+/// records).
+const RESAMPLES: usize = 2000;
+const BOOTSTRAP_SEED: u64 = 0;
+
+/// One task's findings. Every proportion `x` has `x_ci`, its 95% interval: Wilson's for a share of
+/// samples, a bootstrap over samples for shares of chains and for paired differences. For the
+/// counts `shortened` (of `static_correct`) and `fixed_by_*` (of `static_wrong`), `_ci` is the
+/// interval of that share.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskReport {
     pub task: String,
     pub n: usize,
     pub static_accuracy: f64,
+    pub static_accuracy_ci: Option<Interval>,
     pub oracle_accuracy: f64,
+    pub oracle_accuracy_ci: Option<Interval>,
     pub random_accuracy: Option<f64>,
+    pub random_accuracy_ci: Option<Interval>,
     pub static_correct: usize,
     /// Static-correct samples with a correct chain shorter than N.
     pub shortened: usize,
+    pub shortened_ci: Option<Interval>,
+    /// The same found by the random baseline.
+    pub shortened_by_random: Option<usize>,
+    pub shortened_by_random_ci: Option<Interval>,
     pub mean_shortest_len: Option<f64>,
     pub median_shortest_len: Option<f64>,
     pub static_wrong: usize,
     pub fixed_by_mcts: usize,
+    pub fixed_by_mcts_ci: Option<Interval>,
     pub fixed_by_random: Option<usize>,
+    pub fixed_by_random_ci: Option<Interval>,
+    /// MCTS minus random on the same samples: share of static-wrong samples fixed, with the 95%
+    /// paired bootstrap interval.
+    pub mcts_minus_random_fixed: Option<f64>,
+    pub mcts_minus_random_fixed_ci: Option<Interval>,
+    /// The same for the share of static-correct samples shortened.
+    pub mcts_minus_random_shortened: Option<f64>,
+    pub mcts_minus_random_shortened_ci: Option<Interval>,
     pub mean_evaluations: f64,
     /// Share of the chains MCTS evaluated whose output the grader could read an answer from
     /// (`None` when no chain was recorded; an empty answer, which graders before the empty-box
     /// fix recorded for an echoed `\boxed{}`, counts as none). An unreadable answer earns reward
-    /// 0, so where this is near 0 the search has nothing to follow.
+    /// 0, so where this is near 0 the search has nothing to follow. Its interval resamples
+    /// samples (a sample's chains are not independent).
     pub answered_chain_rate: Option<f64>,
+    pub answered_chain_rate_ci: Option<Interval>,
+}
+
+/// How the share of a group's samples that a searcher fixes (or shortens) grows with the
+/// evaluations it spends: a sample counts from the evaluation that first gave it a correct (for
+/// `right`: shorter correct) chain, the original chain being evaluation 1.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BudgetCurve {
+    pub task: String,
+    pub searcher: Searcher,
+    pub group: Group,
+    /// Samples in the group.
+    pub n: usize,
+    /// The most evaluations any of them spent (where the curve ends).
+    pub evaluations: usize,
+    /// Per sample found, the evaluation (1-based) that found it, ascending.
+    pub found_at: Vec<usize>,
+}
+
+impl BudgetCurve {
+    /// Samples found within the first `budget` evaluations.
+    pub fn found_within(&self, budget: usize) -> usize {
+        self.found_at.partition_point(|&at| at <= budget)
+    }
+}
+
+fn wilson(k: usize, n: usize) -> Option<Interval> {
+    cola_eval::wilson_interval(k, n).map(|(a, b)| [a, b])
+}
+
+/// The mean of `diffs` and its 95% bootstrap interval (None when empty).
+fn paired(diffs: &[f64]) -> (Option<f64>, Option<Interval>) {
+    if diffs.is_empty() {
+        return (None, None);
+    }
+    let (lo, hi) = cola_eval::bootstrap_interval(diffs, RESAMPLES, BOOTSTRAP_SEED);
+    (Some(diffs.iter().sum::<f64>() / diffs.len() as f64), Some([lo, hi]))
+}
+
+/// The 0-based index of the first chain that fixes (any correct chain) or shortens (a correct
+/// chain shorter than `num_layers`) the sample, by `group`.
+fn first_found(chains: &[ChainRecord], group: Group, num_layers: usize) -> Option<usize> {
+    chains.iter().position(|c| c.reward >= 1.0 && (group == Group::Fixed || c.length < num_layers))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,6 +121,8 @@ pub struct Report {
     /// The same by task (a MATH level is a task), searcher and group: the analyses by
     /// difficulty.
     pub layer_use: Vec<LayerUse>,
+    /// Per task, searcher (where its chains are recorded) and group.
+    pub budget_curves: Vec<BudgetCurve>,
 }
 
 /// Who found a chain: MCTS, or random search with the same number of evaluations.
@@ -175,27 +249,67 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
             let wrong: Vec<&&SampleRecord> = rs.iter().filter(|r| !r.static_correct).collect();
             let lens: Vec<usize> = right.iter().filter_map(|r| r.best_len).collect();
             let has_random = rs.iter().all(|r| r.random_best_correct.is_some()) && n > 0;
+            let oracle = rs.iter().filter(|r| r.best_correct).count();
+            let random = has_random.then(|| rs.iter().filter(|r| r.random_best_correct == Some(true)).count());
+            let short = |len: Option<usize>| len.is_some_and(|l| l < num_layers);
+            let shortened = right.iter().filter(|r| short(r.best_len)).count();
+            let shortened_by_random = has_random.then(|| right.iter().filter(|r| short(r.random_best_len)).count());
+            let fixed_by_mcts = wrong.iter().filter(|r| r.best_correct).count();
+            let fixed_by_random =
+                has_random.then(|| wrong.iter().filter(|r| r.random_best_correct == Some(true)).count());
+            let bit = |b: bool| b as u8 as f64;
+            let (fixed_diff, fixed_diff_ci) = if has_random {
+                paired(
+                    &wrong
+                        .iter()
+                        .map(|r| bit(r.best_correct) - bit(r.random_best_correct == Some(true)))
+                        .collect::<Vec<_>>(),
+                )
+            } else {
+                (None, None)
+            };
+            let (short_diff, short_diff_ci) = if has_random {
+                paired(
+                    &right.iter().map(|r| bit(short(r.best_len)) - bit(short(r.random_best_len))).collect::<Vec<_>>(),
+                )
+            } else {
+                (None, None)
+            };
+            let answered_counts: Vec<(f64, f64)> = rs
+                .iter()
+                .map(|r| (r.chains.iter().filter(|c| answered(c)).count() as f64, r.chains.len() as f64))
+                .collect();
+            let (answered_all, chains_all) = answered_counts.iter().fold((0.0, 0.0), |(a, n), (x, y)| (a + x, n + y));
+            let (num, den): (Vec<f64>, Vec<f64>) = answered_counts.into_iter().unzip();
             TaskReport {
                 task: task.to_string(),
                 n,
                 static_accuracy: ratio(right.len(), n),
-                oracle_accuracy: ratio(rs.iter().filter(|r| r.best_correct).count(), n),
-                random_accuracy: has_random
-                    .then(|| ratio(rs.iter().filter(|r| r.random_best_correct == Some(true)).count(), n)),
+                static_accuracy_ci: wilson(right.len(), n),
+                oracle_accuracy: ratio(oracle, n),
+                oracle_accuracy_ci: wilson(oracle, n),
+                random_accuracy: random.map(|k| ratio(k, n)),
+                random_accuracy_ci: random.and_then(|k| wilson(k, n)),
                 static_correct: right.len(),
-                shortened: lens.iter().filter(|&&l| l < num_layers).count(),
+                shortened,
+                shortened_ci: wilson(shortened, right.len()),
+                shortened_by_random,
+                shortened_by_random_ci: shortened_by_random.and_then(|k| wilson(k, right.len())),
                 mean_shortest_len: (!lens.is_empty()).then(|| lens.iter().sum::<usize>() as f64 / lens.len() as f64),
                 median_shortest_len: median(lens),
                 static_wrong: wrong.len(),
-                fixed_by_mcts: wrong.iter().filter(|r| r.best_correct).count(),
-                fixed_by_random: has_random
-                    .then(|| wrong.iter().filter(|r| r.random_best_correct == Some(true)).count()),
+                fixed_by_mcts,
+                fixed_by_mcts_ci: wilson(fixed_by_mcts, wrong.len()),
+                fixed_by_random,
+                fixed_by_random_ci: fixed_by_random.and_then(|k| wilson(k, wrong.len())),
+                mcts_minus_random_fixed: fixed_diff,
+                mcts_minus_random_fixed_ci: fixed_diff_ci,
+                mcts_minus_random_shortened: short_diff,
+                mcts_minus_random_shortened_ci: short_diff_ci,
                 mean_evaluations: rs.iter().map(|r| r.evaluations as f64).sum::<f64>() / n.max(1) as f64,
-                answered_chain_rate: {
-                    let chains = rs.iter().flat_map(|r| &r.chains);
-                    let (answered, all) = chains.fold((0, 0), |(a, n), c| (a + answered(c) as usize, n + 1));
-                    (all > 0).then(|| ratio(answered, all))
-                },
+                answered_chain_rate: (chains_all > 0.0).then(|| answered_all / chains_all),
+                answered_chain_rate_ci: cola_eval::bootstrap_ratio(&num, &den, RESAMPLES, BOOTSTRAP_SEED)
+                    .map(|(a, b)| [a, b]),
             }
         })
         .collect();
@@ -219,17 +333,74 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
             }
         }
     }
-    Report { num_layers, tasks, best_length_histogram: hist, skip_rate, repeat_rate, layer_use }
+    let budget_curves = budget_curves(records, &tasks, num_layers);
+    Report { num_layers, tasks, best_length_histogram: hist, skip_rate, repeat_rate, layer_use, budget_curves }
+}
+
+/// Per task, searcher and group, the samples found within each budget: MCTS always, random where
+/// every sample of the task recorded its chains.
+fn budget_curves(records: &[SampleRecord], tasks: &[TaskReport], num_layers: usize) -> Vec<BudgetCurve> {
+    let mut curves = Vec::new();
+    for t in tasks {
+        let rs: Vec<&SampleRecord> = records.iter().filter(|r| r.task == t.task).collect();
+        for searcher in Searcher::ALL {
+            let chains: Option<Vec<&[ChainRecord]>> = rs
+                .iter()
+                .map(|r| match searcher {
+                    Searcher::Mcts => Some(&r.chains[..]),
+                    Searcher::Random => r.random_chains.as_deref(),
+                })
+                .collect();
+            let Some(chains) = chains else { continue };
+            for group in Group::ALL {
+                let group_chains: Vec<&[ChainRecord]> =
+                    rs.iter().zip(&chains).filter(|(r, _)| group.holds(r)).map(|(_, c)| *c).collect();
+                let evaluations = group_chains.iter().map(|c| c.len()).max().unwrap_or(0);
+                let members: Vec<Option<usize>> =
+                    group_chains.iter().map(|c| first_found(c, group, num_layers)).collect();
+                let mut found_at: Vec<usize> = members.iter().flatten().map(|i| i + 1).collect();
+                found_at.sort_unstable();
+                curves.push(BudgetCurve {
+                    task: t.task.clone(),
+                    searcher,
+                    group,
+                    n: members.len(),
+                    evaluations,
+                    found_at,
+                });
+            }
+        }
+    }
+    curves
 }
 
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
-/// `a/b (x%)`, or `0/0 (-)` where there is nothing to count.
-fn frac(a: usize, b: usize) -> String {
-    if b == 0 { format!("{a}/{b} (-)") } else { format!("{a}/{b} ({})", pct(ratio(a, b))) }
+/// `x% [low, high]` in percent, or `x%` without an interval.
+fn pct_ci(x: f64, ci: Option<Interval>) -> String {
+    match ci {
+        Some([lo, hi]) => format!("{} [{:.1}, {:.1}]", pct(x), 100.0 * lo, 100.0 * hi),
+        None => pct(x),
+    }
 }
+
+/// `a/b (x% [low, high])`, or `0/0 (-)` where there is nothing to count.
+fn frac(a: usize, b: usize, ci: Option<Interval>) -> String {
+    if b == 0 { format!("{a}/{b} (-)") } else { format!("{a}/{b} ({})", pct_ci(ratio(a, b), ci)) }
+}
+
+/// A difference of shares in percentage points with its interval: `+5.0 pp [-2.1, 12.0]`.
+fn points(x: Option<f64>, ci: Option<Interval>) -> String {
+    match (x, ci) {
+        (Some(x), Some([lo, hi])) => format!("{:+.1} pp [{:+.1}, {:+.1}]", 100.0 * x, 100.0 * lo, 100.0 * hi),
+        _ => "-".into(),
+    }
+}
+
+/// Budgets at which the report tabulates the budget curves.
+const BUDGETS: [usize; 5] = [10, 25, 50, 100, 200];
 
 fn opt<T: std::fmt::Display>(x: Option<T>) -> String {
     x.map_or("-".into(), |v| v.to_string())
@@ -249,16 +420,69 @@ pub fn render_table(report: &Report) -> String {
             "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {:.1} |",
             t.task,
             t.n,
-            pct(t.static_accuracy),
-            pct(t.oracle_accuracy),
-            t.random_accuracy.map_or("-".into(), pct),
-            frac(t.shortened, t.static_correct),
+            pct_ci(t.static_accuracy, t.static_accuracy_ci),
+            pct_ci(t.oracle_accuracy, t.oracle_accuracy_ci),
+            t.random_accuracy.map_or("-".into(), |a| pct_ci(a, t.random_accuracy_ci)),
+            frac(t.shortened, t.static_correct, t.shortened_ci),
             opt(t.mean_shortest_len.map(|m| format!("{m:.1}"))),
             opt(t.median_shortest_len),
-            frac(t.fixed_by_mcts, t.static_wrong),
-            t.fixed_by_random.map_or("-".into(), |f| frac(f, t.static_wrong)),
+            frac(t.fixed_by_mcts, t.static_wrong, t.fixed_by_mcts_ci),
+            t.fixed_by_random.map_or("-".into(), |f| frac(f, t.static_wrong, t.fixed_by_random_ci)),
             t.mean_evaluations,
         );
+    }
+    let _ = writeln!(s, "\nIntervals: 95%, Wilson's for shares of samples.");
+    s
+}
+
+/// MCTS against random search on the same samples (paired differences with bootstrap intervals)
+/// and both by evaluations spent.
+pub fn render_searchers(report: &Report) -> String {
+    let mut s = String::new();
+    if report.tasks.iter().any(|t| t.mcts_minus_random_fixed.is_some() || t.mcts_minus_random_shortened.is_some()) {
+        let _ = writeln!(
+            s,
+            "\n## MCTS against random search (same samples, same number of evaluations)\n\n| task | wrong: fixed, MCTS − random | right: shortened, MCTS − random |\n|---|---|---|"
+        );
+        for t in &report.tasks {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                t.task,
+                points(t.mcts_minus_random_fixed, t.mcts_minus_random_fixed_ci),
+                points(t.mcts_minus_random_shortened, t.mcts_minus_random_shortened_ci)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nPercentage points, with 95% paired bootstrap intervals ({RESAMPLES} resamples of the samples, seed {BOOTSTRAP_SEED}); an interval that holds 0 does not tell the two searchers apart."
+        );
+    }
+    let budgets: Vec<usize> =
+        BUDGETS.into_iter().filter(|&b| report.budget_curves.iter().any(|c| c.evaluations >= b)).collect();
+    if budgets.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\n## By evaluations spent (budget_curves.svg)\n\nShare of samples with a correct chain among the first b evaluations (fixed: samples the original chain got wrong; shortened: right ones, a shorter correct chain):\n"
+    );
+    let _ = writeln!(
+        s,
+        "| task | group | searcher | {} |",
+        budgets.iter().map(|b| format!("b = {b}")).collect::<Vec<_>>().join(" | ")
+    );
+    let _ = writeln!(s, "|---|---|---|{}", "---|".repeat(budgets.len()));
+    for c in report.budget_curves.iter().filter(|c| c.n > 0) {
+        let cells: Vec<String> = budgets
+            .iter()
+            .map(|&b| {
+                let k = c.found_within(b);
+                pct_ci(ratio(k, c.n), wilson(k, c.n))
+            })
+            .collect();
+        let group = if c.group == Group::Fixed { "fixed" } else { "shortened" };
+        let _ = writeln!(s, "| {} | {group} (n = {}) | {} | {} |", c.task, c.n, c.searcher.label(), cells.join(" | "));
     }
     s
 }
@@ -270,14 +494,18 @@ pub fn render_by_task(report: &Report) -> String {
     let names: Vec<&str> = report.tasks.iter().map(|t| t.task.as_str()).collect();
     let _ = writeln!(s, "\n## By task (Table 1 form)\n\n| accuracy | {} |", names.join(" | "));
     let _ = writeln!(s, "|---|{}", "---|".repeat(names.len()));
-    let row = |label: &str, f: &dyn Fn(&TaskReport) -> Option<f64>| {
-        let cells: Vec<String> = report.tasks.iter().map(|t| f(t).map_or("-".into(), pct)).collect();
+    type Share = Option<(f64, Option<Interval>)>;
+    let row = |label: &str, f: &dyn Fn(&TaskReport) -> Share| {
+        let cells: Vec<String> =
+            report.tasks.iter().map(|t| f(t).map_or("-".into(), |(x, ci)| pct_ci(x, ci))).collect();
         format!("| {label} | {} |\n", cells.join(" | "))
     };
-    s.push_str(&row("static (original chain)", &|t| Some(t.static_accuracy)));
-    s.push_str(&row("CoLa, MCTS (oracle)", &|t| Some(t.oracle_accuracy)));
-    s.push_str(&row("random chains, same budget (oracle)", &|t| t.random_accuracy));
-    s.push_str(&row("chains MCTS evaluated with a readable answer", &|t| t.answered_chain_rate));
+    s.push_str(&row("static (original chain)", &|t| Some((t.static_accuracy, t.static_accuracy_ci))));
+    s.push_str(&row("CoLa, MCTS (oracle)", &|t| Some((t.oracle_accuracy, t.oracle_accuracy_ci))));
+    s.push_str(&row("random chains, same budget (oracle)", &|t| t.random_accuracy.map(|a| (a, t.random_accuracy_ci))));
+    s.push_str(&row("chains MCTS evaluated with a readable answer", &|t| {
+        t.answered_chain_rate.map(|a| (a, t.answered_chain_rate_ci))
+    }));
     let _ = writeln!(
         s,
         "\nA chain whose output holds no answer the grader can read earns reward 0; where few do, the search has little to follow."
@@ -480,6 +708,7 @@ pub fn write_report(
     md.push_str(&render_table(report));
     let _ = writeln!(md, "\n{}", render_timing(records, timings));
     md.push_str(&render_by_task(report));
+    md.push_str(&render_searchers(report));
     let _ = writeln!(
         md,
         "\nReward is the paper's oracle: a chain counts as correct when its answer matches the gold answer, so the CoLa accuracy shows that a good chain exists, not a deployable prediction."
@@ -521,7 +750,92 @@ fn write_figures(out_dir: &Path, report: &Report) -> Result<Vec<PathBuf>, RunErr
     let layers_path = out_dir.join("layer_skip_repeat.svg");
     draw_lengths(&lengths_path, report).map_err(plot_err(&lengths_path))?;
     draw_layer_use(&layers_path, report).map_err(plot_err(&layers_path))?;
-    Ok(vec![lengths_path, layers_path])
+    let mut files = vec![lengths_path, layers_path];
+    if !report.budget_curves.is_empty() {
+        let path = out_dir.join("budget_curves.svg");
+        draw_budget_curves(&path, report).map_err(plot_err(&path))?;
+        files.push(path);
+    }
+    Ok(files)
+}
+
+/// Share of samples fixed (solid) and shortened (dashed) within b evaluations, MCTS beside
+/// random, one panel per task, each line in a band of its 95% Wilson interval.
+fn draw_budget_curves(path: &Path, report: &Report) -> Result<(), String> {
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+    let tasks: Vec<&str> = report.tasks.iter().map(|t| t.task.as_str()).collect();
+    // Panels in rows of at most three.
+    let cols = tasks.len().clamp(1, 3);
+    let rows = tasks.len().div_ceil(cols).max(1);
+    let root = SVGBackend::new(path, (440 * cols as u32, 34 + 340 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let (title, body) = root.split_vertically(34);
+    title
+        .draw(&Text::new(
+            "Samples with a correct chain within b evaluations (solid: fixed, dashed: shortened)",
+            (12, 9),
+            ("sans-serif", 16).into_font(),
+        ))
+        .map_err(|x| e(&x))?;
+    for (area, task) in body.split_evenly((rows, cols)).iter().zip(&tasks) {
+        let curves: Vec<&BudgetCurve> = report.budget_curves.iter().filter(|c| c.task == *task && c.n > 0).collect();
+        let max_b = curves.iter().map(|c| c.evaluations).max().unwrap_or(1).max(2);
+        let mut chart = ChartBuilder::on(area)
+            .caption(*task, ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(34)
+            .y_label_area_size(44)
+            .build_cartesian_2d(1..max_b, 0.0..1.0)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .x_desc("evaluations spent (b)")
+            .y_desc("share of the group")
+            .y_labels(5)
+            .y_label_formatter(&|y| format!("{:.0}%", 100.0 * y))
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(|x| e(&x))?;
+        for c in curves {
+            let colour = c.searcher.colour();
+            let at = |b: usize| {
+                (c.found_within(b) as f64 / c.n as f64, wilson(c.found_within(b), c.n).unwrap_or([0.0, 0.0]))
+            };
+            let upper = (1..=max_b).map(|b| (b, at(b).1[1]));
+            let lower: Vec<(usize, f64)> = (1..=max_b).map(|b| (b, at(b).1[0])).collect();
+            let band: Vec<(usize, f64)> = upper.chain(lower.into_iter().rev()).collect();
+            chart.draw_series([Polygon::new(band, colour.mix(0.12).filled())]).map_err(|x| e(&x))?;
+            let line: Vec<(usize, f64)> = (1..=max_b).map(|b| (b, at(b).0)).collect();
+            let label = format!(
+                "{} · {} (n = {})",
+                c.searcher.label(),
+                if c.group == Group::Fixed { "fixed" } else { "shortened" },
+                c.n
+            );
+            let style = colour.stroke_width(2);
+            if c.group == Group::Fixed {
+                chart
+                    .draw_series(LineSeries::new(line, style))
+                    .map_err(|x| e(&x))?
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            } else {
+                chart.draw_series(DashedLineSeries::new(line, 6, 4, style)).map_err(|x| e(&x))?.label(label).legend(
+                    move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 6, y), (x + 10, y), (x + 16, y)], colour.stroke_width(1))
+                    },
+                );
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|x| e(&x))?;
+    }
+    root.present().map_err(|x| e(&x))
 }
 
 /// Lengths of the shortest correct chains, one dot per sample: per task, MCTS then random,
@@ -737,6 +1051,7 @@ mod tests {
             random_best_len: None,
             random_evaluations: Some(10),
             chains: vec![],
+            random_chains: None,
         }
     }
 
@@ -789,11 +1104,14 @@ mod tests {
         assert_eq!(r.tasks[0].answered_chain_rate, Some(0.6));
         assert_eq!(r.tasks[1].answered_chain_rate, None);
         let md = render_by_task(&r);
-        assert!(md.contains("| chains MCTS evaluated with a readable answer | 60.0% | - |"), "{md}");
+        // Bootstrapped over the two samples: 1/3 or 2/2 resampled twice, or one of each (3/5).
+        assert!(md.contains("| chains MCTS evaluated with a readable answer | 60.0% [33.3, 100.0] | - |"), "{md}");
         // No sample was right: the finding-1 cell has nothing to count, and says so.
         let table = render_table(&r);
         assert!(
-            table.contains("| a | 2 | 0.0% | 0.0% | 0.0% | 0/0 (-) | - / - | 0/2 (0.0%) | 0/2 (0.0%) |"),
+            table.contains(
+                "| a | 2 | 0.0% [0.0, 65.8] | 0.0% [0.0, 65.8] | 0.0% [0.0, 65.8] | 0/0 (-) | - / - | 0/2 (0.0% [0.0, 65.8]) | 0/2 (0.0% [0.0, 65.8]) |"
+            ),
             "{table}"
         );
     }
@@ -820,7 +1138,7 @@ mod tests {
         assert!(find("b", Searcher::Mcts, Group::Right).lengths.is_empty());
         assert_eq!(r.layer_use.len(), 8);
         let md = render_by_task(&r);
-        assert!(md.contains("| static (original chain) | 50.0% | 100.0% |"), "{md}");
+        assert!(md.contains("| static (original chain) | 50.0% [9.5, 90.5] | 100.0% [20.7, 100.0] |"), "{md}");
         assert!(md.contains("| a | 3.0 (1) | 5.0 (1) | 3.0 (1) | - |"), "{md}");
     }
 
@@ -831,7 +1149,8 @@ mod tests {
         let r = build_report(&records, 4);
         let timings = HashMap::from([(("t".to_string(), "0".to_string()), 2.5)]);
         let files = write_report(dir.path(), &r, &records, &timings, &[], &[]).unwrap();
-        assert_eq!(files.len(), 4);
+        // Two figures, the budget curves, report.md and report.json.
+        assert_eq!(files.len(), 5);
         let svg = std::fs::read_to_string(dir.path().join("best_chain_lengths.svg")).unwrap();
         assert!(svg.contains("<svg"));
         let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
@@ -905,7 +1224,7 @@ mod tests {
             }
             let out = tempfile::tempdir().unwrap();
             report_runs(std::slice::from_ref(&run), out.path()).unwrap();
-            for file in ["report.json", "best_chain_lengths.svg", "layer_skip_repeat.svg"] {
+            for file in ["report.json", "best_chain_lengths.svg", "layer_skip_repeat.svg", "budget_curves.svg"] {
                 let (committed, now) = (run.join(file), out.path().join(file));
                 assert!(
                     std::fs::read(&committed).unwrap() == std::fs::read(&now).unwrap(),
@@ -916,6 +1235,25 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 0, "no committed search run with records in {}", results.display());
+    }
+
+    /// The paired MCTS-minus-random difference on a synthetic pair with a known difference:
+    /// 40 wrong samples, MCTS fixes 20, random 10 of those 20 and none else, so the difference is
+    /// +25 points; its interval holds it and excludes 0 (every resampled difference is >= 0).
+    #[test]
+    fn the_paired_difference_is_the_known_one() {
+        let records: Vec<SampleRecord> = (0..40)
+            .map(|i| {
+                let mut r = rec("t", false, (i < 20).then_some("0-2"), true);
+                r.random_best_correct = Some(i < 10);
+                r
+            })
+            .collect();
+        let t = &build_report(&records, 4).tasks[0];
+        assert_eq!(t.mcts_minus_random_fixed, Some(0.25));
+        let [lo, hi] = t.mcts_minus_random_fixed_ci.unwrap();
+        assert!(lo > 0.0 && lo < 0.25 && hi > 0.25 && hi < 0.5, "[{lo}, {hi}]");
+        assert_eq!(t.fixed_by_mcts_ci, Some(wilson(20, 40).unwrap()));
     }
 
     /// A run directory without records is an error, and the report already there stays.

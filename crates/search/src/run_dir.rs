@@ -77,6 +77,10 @@ pub struct RunConfig {
     /// Left out when not given, so configs made before splits existed resume unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<cola_eval::Split>,
+    /// The item order, recorded where it matters (tasks whose items have subjects: MATH); left
+    /// out otherwise, so configs made before it existed resume unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<crate::runs::Sampling>,
     pub seed: u64,
     pub settings: SearchSettings,
     pub model_dir: String,
@@ -412,6 +416,7 @@ mod tests {
             random_best_len: None,
             random_evaluations: None,
             chains: vec![],
+            random_chains: None,
         }
     }
 

@@ -10,6 +10,7 @@ use cola_eval::{
 use cola_executor::{Chain, LoadedChainModel};
 use cola_model::LayerOps;
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
 use serde_json::json;
 
 use crate::SearchError;
@@ -54,6 +55,81 @@ pub struct Selection {
     pub subject: Option<String>,
     /// Validation or test (None: each task's default, see [`cola_eval::Split`]).
     pub split: Option<Split>,
+    /// The order items are taken in, before offset, limit and shard.
+    pub sample: Sampling,
+}
+
+/// The order a task's items are taken in (`--sample`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// As the data lists them (MATH: subject by subject, so the first N of a level are algebra).
+    First,
+    /// Items with a subject (MATH) interleaved so that the first N of any N hold every subject in
+    /// proportion to its items (largest deficit first, ties in subject order), each subject's
+    /// items in an order shuffled with the fixed seed [`Sampling::SEED`], the same for every run.
+    /// Items without a subject keep their order.
+    #[default]
+    Stratified,
+}
+
+impl Sampling {
+    pub const SEED: u64 = 0;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampling::First => "first",
+            Sampling::Stratified => "stratified",
+        }
+    }
+
+    /// `items` in this order.
+    pub fn order(self, items: &[Item]) -> Vec<Item> {
+        let subject = |it: &Item| match &it.kind {
+            cola_eval::ItemKind::Math { subject, .. } => subject.clone(),
+            _ => None,
+        };
+        if self == Sampling::First || items.iter().all(|it| subject(it).is_none()) {
+            return items.to_vec();
+        }
+        let mut strata: std::collections::BTreeMap<Option<String>, Vec<&Item>> = Default::default();
+        for it in items {
+            strata.entry(subject(it)).or_default().push(it);
+        }
+        let mut strata: Vec<Vec<&Item>> = strata
+            .into_iter()
+            .map(|(name, mut its)| {
+                let id = name.unwrap_or_default();
+                its.shuffle(&mut cola_mcts::sample_rng(Self::SEED, &format!("sample/{id}")));
+                its.reverse(); // popped from the back: the shuffled order
+                its
+            })
+            .collect();
+        let sizes: Vec<f64> = strata.iter().map(|s| s.len() as f64).collect();
+        let total = items.len() as f64;
+        let mut taken = vec![0.0f64; strata.len()];
+        let mut out = Vec::with_capacity(items.len());
+        for k in 1..=items.len() {
+            let deficit = |i: usize| k as f64 * sizes[i] / total - taken[i];
+            let next = (0..strata.len())
+                .filter(|&i| !strata[i].is_empty())
+                .max_by(|&a, &b| deficit(a).total_cmp(&deficit(b)).then(b.cmp(&a)))
+                .expect("an item is left");
+            out.push(strata[next].pop().expect("non-empty").clone());
+            taken[next] += 1.0;
+        }
+        out
+    }
+}
+
+impl std::str::FromStr for Sampling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Sampling::First, Sampling::Stratified]
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown sampling `{s}` (first, stratified)"))
+    }
 }
 
 /// Items of one source after offset, limit and shard, plus what loading skipped.
@@ -90,14 +166,15 @@ pub fn select_items(data_dir: &Path, sel: &Selection) -> Result<Vec<TaskItems>, 
                 count: load.items.len(),
             });
         }
-        let items: Vec<Item> = load
-            .items
-            .iter()
+        let items: Vec<Item> = sel
+            .sample
+            .order(&load.items)
+            .into_iter()
             .skip(sel.offset)
             .take(sel.limit.unwrap_or(usize::MAX))
             .enumerate()
             .filter(|(i, _)| sel.shard.is_none_or(|s| s.takes(*i)))
-            .map(|(_, it)| it.clone())
+            .map(|(_, it)| it)
             .collect();
         out.push(TaskItems { name: source.name(), items, load });
     }
@@ -281,6 +358,12 @@ pub fn run_search<B: LayerOps>(
         offset: req.selection.offset,
         shard: req.selection.shard,
         split: req.selection.split,
+        sample: tasks
+            .iter()
+            .any(|t| {
+                t.load.items.iter().any(|it| matches!(&it.kind, cola_eval::ItemKind::Math { subject: Some(_), .. }))
+            })
+            .then_some(req.selection.sample),
         seed: req.seed,
         settings: req.settings.clone(),
         model_dir: cola_assets::portable_path(model_dir),
@@ -390,6 +473,54 @@ pub fn table(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn math_item(subject: Option<&str>, id: usize) -> Item {
+        Item {
+            task: "math".into(),
+            doc_id: format!("{}/{id}", subject.unwrap_or("-")),
+            kind: cola_eval::ItemKind::Math {
+                problem: String::new(),
+                answer: "1".into(),
+                level: Some(1),
+                subject: subject.map(str::to_string),
+                form: cola_eval::AnswerForm::Boxed,
+                few_shot: None,
+            },
+        }
+    }
+
+    /// Stratified order: a permutation in which every prefix holds each subject within one item
+    /// of its proportional share, the same on every call; `first` and items without subjects
+    /// keep the data's order.
+    #[test]
+    fn stratified_sampling_takes_every_subject_in_proportion() {
+        let mut items: Vec<Item> = Vec::new();
+        for (subject, count) in [("algebra", 12), ("geometry", 6), ("number_theory", 3), ("precalculus", 1)] {
+            items.extend((0..count).map(|i| math_item(Some(subject), i)));
+        }
+        let ordered = Sampling::Stratified.order(&items);
+        let mut ids: Vec<&str> = ordered.iter().map(|it| it.doc_id.as_str()).collect();
+        assert_eq!(ids[..4].iter().filter(|id| id.starts_with("algebra")).count(), 2, "{ids:?}");
+        for k in 1..=ordered.len() {
+            for (subject, count) in [("algebra", 12.0), ("geometry", 6.0), ("number_theory", 3.0), ("precalculus", 1.0)]
+            {
+                let taken = ordered[..k].iter().filter(|it| it.doc_id.starts_with(subject)).count() as f64;
+                let share = k as f64 * count / 22.0;
+                assert!((taken - share).abs() < 1.0, "{subject}: {taken} of the first {k}, share {share:.2}");
+            }
+        }
+        assert_eq!(Sampling::Stratified.order(&items), ordered);
+        // Within a subject, not the data's order (shuffled with the fixed seed).
+        let algebra: Vec<&str> = ids.iter().copied().filter(|id| id.starts_with("algebra")).collect();
+        assert_ne!(algebra, (0..12).map(|i| format!("algebra/{i}")).collect::<Vec<_>>());
+        ids.sort_unstable();
+        let mut all: Vec<&str> = items.iter().map(|it| it.doc_id.as_str()).collect();
+        all.sort_unstable();
+        assert_eq!(ids, all);
+        assert_eq!(Sampling::First.order(&items), items);
+        let plain: Vec<Item> = (0..5).map(|i| math_item(None, i)).collect();
+        assert_eq!(Sampling::Stratified.order(&plain), plain);
+    }
 
     #[test]
     fn eta_is_the_pace_so_far_times_the_steps_left() {

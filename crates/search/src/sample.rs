@@ -227,6 +227,26 @@ pub struct SampleRecord {
     pub random_evaluations: Option<usize>,
     /// Every chain MCTS evaluated, in order.
     pub chains: Vec<ChainRecord>,
+    /// Every chain the random baseline evaluated, in order (its `simulation` is the draw that
+    /// found it); absent without the baseline and in runs made before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_chains: Option<Vec<ChainRecord>>,
+}
+
+/// Every evaluated chain of a search, in the order of evaluation.
+fn chain_records(result: &SearchResult<Vec<usize>, ItemResult>) -> Vec<ChainRecord> {
+    result
+        .evaluated
+        .iter()
+        .map(|e| ChainRecord {
+            chain: Chain::new(e.state.clone()),
+            length: e.length,
+            reward: e.reward,
+            prediction: e.payload.prediction.clone(),
+            visits: e.visits,
+            simulation: e.first_simulation,
+        })
+        .collect()
 }
 
 /// The shortest rewarded state (first found on ties), as (chain, length, prediction).
@@ -327,18 +347,8 @@ pub fn search_item<B: LayerOps>(
         random_best_len: random_best.as_ref().and_then(|b| b.as_ref().map(|b| b.1)),
         random_best_chain: random_best.and_then(|b| b.map(|b| b.0)),
         random_evaluations: random.as_ref().map(|r| r.evaluations()),
-        chains: mcts
-            .evaluated
-            .iter()
-            .map(|e| ChainRecord {
-                chain: Chain::new(e.state.clone()),
-                length: e.length,
-                reward: e.reward,
-                prediction: e.payload.prediction.clone(),
-                visits: e.visits,
-                simulation: e.first_simulation,
-            })
-            .collect(),
+        chains: chain_records(&mcts),
+        random_chains: random.as_ref().map(chain_records),
     })
 }
 
