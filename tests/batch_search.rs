@@ -47,7 +47,12 @@ fn batch_of_one_gives_the_records_of_the_one_at_a_time_search() {
     for mode in MODES {
         let want: Vec<&Value> = golden.iter().filter(|g| g["scoring"] == mode.name()).map(|g| &g["record"]).collect();
         assert_eq!(want.len(), 3, "golden records for {mode}");
-        let got = records(&s, mode, 1, "k1");
+        let mut got = records(&s, mode, 1, "k1");
+        // The golden records predate `random_chains` (the random baseline's evaluated chains):
+        // everything they hold must match.
+        for r in &mut got {
+            r.as_object_mut().unwrap().remove("random_chains").expect("random chains recorded");
+        }
         assert_eq!(got.iter().collect::<Vec<_>>(), want, "{mode}: batch 1 differs from the one-at-a-time search");
     }
 }
