@@ -864,6 +864,9 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
+        // Lengths are whole numbers: a tick per layer count, labelled without decimals.
+        .y_labels((hi - lo + 3.0 + 0.35 * (hi - lo + 2.0)) as usize)
+        .y_label_formatter(&|y| if y.fract() == 0.0 { format!("{y:.0}") } else { String::new() })
         .y_desc("chain length")
         .x_desc("task: MCTS, then random; filled: originally right, hollow: fixed")
         .draw()
@@ -875,6 +878,7 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
         .label(format!("original chain ({} layers)", report.num_layers))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.6)));
     let mut legend_done: Vec<(Searcher, Group)> = Vec::new();
+    let mut mean_in_legend = false;
     for (ti, task) in tasks.iter().enumerate() {
         let mine: Vec<&&LayerUse> = slots.iter().filter(|u| u.task == *task).collect();
         for (si, u) in mine.iter().enumerate() {
@@ -901,13 +905,24 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
             }
             if !u.lengths.is_empty() {
                 let mean = u.lengths.iter().sum::<usize>() as f64 / u.lengths.len() as f64;
-                chart
+                let bar = chart
                     .draw_series([PathElement::new(
                         vec![(centre - 0.4, mean), (centre + 0.4, mean)],
                         BLACK.stroke_width(2),
                     )])
                     .map_err(|x| e(&x))?;
+                if !mean_in_legend {
+                    mean_in_legend = true;
+                    bar.label("mean of a group")
+                        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.stroke_width(2)));
+                }
             }
+        }
+        if mine.iter().all(|u| u.lengths.is_empty()) {
+            let centre = (ti * (per_task + 1)) as f64 + (per_task as f64 - 1.0) / 2.0;
+            let (px, py) = chart.backend_coord(&(centre, n));
+            let font = ("sans-serif", 12).into_font().color(&BLACK.mix(0.7));
+            root.draw(&Text::new("no correct chain", (px - 44, py - 18), font)).map_err(|x| e(&x))?;
         }
         let (px, py) = chart.backend_coord(&((ti * (per_task + 1)) as f64 + (per_task as f64 - 1.0) / 2.0, lo - 1.0));
         root.draw(&Text::new(task.to_string(), (px - 4 * task.len() as i32, py + 8), ("sans-serif", 14).into_font()))
@@ -921,6 +936,24 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
         .draw()
         .map_err(|x| e(&x))?;
     root.present().map_err(|x| e(&x))
+}
+
+/// `text` in lines of at most `width` characters, broken between words (plotters draws one
+/// line per text element).
+fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let line = lines.last_mut().expect("one line");
+        if !line.is_empty() && line.len() + word.len() + 1 > width {
+            lines.push(word.to_string());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
 }
 
 /// White (0%) to dark red (100%).
@@ -937,12 +970,33 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
     let searchers: Vec<Searcher> =
         Searcher::ALL.into_iter().filter(|s| report.layer_use.iter().any(|u| u.searcher == *s)).collect();
     let searchers = if searchers.is_empty() { vec![Searcher::Mcts] } else { searchers };
-    let rows: Vec<(String, Group)> =
-        report.tasks.iter().flat_map(|t| Group::ALL.map(|g| (t.task.clone(), g))).collect();
+    // Rows with no shortest correct chain for any searcher are left out, and listed below.
+    let has_chains = |task: &str, group: Group| {
+        report.layer_use.iter().any(|u| u.task == task && u.group == group && !u.lengths.is_empty())
+    };
+    type Rows = Vec<(String, Group)>;
+    let (rows, empty): (Rows, Rows) =
+        report.tasks.iter().flat_map(|t| Group::ALL.map(|g| (t.task.clone(), g))).partition(|(t, g)| has_chains(t, *g));
     let n = report.num_layers as i32;
-    let panel_h = 70 + 20 * rows.len().max(1) as u32;
-    let root = SVGBackend::new(path, (460 * searchers.len() as u32 + 120, 2 * panel_h + 40)).into_drawing_area();
+    let panel_h = 110 + 20 * rows.len().max(1) as u32;
+    let width = 460 * searchers.len() as u32 + 120;
+    let note_lines = wrap_words(
+        &format!(
+            "No correct chain (rows left out): {}",
+            empty.iter().map(|(t, g)| format!("{t} · {}", g.name())).collect::<Vec<_>>().join(", ")
+        ),
+        width as usize / 7,
+    );
+    let note_h = if empty.is_empty() { 0 } else { 8 + 16 * note_lines.len() as u32 };
+    let root = SVGBackend::new(path, (width, 2 * panel_h + 40 + note_h)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
+    let (root, note) = root.split_vertically(2 * panel_h + 40);
+    if !empty.is_empty() {
+        for (i, line) in note_lines.iter().enumerate() {
+            note.draw(&Text::new(line.clone(), (12, 2 + 16 * i as i32), ("sans-serif", 13).into_font()))
+                .map_err(|x| e(&x))?;
+        }
+    }
     let (title, body) = root.split_vertically(36);
     title
         .draw(&Text::new(
@@ -967,11 +1021,14 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
             .margin(6)
             .x_label_area_size(38)
             .y_label_area_size(120)
-            .build_cartesian_2d(0..n, (0..(rows.len() as i32 - 1).max(0)).into_segmented())
+            .build_cartesian_2d(0..n, (0..(rows.len() as i32 - 1).max(1)).into_segmented())
             .map_err(|x| e(&x))?;
         chart
             .configure_mesh()
             .disable_mesh()
+            // Fixed sizes: plotters' defaults shrink with a short panel (one row).
+            .label_style(("sans-serif", 12))
+            .axis_desc_style(("sans-serif", 12))
             .x_desc("layer")
             .y_labels(rows.len().max(1))
             .y_label_formatter(&|y| match y {

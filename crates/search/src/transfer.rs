@@ -313,6 +313,10 @@ pub struct TransferReport {
     pub num_layers: usize,
     pub scoring: ScoringMode,
     pub calibration_evaluations: usize,
+    /// Accuracy of guessing uniformly among each held-out item's choices (None: not multiple
+    /// choice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chance_accuracy: Option<f64>,
     pub strategies: Vec<StrategyReport>,
 }
 
@@ -505,6 +509,7 @@ pub fn run_transfer<B: LayerOps>(
         num_layers,
         scoring: req.settings.scoring.mode,
         calibration_evaluations: records.len(),
+        chance_accuracy: chance_accuracy(&heldout.items),
         strategies: evaluate_strategies(&strategies, &heldout_records, num_layers, req.settings.resamples, req.seed),
     };
     let mut files = write_transfer_report(dir, &report, &config)?;
@@ -513,6 +518,20 @@ pub fn run_transfer<B: LayerOps>(
     write_atomic(&dir.join(CHOICES_FILE), choices.as_bytes())?;
     files.push(dir.join(CHOICES_FILE));
     Ok((report, files))
+}
+
+/// The mean over `items` of 1 / (number of choices); None unless every item is multiple choice.
+fn chance_accuracy(items: &[cola_eval::Item]) -> Option<f64> {
+    let inverse: Option<Vec<f64>> = items
+        .iter()
+        .map(|it| match &it.kind {
+            cola_eval::ItemKind::MultipleChoice { choices, .. } if !choices.is_empty() => {
+                Some(1.0 / choices.len() as f64)
+            }
+            _ => None,
+        })
+        .collect();
+    inverse.filter(|v| !v.is_empty()).map(|v| v.iter().sum::<f64>() / v.len() as f64)
 }
 
 /// The task-level search; every chain it evaluates is appended to calibration.jsonl, and chains
@@ -691,7 +710,7 @@ pub fn write_transfer_report(
     );
     let _ = writeln!(
         md,
-        "\nSeconds per item are the chains a strategy runs, one after another, measured in this run beside static (vote and confidence run all their chains). The chains of each strategy are in report.json.\n\n![pareto.svg](pareto.svg)"
+        "\nSeconds per item are the chains a strategy runs, one after another, measured in this run beside static (vote and confidence run all their chains). The chains of each strategy are in report.json.\n\n![pareto.svg](pareto.svg)\n\n![differences.svg](differences.svg)"
     );
     let mut files = Vec::new();
     let md_path = dir.join("report.md");
@@ -703,7 +722,77 @@ pub fn write_transfer_report(
     let svg = dir.join("pareto.svg");
     draw_pareto(&svg, report)?;
     files.push(svg);
+    let svg = dir.join("differences.svg");
+    draw_differences(&svg, report)?;
+    files.push(svg);
     Ok(files)
+}
+
+/// Each strategy's paired difference from static in held-out accuracy, with its 95% bootstrap
+/// interval (the quantity the findings rest on), a row per strategy, a line at 0; the
+/// label-reading oracle hollow.
+fn draw_differences(path: &Path, report: &TransferReport) -> Result<(), RunError> {
+    let e = |m: String| RunError::Invalid { path: path.to_path_buf(), message: format!("drawing the figure: {m}") };
+    let rows: Vec<&StrategyReport> = report.strategies.iter().filter(|r| r.name != "static").collect();
+    let root = SVGBackend::new(path, (760, 80 + 26 * rows.len().max(1) as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let lo = rows.iter().map(|r| r.diff_ci_low).fold(0.0, f64::min);
+    let hi = rows.iter().map(|r| r.diff_ci_high).fold(0.0, f64::max);
+    let (x_lo, x_hi) = (((100.0 * lo - 2.0) / 5.0).floor() * 5.0, ((100.0 * hi + 2.0) / 5.0).ceil() * 5.0);
+    let n = rows.len().max(1) as i32;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{}: held-out accuracy minus static's (paired, 95% CI), n = {}", report.task, report.heldout_n),
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(34)
+        .y_label_area_size(110)
+        .build_cartesian_2d(x_lo..x_hi, (0..n - 1).into_segmented())
+        .map_err(|x| e(x.to_string()))?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc("percentage points (right of 0: better than the original chain)")
+        .x_label_formatter(&|x| format!("{x:+.0}"))
+        .y_labels(rows.len().max(1))
+        .y_label_formatter(&|y| match y {
+            SegmentValue::CenterOf(k) => {
+                let label = |r: &&StrategyReport| {
+                    if r.uses_labels { format!("{} (reads labels)", r.name) } else { r.name.clone() }
+                };
+                rows.get(rows.len().wrapping_sub(1 + *k as usize)).map_or(String::new(), label)
+            }
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    chart
+        .draw_series([PathElement::new(
+            vec![(0.0, SegmentValue::Exact(0)), (0.0, SegmentValue::Exact(n))],
+            BLACK.stroke_width(1),
+        )])
+        .map_err(|x| e(x.to_string()))?;
+    for (k, r) in rows.iter().enumerate() {
+        let y = SegmentValue::CenterOf((rows.len() - 1 - k) as i32);
+        let colour = if r.diff_ci_low > 0.0 {
+            RGBColor(0, 130, 60)
+        } else if r.diff_ci_high < 0.0 {
+            RGBColor(200, 30, 30)
+        } else {
+            RGBColor(90, 90, 90)
+        };
+        chart
+            .draw_series([PathElement::new(
+                vec![(100.0 * r.diff_ci_low, y.clone()), (100.0 * r.diff_ci_high, y.clone())],
+                colour.stroke_width(2),
+            )])
+            .map_err(|x| e(x.to_string()))?;
+        let style = if r.uses_labels { colour.stroke_width(2) } else { colour.filled() };
+        chart.draw_series([Circle::new((100.0 * r.diff_vs_static, y), 4, style)]).map_err(|x| e(x.to_string()))?;
+    }
+    root.present().map_err(|x| e(x.to_string()))?;
+    Ok(())
 }
 
 /// Held-out accuracy (with its interval) against mean layers executed (log scale, drawn as
@@ -717,24 +806,55 @@ fn draw_pareto(path: &Path, report: &TransferReport) -> Result<(), RunError> {
     let layers = report.strategies.iter().map(|r| r.mean_layers.max(1.0));
     let x_max = layers.clone().fold(report.num_layers as f64, f64::max) * 1.3;
     let x_min = layers.fold(report.num_layers as f64, f64::min) * 0.8;
-    let lo = report.strategies.iter().map(|r| r.ci_low).fold(1.0, f64::min);
+    let lo = report.strategies.iter().map(|r| r.ci_low).chain(report.chance_accuracy).fold(1.0, f64::min);
     let hi = report.strategies.iter().map(|r| r.ci_high).fold(0.0, f64::max);
+    // Fitted to the intervals and the chance line, on whole multiples of 5 points.
+    let (y_lo, y_hi) = (((100.0 * lo - 3.0) / 5.0).floor() * 5.0, ((100.0 * hi + 3.0) / 5.0).ceil() * 5.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("{}: held-out accuracy vs layers executed", report.task), ("sans-serif", 20))
         .margin(14)
         .x_label_area_size(40)
         .y_label_area_size(54)
-        // Room below the lowest interval for the legend.
-        .build_cartesian_2d(x_min.log10()..x_max.log10(), (100.0 * lo - 25.0).max(0.0)..(100.0 * hi + 5.0).min(100.0))
+        .build_cartesian_2d(x_min.log10()..x_max.log10(), y_lo.max(0.0)..y_hi.min(100.0))
         .map_err(|x| e(x.to_string()))?;
+    // Ticks at round layer counts, drawn by hand on the log10 axis.
+    let ticks: Vec<f64> = [10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0]
+        .into_iter()
+        .filter(|&t| t >= x_min && t <= x_max)
+        .collect();
     chart
         .configure_mesh()
         .x_desc(format!("mean layers executed per item, log scale (original chain: {})", report.num_layers))
         .y_desc(format!("held-out accuracy % (95% CI), n = {}", report.heldout_n))
-        .x_labels(14)
-        .x_label_formatter(&|x| format!("{:.0}", 10f64.powf(*x)))
+        .x_labels(0)
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .disable_x_mesh()
         .draw()
         .map_err(|x| e(x.to_string()))?;
+    for &t in &ticks {
+        chart
+            .draw_series([PathElement::new(
+                vec![(t.log10(), y_lo.max(0.0)), (t.log10(), y_hi.min(100.0))],
+                BLACK.mix(0.12),
+            )])
+            .map_err(|x| e(x.to_string()))?;
+        let (px, py) = chart.backend_coord(&(t.log10(), y_lo.max(0.0)));
+        root.draw(&Text::new(format!("{t:.0}"), (px - 8, py + 6), ("sans-serif", 12).into_font()))
+            .map_err(|x| e(x.to_string()))?;
+    }
+    if let Some(chance) = report.chance_accuracy {
+        let y = 100.0 * chance;
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(x_min.log10(), y), (x_max.log10(), y)],
+                6,
+                4,
+                BLACK.mix(0.6).stroke_width(1),
+            ))
+            .map_err(|x| e(x.to_string()))?
+            .label(format!("chance ({y:.1}%: a uniform guess among the choices)"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.6)));
+    }
     let grey = RGBColor(120, 120, 120);
     let orange = RGBColor(230, 120, 0);
     let family = |name: &str| -> (&'static str, RGBColor) {
@@ -780,19 +900,17 @@ fn draw_pareto(path: &Path, report: &TransferReport) -> Result<(), RunError> {
             .map_err(|x| e(x.to_string()))?
             .label(label)
             .legend(move |(x, y)| Circle::new((x + 8, y), size, style));
-        if matches!(r.name.as_str(), "vote" | "confidence" | "oracle") {
-            chart
-                .draw_series(
-                    points.iter().map(|q| {
-                        Text::new(format!(" {}", q.name), at(q), ("sans-serif", 13).into_font().color(&colour))
-                    }),
-                )
-                .map_err(|x| e(x.to_string()))?;
-        }
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|q| Text::new(format!(" {}", q.name), at(q), ("sans-serif", 12).into_font().color(&colour))),
+            )
+            .map_err(|x| e(x.to_string()))?;
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerMiddle)
+        .position(SeriesLabelPosition::UpperMiddle)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
