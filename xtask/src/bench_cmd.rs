@@ -39,10 +39,10 @@ pub struct BenchArgs {
     search_sims: usize,
     /// Scoring in the search measurement: generate (the `paper` preset, with the chat template)
     /// or loglik (the quick default of `cargo xtask search`).
-    #[arg(long, value_parser = crate::search_cmds::parse_mode, default_value = "generate")]
+    #[arg(long, default_value = "generate")]
     search_scoring: cola_eval::ScoringMode,
     /// Task of the search measurement (arc-easy; gsm8k for long generations).
-    #[arg(long, value_parser = crate::search_cmds::parse_task, default_value = "arc-easy")]
+    #[arg(long, value_parser = crate::search_cmds::task_parser(), default_value = "arc-easy")]
     search_task: cola_eval::Task,
     /// Batch size K of the batched measurements (search with K chains per batch, K chains
     /// decoding in lockstep), timed in the same run as K = 1. Default: the backend's default.

@@ -13,7 +13,7 @@ use cola_model::{LayerOps, ModelConfig, WeightFormat};
 #[derive(Args, Debug)]
 pub struct ParityArgs {
     /// Backend to compare with the CPU: wgpu or cuda.
-    #[arg(long, value_parser = crate::parse_backend)]
+    #[arg(long)]
     backend: BackendKind,
     /// Layers of the random test model.
     #[arg(long, default_value_t = 4)]
@@ -67,12 +67,8 @@ pub struct RandomModelArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Format of the 2-D weights of a `.gguf` output: q4_0, q4_1, q8_0, f16, bf16 or f32.
-    #[arg(long, default_value = "q4_1", value_parser = parse_format)]
+    #[arg(long, default_value = "q4_1")]
     format: WeightFormat,
-}
-
-fn parse_format(s: &str) -> Result<WeightFormat, String> {
-    s.parse()
 }
 
 fn shape_config(shape: &str) -> Result<ModelConfig> {

@@ -88,17 +88,13 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DIR|FILE.gguf|ORG/NAME")]
     pub model: Option<String>,
     /// Where to run: cpu, or wgpu / cuda when built with that feature.
-    #[arg(long, default_value = "cpu", value_parser = parse_backend)]
+    #[arg(long, default_value = "cpu")]
     pub backend: BackendKind,
     /// How weights are held: `stored` keeps them as the file stores them (4/8-bit blocks,
     /// 16-bit floats) and computes from them on the CPU, exactly (the f32 path's results up to
     /// the order of float sums); `f32` dequantizes them on load (more memory, for comparison). The GPU backends always dequantize to f32 on load.
-    #[arg(long, default_value = "stored", value_parser = parse_precision)]
+    #[arg(long, default_value = "stored")]
     pub weights: WeightPrecision,
-}
-
-pub fn parse_backend(s: &str) -> Result<BackendKind, String> {
-    s.parse()
 }
 
 /// A count that means nothing at 0 (simulations, items, tokens, repetitions): a whole number,
@@ -118,10 +114,6 @@ pub(crate) fn non_negative(s: &str) -> Result<f64, String> {
         Ok(_) => Err("must be a finite number, at least 0".into()),
         Err(_) => Err(format!("`{s}` is not a number (finite, at least 0)")),
     }
-}
-
-fn parse_precision(s: &str) -> Result<WeightPrecision, String> {
-    s.parse()
 }
 
 /// A model to load and how to hold its weights.

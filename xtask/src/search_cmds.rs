@@ -24,9 +24,8 @@ use crate::model_cmds::chain_arg;
 /// Which items to use (shared by `eval` and `search`).
 #[derive(Args, Debug, Clone)]
 pub struct ItemArgs {
-    /// Benchmark: arc-easy, arc-challenge, math, math-l1 .. math-l5, math-500, gsm8k, csqa,
-    /// openbookqa. Repeat for several.
-    #[arg(long = "task", value_name = "T", value_parser = parse_task)]
+    /// Benchmark (a MATH level is a task of its own). Repeat for several.
+    #[arg(long = "task", value_name = "T", value_parser = task_parser())]
     tasks: Vec<Task>,
     /// Your own items instead (JSONL; see the README for the format).
     #[arg(long, value_name = "FILE.jsonl")]
@@ -43,27 +42,22 @@ pub struct ItemArgs {
     /// subject in proportion, in an order shuffled with a fixed seed (the same for every run);
     /// `first` keeps the data's order (MATH: subject by subject, so the first 10 of a level are
     /// all algebra). Tasks without subjects keep their order either way.
-    #[arg(long, value_name = "ORDER", default_value = "stratified", value_parser = parse_sampling)]
+    #[arg(long, value_name = "ORDER", default_value = "stratified")]
     sample: Sampling,
     /// Skip the first K items.
     #[arg(long, value_name = "K", default_value_t = 0)]
     offset: usize,
     /// validation or test: calibrate on one, report on the other. Default: test where the data
     /// has labelled test items (ARC, OpenBookQA, MATH, GSM8K), validation for CSQA.
-    #[arg(long, value_parser = parse_split)]
+    #[arg(long)]
     split: Option<Split>,
 }
 
-fn parse_sampling(s: &str) -> Result<Sampling, String> {
-    s.parse()
-}
-
-fn parse_split(s: &str) -> Result<Split, String> {
-    s.parse()
-}
-
-pub(crate) fn parse_task(s: &str) -> Result<Task, String> {
-    s.parse()
+/// `--task`: one of [`Task::ALL`] (help lists them as the possible values).
+pub(crate) fn task_parser() -> impl clap::builder::TypedValueParser<Value = Task> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Task::ALL.map(|t| t.name()))
+        .map(|name| name.parse::<Task>().expect("a name of Task::ALL"))
 }
 
 impl ItemArgs {
@@ -121,7 +115,7 @@ pub struct EvalArgs {
     /// letter (multiple choice, one forward pass), loglik (choice log-likelihoods, raw and
     /// length-normalised) or generate (greedy; required for math). Default: loglik for
     /// multiple choice (as `search` and `transfer`), generate for math.
-    #[arg(long, value_parser = parse_mode)]
+    #[arg(long)]
     scoring: Option<ScoringMode>,
     /// Wrap generation prompts in the model's chat template.
     #[arg(long)]
@@ -132,7 +126,7 @@ pub struct EvalArgs {
     max_new_tokens: Option<usize>,
     /// Math prompt style: zero-shot (the paper's: the answer in \boxed{}, no explanation) or
     /// few-shot (the data package's chain of thought: Minerva's 4 examples for MATH, 8 for GSM8K).
-    #[arg(long, alias = "prompt", value_parser = parse_math_prompt, default_value = "zero-shot")]
+    #[arg(long, alias = "prompt", default_value = "zero-shot")]
     prompt_style: MathPrompt,
     /// Write one JSON line per item (doc id, gold, prediction, correct, generated text), and
     /// beside it the same results in lm-evaluation-harness's layout: FILE.lm-eval/results.json
@@ -142,14 +136,6 @@ pub struct EvalArgs {
     /// Print the summary as JSON; the last line is {"task":..,"n":..,"correct":..,"accuracy":..}.
     #[arg(long)]
     json: bool,
-}
-
-pub(crate) fn parse_mode(s: &str) -> Result<ScoringMode, String> {
-    s.parse()
-}
-
-fn parse_math_prompt(s: &str) -> Result<MathPrompt, String> {
-    s.parse()
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
@@ -251,7 +237,7 @@ pub struct SearchArgs {
     ///            batched as `default`;
     ///   default: (also without the flag) 60 simulations, paper actions, loglik scoring for
     ///            multiple choice (generate for math), batched (see --batch).
-    #[arg(long, value_parser = parse_preset, verbatim_doc_comment)]
+    #[arg(long, verbatim_doc_comment)]
     preset: Option<Preset>,
     /// MCTS simulations per sample, at least 1 [default: from the preset: 60 default, 200
     /// paper, 100 polar].
@@ -266,11 +252,11 @@ pub struct SearchArgs {
     ///                --early-stop);
     ///   skip-only:   the paper's skips alone (its ablation);
     ///   repeat-only: the paper's repeats alone (its ablation).
-    #[arg(long, value_parser = parse_actions, verbatim_doc_comment)]
+    #[arg(long, verbatim_doc_comment)]
     actions: Option<ActionPreset>,
     /// letter, loglik or generate (see `eval --help`) [default: from the preset: generate for
     /// paper and polar; default: loglik for multiple choice, generate for math].
-    #[arg(long, value_parser = parse_mode)]
+    #[arg(long)]
     scoring: Option<ScoringMode>,
     /// Wrap generation prompts in the chat template (`paper` turns it on for chat models).
     #[arg(long)]
@@ -280,11 +266,11 @@ pub struct SearchArgs {
     #[arg(long, value_parser = crate::at_least_one)]
     max_new_tokens: Option<usize>,
     /// Math prompt style: zero-shot or few-shot (see `eval --help`).
-    #[arg(long, alias = "prompt", value_parser = parse_math_prompt, default_value = "zero-shot")]
+    #[arg(long, alias = "prompt", default_value = "zero-shot")]
     prompt_style: MathPrompt,
     /// `random`: a random-search baseline with the same number of distinct evaluations on each
     /// sample; `none`: no baseline.
-    #[arg(long, value_parser = parse_baseline, default_value = "random")]
+    #[arg(long, default_value = "random")]
     baseline: Baseline,
     /// Length penalty λ in the UCB score, at least 0 [default: 5, every preset].
     #[arg(long, value_parser = crate::non_negative)]
@@ -317,18 +303,6 @@ pub struct SearchArgs {
     /// settings, and said in its report.
     #[arg(long, value_name = "K", value_parser = crate::at_least_one)]
     batch: Option<usize>,
-}
-
-fn parse_preset(s: &str) -> Result<Preset, String> {
-    s.parse()
-}
-
-fn parse_baseline(s: &str) -> Result<Baseline, String> {
-    s.parse()
-}
-
-fn parse_actions(s: &str) -> Result<ActionPreset, String> {
-    s.parse()
 }
 
 /// The quick default (the README's main job): a handful of ARC-Easy samples in a few minutes.
@@ -526,7 +500,7 @@ pub struct TransferArgs {
     /// Calibration uses the first items of its validation split, the held-out set the first
     /// items of its test split. Repeat for several tasks: each is a transfer run of its own
     /// (its own run directory), on the model loaded once.
-    #[arg(long, value_parser = parse_task, required_unless_present = "calibration_data")]
+    #[arg(long, value_parser = task_parser(), required_unless_present = "calibration_data")]
     task: Vec<Task>,
     /// Your own calibration items instead (JSONL, multiple choice); needs --heldout-data.
     #[arg(long, value_name = "FILE.jsonl", requires = "heldout_data", conflicts_with = "task")]
@@ -545,13 +519,13 @@ pub struct TransferArgs {
     #[arg(long, default_value_t = 100, value_parser = crate::at_least_one)]
     sims: usize,
     /// Edit actions of the task-level search: paper, polar, drllm, skip-only, repeat-only.
-    #[arg(long, value_parser = parse_actions, default_value = "paper")]
+    #[arg(long, default_value = "paper")]
     actions: ActionPreset,
     /// Length penalty λ in the UCB score, at least 0 (the paper's 5 by default).
     #[arg(long, value_parser = crate::non_negative)]
     lambda: Option<f64>,
     /// loglik or letter (the confidence strategy needs choice scores, so not generate).
-    #[arg(long, value_parser = parse_mode, default_value = "loglik")]
+    #[arg(long, default_value = "loglik")]
     scoring: ScoringMode,
     /// ShortGPT baseline: how many layers to drop, comma-separated; one strategy per value.
     #[arg(long, value_delimiter = ',', default_value = "2,4,8")]

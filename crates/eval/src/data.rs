@@ -138,8 +138,27 @@ pub enum Task {
 }
 
 impl Task {
-    pub const NAMES: &'static str =
-        "arc-easy, arc-challenge, math, math-l1 .. math-l5, math-500, gsm8k, csqa, openbookqa";
+    /// Every task, in the order help texts and errors list them: the one declaration that
+    /// names, parsing and the `--task` values come from.
+    pub const ALL: [Task; 12] = [
+        Task::ArcEasy,
+        Task::ArcChallenge,
+        Task::Math { level: None },
+        Task::Math { level: Some(1) },
+        Task::Math { level: Some(2) },
+        Task::Math { level: Some(3) },
+        Task::Math { level: Some(4) },
+        Task::Math { level: Some(5) },
+        Task::Math500,
+        Task::Gsm8k,
+        Task::Csqa,
+        Task::OpenBookQa,
+    ];
+
+    /// The names of [`Task::ALL`], comma-separated.
+    pub fn names() -> String {
+        Task::ALL.map(Task::name).join(", ")
+    }
 
     pub fn name(self) -> String {
         match self {
@@ -168,19 +187,10 @@ impl fmt::Display for Task {
 impl FromStr for Task {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "arc-easy" => Task::ArcEasy,
-            "arc-challenge" => Task::ArcChallenge,
-            "math" => Task::Math { level: None },
-            "math-500" => Task::Math500,
-            "gsm8k" => Task::Gsm8k,
-            "csqa" => Task::Csqa,
-            "openbookqa" => Task::OpenBookQa,
-            other => match other.strip_prefix("math-l").and_then(|l| l.parse::<u8>().ok()) {
-                Some(l @ 1..=5) => Task::Math { level: Some(l) },
-                _ => return Err(format!("unknown task `{other}` (known: {})", Task::NAMES)),
-            },
-        })
+        Task::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown task `{s}` (known: {})", Task::names()))
     }
 }
 
@@ -558,6 +568,14 @@ mod tests {
         {
             assert_eq!(name.parse::<Task>().unwrap().name(), name);
         }
+        // Every declared task parses back from its name, and the names are distinct.
+        for t in Task::ALL {
+            assert_eq!(t.name().parse::<Task>(), Ok(t));
+        }
+        let mut names = Task::ALL.map(Task::name).to_vec();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Task::ALL.len());
         assert!("math-l6".parse::<Task>().is_err());
         assert!("arc".parse::<Task>().unwrap_err().contains("arc-easy"));
     }
