@@ -133,7 +133,7 @@ fn transfer_runs_end_to_end_and_resumes() {
     let records: Vec<CalibrationRecord> = read_jsonl(&out.join("calibration.jsonl"));
     assert_eq!(records.len(), report.calibration_evaluations);
     for r in records.iter().step_by(3) {
-        let mut m = ChainModel::new(&f.model, Chain::parse(&r.chain).unwrap()).with_caching(false);
+        let mut m = ChainModel::new(&f.model, r.chain.clone()).with_caching(false);
         let bits: String = cal_items
             .iter()
             .map(|i| if score_item(&mut m, i, &req.settings.scoring).unwrap().correct { '1' } else { '0' })

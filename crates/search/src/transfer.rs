@@ -96,7 +96,7 @@ pub struct TransferRequest {
 /// One chain of the task-level search, scored on every calibration item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationRecord {
-    pub chain: String,
+    pub chain: Chain,
     pub length: usize,
     pub accuracy: f64,
     /// Per calibration item, in order: `1` right, `0` wrong.
@@ -106,7 +106,7 @@ pub struct CalibrationRecord {
 /// One chain's answer to one held-out item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChainAnswer {
-    pub chain: String,
+    pub chain: Chain,
     pub prediction: Option<String>,
     pub margin: Option<f64>,
     pub seconds: f64,
@@ -125,16 +125,16 @@ pub struct HeldoutRecord {
 #[serde(tag = "rule", content = "chains", rename_all = "lowercase")]
 pub enum Rule {
     /// The answer of one chain.
-    Single(String),
+    Single(Chain),
     /// Majority vote of the chains' answers (unanswered ones do not vote); a tie goes to the
     /// original chain's answer when it is among the tied ones (it then runs too), else to the
     /// tied answer of the earliest chain in the list.
-    Vote(Vec<String>),
+    Vote(Vec<Chain>),
     /// The answer of the chain whose margin (its predicted choice's score minus the runner-up's,
     /// see `ItemResult::margin`) is largest; ties and missing margins go to the earlier chain.
-    Confidence(Vec<String>),
+    Confidence(Vec<Chain>),
     /// Reads the label: right when any chain is right. For reference only.
-    Oracle(Vec<String>),
+    Oracle(Vec<Chain>),
 }
 
 /// A named rule (`static`, `shortgpt-k<K>`, `task-chain-<L>`, `vote`, `confidence`, `oracle`).
@@ -152,20 +152,20 @@ pub struct Strategy {
 pub struct Choice {
     pub prediction: Option<String>,
     /// The chains it ran, in order.
-    pub ran: Vec<String>,
+    pub ran: Vec<Chain>,
 }
 
 impl Rule {
     /// The answer from `answers` (by chain text); `original` is the original chain's text. No
     /// label is passed: nothing here can read one. `Oracle` picks the first candidate's answer
     /// here; its correctness is [`Rule::oracle_correct`].
-    pub fn choose(&self, answers: &HashMap<&str, &ChainAnswer>, original: &str) -> Choice {
-        let prediction_of = |c: &str| answers.get(c).and_then(|a| a.prediction.clone());
+    pub fn choose(&self, answers: &HashMap<&Chain, &ChainAnswer>, original: &Chain) -> Choice {
+        let prediction_of = |c: &Chain| answers.get(c).and_then(|a| a.prediction.clone());
         match self {
             Rule::Single(c) => Choice { prediction: prediction_of(c), ran: vec![c.clone()] },
             Rule::Vote(chains) => {
                 let mut counts: Vec<(String, usize)> = Vec::new();
-                for p in chains.iter().filter_map(|c| prediction_of(c)) {
+                for p in chains.iter().filter_map(&prediction_of) {
                     match counts.iter_mut().find(|(q, _)| *q == p) {
                         Some((_, k)) => *k += 1,
                         None => counts.push((p, 1)),
@@ -178,7 +178,7 @@ impl Rule {
                     [] => None,
                     [one] => Some((*one).clone()),
                     _ => {
-                        ran.push(original.to_string());
+                        ran.push(original.clone());
                         match prediction_of(original) {
                             Some(p) if tied.contains(&&p) => Some(p),
                             // Counts are in first-vote order: the earliest chain's answer.
@@ -189,9 +189,9 @@ impl Rule {
                 Choice { prediction, ran }
             }
             Rule::Confidence(chains) => {
-                let mut best: Option<(&String, f64)> = None;
+                let mut best: Option<(&Chain, f64)> = None;
                 for c in chains {
-                    let m = answers.get(c.as_str()).and_then(|a| a.margin).unwrap_or(f64::NEG_INFINITY);
+                    let m = answers.get(c).and_then(|a| a.margin).unwrap_or(f64::NEG_INFINITY);
                     if best.is_none_or(|(_, b)| m > b) {
                         best = Some((c, m));
                     }
@@ -199,16 +199,16 @@ impl Rule {
                 Choice { prediction: best.and_then(|(c, _)| prediction_of(c)), ran: chains.clone() }
             }
             Rule::Oracle(chains) => {
-                Choice { prediction: chains.first().and_then(|c| prediction_of(c)), ran: chains.clone() }
+                Choice { prediction: chains.first().and_then(prediction_of), ran: chains.clone() }
             }
         }
     }
 
     /// `Oracle` only: whether any candidate answers `gold`.
-    pub fn oracle_correct(&self, answers: &HashMap<&str, &ChainAnswer>, gold: &str) -> Option<bool> {
+    pub fn oracle_correct(&self, answers: &HashMap<&Chain, &ChainAnswer>, gold: &str) -> Option<bool> {
         match self {
             Rule::Oracle(chains) => {
-                Some(chains.iter().any(|c| answers.get(c.as_str()).and_then(|a| a.prediction.as_deref()) == Some(gold)))
+                Some(chains.iter().any(|c| answers.get(c).and_then(|a| a.prediction.as_deref()) == Some(gold)))
             }
             _ => None,
         }
@@ -216,13 +216,13 @@ impl Rule {
 
     /// What the rule chose and whether it counts as right against `gold` (the label is read
     /// only here, after [`Rule::choose`], and by the oracle).
-    fn outcome(&self, answers: &HashMap<&str, &ChainAnswer>, original: &str, gold: &str) -> (Choice, bool) {
+    fn outcome(&self, answers: &HashMap<&Chain, &ChainAnswer>, original: &Chain, gold: &str) -> (Choice, bool) {
         let choice = self.choose(answers, original);
         let right = self.oracle_correct(answers, gold).unwrap_or(choice.prediction.as_deref() == Some(gold));
         (choice, right)
     }
 
-    pub fn chains(&self) -> Vec<String> {
+    pub fn chains(&self) -> Vec<Chain> {
         match self {
             Rule::Single(c) => vec![c.clone()],
             Rule::Vote(cs) | Rule::Confidence(cs) | Rule::Oracle(cs) => cs.clone(),
@@ -237,15 +237,15 @@ impl Rule {
 pub fn plan_strategies(
     num_layers: usize, influence: &[f64], calibration: &[CalibrationRecord], settings: &TransferSettings,
 ) -> Vec<Strategy> {
-    let original = Chain::identity(num_layers).to_string();
-    let accuracy_of = |c: &str| calibration.iter().find(|r| r.chain == c).map(|r| r.accuracy);
+    let original = Chain::identity(num_layers);
+    let accuracy_of = |c: &Chain| calibration.iter().find(|r| r.chain == *c).map(|r| r.accuracy);
     let mut out = vec![Strategy {
         name: "static".into(),
         rule: Rule::Single(original.clone()),
         calibration_accuracy: accuracy_of(&original),
     }];
     for &k in &settings.drop {
-        let chain = prune_by_influence(influence, k).to_string();
+        let chain = prune_by_influence(influence, k);
         out.push(Strategy {
             name: format!("shortgpt-k{k}"),
             calibration_accuracy: accuracy_of(&chain),
@@ -272,7 +272,7 @@ pub fn plan_strategies(
     let mut ranked: Vec<(usize, &CalibrationRecord)> =
         calibration.iter().enumerate().filter(|(_, r)| r.chain != original).collect();
     ranked.sort_by(|(i, a), (j, b)| b.accuracy.total_cmp(&a.accuracy).then(a.length.cmp(&b.length)).then(i.cmp(j)));
-    let top: Vec<String> = ranked.iter().take(settings.top).map(|(_, r)| r.chain.clone()).collect();
+    let top: Vec<Chain> = ranked.iter().take(settings.top).map(|(_, r)| r.chain.clone()).collect();
     if !top.is_empty() {
         let mut with_original = top.clone();
         with_original.push(original);
@@ -300,7 +300,7 @@ pub struct StrategyReport {
     pub mean_layers: f64,
     pub seconds_per_item: f64,
     pub calibration_accuracy: Option<f64>,
-    pub chains: Vec<String>,
+    pub chains: Vec<Chain>,
     pub uses_labels: bool,
 }
 
@@ -330,13 +330,13 @@ pub struct ItemChoices {
     pub oracle_correct: Option<bool>,
 }
 
-fn answer_map(record: &HeldoutRecord) -> HashMap<&str, &ChainAnswer> {
-    record.answers.iter().map(|a| (a.chain.as_str(), a)).collect()
+fn answer_map(record: &HeldoutRecord) -> HashMap<&Chain, &ChainAnswer> {
+    record.answers.iter().map(|a| (&a.chain, a)).collect()
 }
 
 /// Per held-out item, per strategy: what it chose and whether that is right.
 fn outcomes(strategies: &[Strategy], records: &[HeldoutRecord], num_layers: usize) -> Vec<Vec<(Choice, bool)>> {
-    let original = Chain::identity(num_layers).to_string();
+    let original = Chain::identity(num_layers);
     records
         .iter()
         .map(|r| {
@@ -375,15 +375,14 @@ pub fn item_choices(strategies: &[Strategy], records: &[HeldoutRecord], num_laye
 pub fn evaluate_strategies(
     strategies: &[Strategy], records: &[HeldoutRecord], num_layers: usize, resamples: usize, seed: u64,
 ) -> Vec<StrategyReport> {
-    let length_of = |c: &str| Chain::parse(c).map_or(0, |c| c.len());
     let mut per_strategy: Vec<(Vec<f64>, f64, f64)> = vec![(Vec::new(), 0.0, 0.0); strategies.len()];
     for (r, per_item) in records.iter().zip(outcomes(strategies, records, num_layers)) {
         let answers = answer_map(r);
         for ((correct, layers, seconds), (choice, right)) in per_strategy.iter_mut().zip(per_item) {
             correct.push(if right { 1.0 } else { 0.0 });
             for c in &choice.ran {
-                *layers += length_of(c) as f64;
-                *seconds += answers.get(c.as_str()).map_or(0.0, |a| a.seconds);
+                *layers += c.len() as f64;
+                *seconds += answers.get(c).map_or(0.0, |a| a.seconds);
             }
         }
     }
@@ -541,15 +540,15 @@ fn calibrate<B: LayerOps>(
 ) -> Result<Vec<CalibrationRecord>, SearchError> {
     let path = dir.join(CALIBRATION_FILE);
     let done: Vec<CalibrationRecord> = read_records_repairing(&path, "a calibration record")?;
-    let mut known: HashMap<String, CalibrationRecord> = done.into_iter().map(|r| (r.chain.clone(), r)).collect();
+    let mut known: HashMap<Chain, CalibrationRecord> = done.into_iter().map(|r| (r.chain.clone(), r)).collect();
     let num_layers = model.executor.num_layers();
     let items = &calibration.items;
     let pb = progress((settings.tree.simulations + 1) * items.len(), 0, format!("{} chains", calibration.name));
     let mut chain_model = ChainModel::new(model, Chain::identity(num_layers));
-    let mut order: Vec<String> = Vec::new();
+    let mut order: Vec<Chain> = Vec::new();
     let mut best = (f64::NEG_INFINITY, 0usize);
     let mut evaluate = |chains: &[Vec<usize>]| -> Result<Vec<Evaluation<()>>, SearchError> {
-        let texts: Vec<String> = chains.iter().map(|c| Chain::new(c.clone()).to_string()).collect();
+        let texts: Vec<Chain> = chains.iter().map(|c| Chain::new(c.clone())).collect();
         let todo: Vec<usize> = (0..chains.len()).filter(|&i| !known.contains_key(&texts[i])).collect();
         pb.inc(((chains.len() - todo.len()) * items.len()) as u64);
         if !todo.is_empty() {
@@ -611,7 +610,7 @@ fn score_heldout<B: LayerOps>(
     dir: &Path, heldout: &TaskItems, model: &LoadedChainModel<B>, scoring: &ScoringOptions, strategies: &[Strategy],
 ) -> Result<Vec<HeldoutRecord>, SearchError> {
     let path = dir.join(HELDOUT_FILE);
-    let mut chains: Vec<String> = Vec::new();
+    let mut chains: Vec<Chain> = Vec::new();
     for s in strategies {
         for c in s.rule.chains() {
             if !chains.contains(&c) {
@@ -619,23 +618,21 @@ fn score_heldout<B: LayerOps>(
             }
         }
     }
-    let parsed: Vec<Chain> =
-        chains.iter().map(|c| Chain::parse(c).expect("planned chains are written by Chain's Display")).collect();
     let done: Vec<HeldoutRecord> = read_records_repairing(&path, "a held-out record")?;
     let mut by_id: HashMap<String, HeldoutRecord> = done.into_iter().map(|r| (r.doc_id.clone(), r)).collect();
     let pb = progress(heldout.items.len(), 0, format!("{} held out", heldout.name));
-    let mut chain_model = ChainModel::new(model, parsed[0].clone()).with_caching(false);
+    let mut chain_model = ChainModel::new(model, chains[0].clone()).with_caching(false);
     for item in &heldout.items {
         let complete =
             by_id.get(&item.doc_id).is_some_and(|r| chains.iter().all(|c| r.answers.iter().any(|a| a.chain == *c)));
         if !complete {
             let mut answers = Vec::with_capacity(chains.len());
-            for (text, chain) in chains.iter().zip(&parsed) {
+            for chain in &chains {
                 chain_model.set_chains(vec![chain.clone()]);
                 let started = Instant::now();
                 let r = score_item(&mut chain_model, item, scoring).map_err(|e| item_error(&heldout.name, item, e))?;
                 answers.push(ChainAnswer {
-                    chain: text.clone(),
+                    chain: chain.clone(),
                     prediction: r.prediction,
                     margin: r.margin,
                     seconds: started.elapsed().as_secs_f64(),
@@ -949,8 +946,12 @@ mod tests {
     use super::*;
     use cola_mcts::chains::ActionPreset;
 
+    fn ch(text: &str) -> Chain {
+        Chain::parse(text).unwrap()
+    }
+
     fn answer(chain: &str, prediction: Option<&str>, margin: Option<f64>) -> ChainAnswer {
-        ChainAnswer { chain: chain.into(), prediction: prediction.map(Into::into), margin, seconds: 0.5 }
+        ChainAnswer { chain: ch(chain), prediction: prediction.map(Into::into), margin, seconds: 0.5 }
     }
 
     #[test]
@@ -962,23 +963,23 @@ mod tests {
             answer("1,2", Some("A"), None),
             answer("2,3", None, None),
         ];
-        let map: HashMap<&str, &ChainAnswer> = a.iter().map(|x| (x.chain.as_str(), x)).collect();
-        let v = |cs: &[&str]| Rule::Vote(cs.iter().map(|c| c.to_string()).collect()).choose(&map, "0-3");
+        let map: HashMap<&Chain, &ChainAnswer> = a.iter().map(|x| (&x.chain, x)).collect();
+        let v = |cs: &[&str]| Rule::Vote(cs.iter().map(|c| ch(c)).collect()).choose(&map, &ch("0-3"));
         // Clear majority: the original does not run.
         let c = v(&["0,1", "1,2", "0,2"]);
         assert_eq!((c.prediction.as_deref(), c.ran.len()), (Some("A"), 3));
         // 1–1 tie: the original (B) decides and runs.
         let c = v(&["0,1", "0,2"]);
-        assert_eq!((c.prediction.as_deref(), c.ran.last().map(String::as_str)), (Some("B"), Some("0-3")));
+        assert_eq!((c.prediction.as_deref(), c.ran.last()), (Some("B"), Some(&ch("0-3"))));
         // Unanswered chains do not vote.
         assert_eq!(v(&["2,3", "1,2"]).prediction.as_deref(), Some("A"));
         assert_eq!(v(&["2,3"]).prediction, None);
         // Confidence: the largest margin wins; a missing margin never does.
-        let conf = |cs: &[&str]| Rule::Confidence(cs.iter().map(|c| c.to_string()).collect()).choose(&map, "0-3");
+        let conf = |cs: &[&str]| Rule::Confidence(cs.iter().map(|c| ch(c)).collect()).choose(&map, &ch("0-3"));
         assert_eq!(conf(&["0-3", "0,2", "0,1"]).prediction.as_deref(), Some("A"));
         assert_eq!(conf(&["1,2", "0,2"]).prediction.as_deref(), Some("B"));
         // Oracle: right when any candidate is.
-        let o = Rule::Oracle(vec!["0-3".into(), "0,1".into()]);
+        let o = Rule::Oracle(vec![ch("0-3"), ch("0,1")]);
         assert_eq!(o.oracle_correct(&map, "A"), Some(true));
         assert_eq!(o.oracle_correct(&map, "C"), Some(false));
     }
@@ -986,7 +987,7 @@ mod tests {
     #[test]
     fn the_plan_takes_the_pareto_front_and_the_top_chains() {
         let rec = |chain: &str, accuracy: f64| CalibrationRecord {
-            chain: chain.into(),
+            chain: ch(chain),
             length: Chain::parse(chain).unwrap().len(),
             accuracy,
             correct: String::new(),
@@ -1016,11 +1017,11 @@ mod tests {
             names,
             ["static", "shortgpt-k1", "task-chain-2", "task-chain-3", "task-chain-5", "vote", "confidence", "oracle"]
         );
-        assert_eq!(plan[1].rule, Rule::Single("0,2-3".into()));
-        assert_eq!(plan[2].rule, Rule::Single("0,3".into()));
+        assert_eq!(plan[1].rule, Rule::Single(ch("0,2-3")));
+        assert_eq!(plan[2].rule, Rule::Single(ch("0,3")));
         // Top 2 by accuracy: 0-3,3 (0.7), then the first-found of the two at 0.6 and length 3.
-        assert_eq!(plan[5].rule, Rule::Vote(vec!["0-3,3".into(), "0-1,3".into()]));
-        assert_eq!(plan[6].rule, Rule::Confidence(vec!["0-3,3".into(), "0-1,3".into(), "0-3".into()]));
+        assert_eq!(plan[5].rule, Rule::Vote(vec![ch("0-3,3"), ch("0-1,3")]));
+        assert_eq!(plan[6].rule, Rule::Confidence(vec![ch("0-3,3"), ch("0-1,3"), ch("0-3")]));
         assert_eq!(plan[1].calibration_accuracy, None);
         assert_eq!(plan[0].calibration_accuracy, Some(0.5));
     }
@@ -1028,13 +1029,9 @@ mod tests {
     #[test]
     fn figures_count_layers_and_seconds_of_the_chains_run() {
         let strategies = vec![
-            Strategy { name: "static".into(), rule: Rule::Single("0-3".into()), calibration_accuracy: None },
-            Strategy { name: "short".into(), rule: Rule::Single("0,1".into()), calibration_accuracy: None },
-            Strategy {
-                name: "vote".into(),
-                rule: Rule::Vote(vec!["0,1".into(), "0,2".into()]),
-                calibration_accuracy: None,
-            },
+            Strategy { name: "static".into(), rule: Rule::Single(ch("0-3")), calibration_accuracy: None },
+            Strategy { name: "short".into(), rule: Rule::Single(ch("0,1")), calibration_accuracy: None },
+            Strategy { name: "vote".into(), rule: Rule::Vote(vec![ch("0,1"), ch("0,2")]), calibration_accuracy: None },
         ];
         let rec = |gold: &str, a: [Option<&str>; 3]| HeldoutRecord {
             doc_id: gold.into(),
