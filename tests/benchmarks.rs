@@ -126,3 +126,40 @@ fn math_problems_carry_the_packages_few_shot_prompts() {
         assert_eq!(p.matches("I hope it is correct.").count(), 4, "{}", item.doc_id);
     }
 }
+
+/// On the real MATH files, the first 10 items of a level are all algebra in the data's order and
+/// span the subjects with `--sample stratified` (the default): at least 6 of the 7 subjects in 10,
+/// none with more than its share rounded up.
+#[test]
+fn stratified_math_levels_take_every_subject() {
+    use cola_search::runs::Sampling;
+    use cola_search::{Selection, Source};
+    let dir = data_dir();
+    let subjects_of = |sample: Sampling| {
+        let sel = Selection {
+            sources: vec![Source::Task(Task::Math { level: Some(1) })],
+            limit: Some(10),
+            offset: 0,
+            shard: None,
+            subject: None,
+            split: None,
+            sample,
+        };
+        let items = cola_search::select_items(&dir, &sel).unwrap().remove(0).items;
+        assert_eq!(items.len(), 10);
+        items.iter().map(|i| i.doc_id.split('/').next().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert!(subjects_of(Sampling::First).iter().all(|s| s == "algebra"));
+    let level = load_task(&dir, Task::Math { level: Some(1) }, None, None).unwrap().items;
+    let stratified = subjects_of(Sampling::Stratified);
+    let mut distinct = stratified.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() >= 6, "{stratified:?}");
+    for s in &distinct {
+        let share = level.iter().filter(|i| i.doc_id.starts_with(&format!("{s}/"))).count() as f64 / level.len() as f64;
+        let taken = stratified.iter().filter(|x| *x == s).count() as f64;
+        assert!(taken <= (10.0 * share).ceil(), "{s}: {taken} of 10, share {share:.3}");
+    }
+    assert!(MATH_SUBJECTS.iter().any(|m| distinct.iter().any(|d| d == m)));
+}

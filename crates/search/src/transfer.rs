@@ -198,9 +198,7 @@ impl Rule {
                 }
                 Choice { prediction: best.and_then(|(c, _)| prediction_of(c)), ran: chains.clone() }
             }
-            Rule::Oracle(chains) => {
-                Choice { prediction: chains.first().and_then(prediction_of), ran: chains.clone() }
-            }
+            Rule::Oracle(chains) => Choice { prediction: chains.first().and_then(prediction_of), ran: chains.clone() },
         }
     }
 
