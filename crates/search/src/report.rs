@@ -759,29 +759,39 @@ fn write_figures(out_dir: &Path, report: &Report) -> Result<Vec<PathBuf>, RunErr
     Ok(files)
 }
 
-/// Share of samples fixed (solid) and shortened (dashed) within b evaluations, MCTS beside
-/// random, one panel per task, each line in a band of its 95% Wilson interval.
+/// Share of samples fixed and shortened within b evaluations: a panel per task and group (with
+/// samples), MCTS beside random in it, each line in a band of its 95% Wilson interval.
 fn draw_budget_curves(path: &Path, report: &Report) -> Result<(), String> {
     let e = |x: &dyn std::fmt::Display| x.to_string();
-    let tasks: Vec<&str> = report.tasks.iter().map(|t| t.task.as_str()).collect();
+    let mut panels: Vec<(&str, Group)> = Vec::new();
+    for t in &report.tasks {
+        for g in Group::ALL {
+            if report.budget_curves.iter().any(|c| c.task == t.task && c.group == g && c.n > 0) {
+                panels.push((&t.task, g));
+            }
+        }
+    }
     // Panels in rows of at most three.
-    let cols = tasks.len().clamp(1, 3);
-    let rows = tasks.len().div_ceil(cols).max(1);
-    let root = SVGBackend::new(path, (440 * cols as u32, 34 + 340 * rows as u32)).into_drawing_area();
+    let cols = panels.len().clamp(1, 3);
+    let rows = panels.len().div_ceil(cols).max(1);
+    let root = SVGBackend::new(path, (440 * cols as u32, 34 + 320 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let (title, body) = root.split_vertically(34);
     title
         .draw(&Text::new(
-            "Samples with a correct chain within b evaluations (solid: fixed, dashed: shortened)",
+            "Samples with a correct chain within b evaluations (fixed: originally wrong; shortened: originally right, a shorter chain)",
             (12, 9),
-            ("sans-serif", 16).into_font(),
+            ("sans-serif", 15).into_font(),
         ))
         .map_err(|x| e(&x))?;
-    for (area, task) in body.split_evenly((rows, cols)).iter().zip(&tasks) {
-        let curves: Vec<&BudgetCurve> = report.budget_curves.iter().filter(|c| c.task == *task && c.n > 0).collect();
+    for (area, (task, group)) in body.split_evenly((rows, cols)).iter().zip(&panels) {
+        let curves: Vec<&BudgetCurve> =
+            report.budget_curves.iter().filter(|c| c.task == *task && c.group == *group && c.n > 0).collect();
         let max_b = curves.iter().map(|c| c.evaluations).max().unwrap_or(1).max(2);
+        let n = curves.first().map_or(0, |c| c.n);
+        let what = if *group == Group::Fixed { "fixed" } else { "shortened" };
         let mut chart = ChartBuilder::on(area)
-            .caption(*task, ("sans-serif", 15))
+            .caption(format!("{task} · {what} (n = {n})"), ("sans-serif", 15))
             .margin(10)
             .x_label_area_size(34)
             .y_label_area_size(44)
@@ -789,6 +799,8 @@ fn draw_budget_curves(path: &Path, report: &Report) -> Result<(), String> {
             .map_err(|x| e(&x))?;
         chart
             .configure_mesh()
+            .label_style(("sans-serif", 12))
+            .axis_desc_style(("sans-serif", 12))
             .x_desc("evaluations spent (b)")
             .y_desc("share of the group")
             .y_labels(5)
@@ -806,30 +818,20 @@ fn draw_budget_curves(path: &Path, report: &Report) -> Result<(), String> {
             let band: Vec<(usize, f64)> = upper.chain(lower.into_iter().rev()).collect();
             chart.draw_series([Polygon::new(band, colour.mix(0.12).filled())]).map_err(|x| e(&x))?;
             let line: Vec<(usize, f64)> = (1..=max_b).map(|b| (b, at(b).0)).collect();
-            let label = format!(
-                "{} · {} (n = {})",
-                c.searcher.label(),
-                if c.group == Group::Fixed { "fixed" } else { "shortened" },
-                c.n
-            );
+            let label = match c.searcher {
+                Searcher::Mcts => "MCTS",
+                Searcher::Random => "random (same budget)",
+            };
             let style = colour.stroke_width(2);
-            if c.group == Group::Fixed {
-                chart
-                    .draw_series(LineSeries::new(line, style))
-                    .map_err(|x| e(&x))?
-                    .label(label)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-            } else {
-                chart.draw_series(DashedLineSeries::new(line, 6, 4, style)).map_err(|x| e(&x))?.label(label).legend(
-                    move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 6, y), (x + 10, y), (x + 16, y)], colour.stroke_width(1))
-                    },
-                );
-            }
+            chart
+                .draw_series(LineSeries::new(line, style))
+                .map_err(|x| e(&x))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
