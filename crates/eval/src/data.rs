@@ -77,6 +77,14 @@ impl Item {
         }
     }
 
+    /// The MATH subject (`algebra`, ...), for the items that have one.
+    pub fn subject(&self) -> Option<&str> {
+        match &self.kind {
+            ItemKind::Math { subject, .. } => subject.as_deref(),
+            ItemKind::MultipleChoice { .. } => None,
+        }
+    }
+
     /// The gold answer as text: the letter for multiple choice, the reference for math.
     pub fn gold_text(&self) -> String {
         match &self.kind {

@@ -50,10 +50,15 @@ pub fn bootstrap_interval(values: &[f64], resamples: usize, seed: u64) -> (f64, 
         return (0.0, 0.0);
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut means: Vec<f64> =
+    let means: Vec<f64> =
         (0..resamples).map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64).collect();
-    means.sort_by(f64::total_cmp);
-    let at = |q: f64| means[((q * resamples as f64) as usize).min(resamples - 1)];
+    percentile_95(means)
+}
+
+/// The 2.5th and 97.5th percentiles of the (non-empty) bootstrap statistics `stats`.
+fn percentile_95(mut stats: Vec<f64>) -> (f64, f64) {
+    stats.sort_by(f64::total_cmp);
+    let at = |q: f64| stats[((q * stats.len() as f64) as usize).min(stats.len() - 1)];
     (at(0.025), at(0.975))
 }
 
@@ -84,7 +89,7 @@ pub fn bootstrap_ratio(num: &[f64], den: &[f64], resamples: usize, seed: u64) ->
         return None;
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut ratios: Vec<f64> = (0..resamples)
+    let ratios: Vec<f64> = (0..resamples)
         .map(|_| {
             let (mut a, mut b) = (0.0, 0.0);
             for _ in 0..n {
@@ -95,9 +100,7 @@ pub fn bootstrap_ratio(num: &[f64], den: &[f64], resamples: usize, seed: u64) ->
             if b == 0.0 { 0.0 } else { a / b }
         })
         .collect();
-    ratios.sort_by(f64::total_cmp);
-    let at = |q: f64| ratios[((q * resamples as f64) as usize).min(resamples - 1)];
-    Some((at(0.025), at(0.975)))
+    Some(percentile_95(ratios))
 }
 
 #[cfg(test)]

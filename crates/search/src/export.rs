@@ -6,12 +6,12 @@
 //! per-task ranking counts a chain only on the items whose search evaluated it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cola_executor::Chain;
 use serde::{Deserialize, Serialize};
 
-use crate::run_dir::{HashedFile, RunError, merge_runs};
+use crate::run_dir::{HashedFile, RunError};
 use crate::sample::SampleRecord;
 
 /// The version of the JSON layout below.
@@ -101,22 +101,10 @@ pub struct TaskChain {
 }
 
 /// The export of finished run directories (shards of one run, or runs of one command on other
-/// tasks), merged as `report` merges them.
+/// tasks), merged and checked as `report` merges them ([`crate::report::merge_alike`]).
 pub fn export_chains(runs: &[PathBuf]) -> Result<ChainExport, RunError> {
-    let merged = merge_runs(runs)?;
-    let Some(first) = merged.configs.first() else {
-        return Err(RunError::Invalid { path: PathBuf::from("."), message: "no run directories given".into() });
-    };
-    if merged.records.is_empty() {
-        return Err(RunError::Invalid {
-            path: runs[0].clone(),
-            message: format!(
-                "no finished samples ({} missing or empty); nothing to export",
-                crate::run_dir::SAMPLES_FILE
-            ),
-        });
-    }
-    crate::report::check_same_settings(runs, &merged.configs)?;
+    let merged = crate::report::merge_alike(runs, Path::new("."), "export")?;
+    let first = &merged.configs[0];
     Ok(ChainExport {
         format: FORMAT.into(),
         model: ExportModel {

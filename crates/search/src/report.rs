@@ -151,11 +151,27 @@ impl Searcher {
         }
     }
 
+    /// As figure legends and captions name it, the baseline's budget said.
+    fn long_label(self) -> &'static str {
+        match self {
+            Searcher::Mcts => "MCTS",
+            Searcher::Random => "random (same budget)",
+        }
+    }
+
     /// The sample's shortest correct chain by this searcher.
     fn best(self, r: &SampleRecord) -> Option<&Chain> {
         match self {
             Searcher::Mcts => r.best_chain.as_ref(),
             Searcher::Random => r.random_best_chain.as_ref(),
+        }
+    }
+
+    /// Every chain this searcher evaluated for the sample, in order (None: not recorded).
+    fn chains(self, r: &SampleRecord) -> Option<&[ChainRecord]> {
+        match self {
+            Searcher::Mcts => Some(&r.chains),
+            Searcher::Random => r.random_chains.as_deref(),
         }
     }
 }
@@ -176,6 +192,14 @@ impl Group {
     pub fn name(self) -> &'static str {
         match self {
             Group::Right => "right",
+            Group::Fixed => "fixed",
+        }
+    }
+
+    /// What a search does for the group: fixes it or shortens its chains.
+    fn outcome(self) -> &'static str {
+        match self {
+            Group::Right => "shortened",
             Group::Fixed => "fixed",
         }
     }
@@ -344,13 +368,7 @@ fn budget_curves(records: &[SampleRecord], tasks: &[TaskReport], num_layers: usi
     for t in tasks {
         let rs: Vec<&SampleRecord> = records.iter().filter(|r| r.task == t.task).collect();
         for searcher in Searcher::ALL {
-            let chains: Option<Vec<&[ChainRecord]>> = rs
-                .iter()
-                .map(|r| match searcher {
-                    Searcher::Mcts => Some(&r.chains[..]),
-                    Searcher::Random => r.random_chains.as_deref(),
-                })
-                .collect();
+            let chains: Option<Vec<&[ChainRecord]>> = rs.iter().map(|r| searcher.chains(r)).collect();
             let Some(chains) = chains else { continue };
             for group in Group::ALL {
                 let group_chains: Vec<&[ChainRecord]> =
@@ -481,8 +499,15 @@ pub fn render_searchers(report: &Report) -> String {
                 pct_ci(ratio(k, c.n), wilson(k, c.n))
             })
             .collect();
-        let group = if c.group == Group::Fixed { "fixed" } else { "shortened" };
-        let _ = writeln!(s, "| {} | {group} (n = {}) | {} | {} |", c.task, c.n, c.searcher.label(), cells.join(" | "));
+        let _ = writeln!(
+            s,
+            "| {} | {} (n = {}) | {} | {} |",
+            c.task,
+            c.group.outcome(),
+            c.n,
+            c.searcher.label(),
+            cells.join(" | ")
+        );
     }
     s
 }
@@ -566,31 +591,9 @@ pub fn render_timing(records: &[SampleRecord], timings: &HashMap<(String, String
 /// report of the whole into `out_dir`, with the merged `samples.jsonl` when `out_dir` is none of
 /// the runs. Returns the report, the merged runs and the files written.
 pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRuns, Vec<PathBuf>), RunError> {
-    let merged = merge_runs(runs)?;
-    let Some(first) = merged.configs.first() else {
-        return Err(RunError::Invalid { path: out_dir.to_path_buf(), message: "no run directories given".into() });
-    };
-    if merged.records.is_empty() {
-        // An empty report would overwrite whatever report is there.
-        return Err(RunError::Invalid {
-            path: runs[0].clone(),
-            message: format!(
-                "no finished samples in {} ({} missing or empty); nothing to report",
-                if runs.len() == 1 { "this run" } else { "any of these runs" },
-                crate::run_dir::SAMPLES_FILE
-            ),
-        });
-    }
-    if let Some((dir, other)) = runs.iter().zip(&merged.configs).find(|(_, c)| c.num_layers != first.num_layers) {
-        return Err(RunError::Invalid {
-            path: dir.clone(),
-            message: format!(
-                "a run of a {}-layer model, the first is of {} layers; report them separately",
-                other.num_layers, first.num_layers
-            ),
-        });
-    }
-    check_same_settings(runs, &merged.configs)?;
+    // An empty report would overwrite whatever report is there: no records is an error.
+    let merged = merge_alike(runs, out_dir, "report")?;
+    let first = &merged.configs[0];
     check_not_fewer(out_dir, merged.records.len())?;
     let report = build_report(&merged.records, first.num_layers);
     let mut files = write_report(out_dir, &report, &merged.records, &merged.timings, &merged.configs, runs)?;
@@ -605,10 +608,41 @@ pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRu
     Ok((report, merged, files))
 }
 
+/// Finished run directories merged for reading (`report`, `export-chains`): at least one, with
+/// records (else an error: nothing to `what`), of one layer count and the same settings.
+/// `out_dir` names the error when no run is given.
+pub(crate) fn merge_alike(runs: &[PathBuf], out_dir: &Path, what: &str) -> Result<MergedRuns, RunError> {
+    let merged = merge_runs(runs)?;
+    let Some(first) = merged.configs.first() else {
+        return Err(RunError::Invalid { path: out_dir.to_path_buf(), message: "no run directories given".into() });
+    };
+    if merged.records.is_empty() {
+        return Err(RunError::Invalid {
+            path: runs[0].clone(),
+            message: format!(
+                "no finished samples in {} ({} missing or empty); nothing to {what}",
+                if runs.len() == 1 { "this run" } else { "any of these runs" },
+                crate::run_dir::SAMPLES_FILE
+            ),
+        });
+    }
+    if let Some((dir, other)) = runs.iter().zip(&merged.configs).find(|(_, c)| c.num_layers != first.num_layers) {
+        return Err(RunError::Invalid {
+            path: dir.clone(),
+            message: format!(
+                "a run of a {}-layer model, the first is of {} layers; {what} them separately",
+                other.num_layers, first.num_layers
+            ),
+        });
+    }
+    check_same_settings(runs, &merged.configs)?;
+    Ok(merged)
+}
+
 /// Runs reported together must have searched alike: same search settings, seed and model
 /// weights (shards of one run, or runs of other tasks with the same command). The error names
 /// the first setting that differs.
-pub(crate) fn check_same_settings(runs: &[PathBuf], configs: &[RunConfig]) -> Result<(), RunError> {
+fn check_same_settings(runs: &[PathBuf], configs: &[RunConfig]) -> Result<(), RunError> {
     let key = |c: &RunConfig| {
         serde_json::json!({
             "settings": c.settings,
@@ -789,9 +823,8 @@ fn draw_budget_curves(path: &Path, report: &Report) -> Result<(), String> {
             report.budget_curves.iter().filter(|c| c.task == *task && c.group == *group && c.n > 0).collect();
         let max_b = curves.iter().map(|c| c.evaluations).max().unwrap_or(1).max(2);
         let n = curves.first().map_or(0, |c| c.n);
-        let what = if *group == Group::Fixed { "fixed" } else { "shortened" };
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("{task} · {what} (n = {n})"), ("sans-serif", 15))
+            .caption(format!("{task} · {} (n = {n})", group.outcome()), ("sans-serif", 15))
             .margin(10)
             .x_label_area_size(34)
             .y_label_area_size(44)
@@ -818,15 +851,11 @@ fn draw_budget_curves(path: &Path, report: &Report) -> Result<(), String> {
             let band: Vec<(usize, f64)> = upper.chain(lower.into_iter().rev()).collect();
             chart.draw_series([Polygon::new(band, colour.mix(0.12).filled())]).map_err(|x| e(&x))?;
             let line: Vec<(usize, f64)> = (1..=max_b).map(|b| (b, at(b).0)).collect();
-            let label = match c.searcher {
-                Searcher::Mcts => "MCTS",
-                Searcher::Random => "random (same budget)",
-            };
             let style = colour.stroke_width(2);
             chart
                 .draw_series(LineSeries::new(line, style))
                 .map_err(|x| e(&x))?
-                .label(label)
+                .label(c.searcher.long_label())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
         }
         chart
@@ -1013,13 +1042,7 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
         let (kind, searcher) = (i / searchers.len(), searchers[i % searchers.len()]);
         let what = if kind == 0 { "skip" } else { "repeat" };
         let mut chart = ChartBuilder::on(area)
-            .caption(
-                match searcher {
-                    Searcher::Mcts => format!("MCTS · {what}"),
-                    Searcher::Random => format!("random (same budget) · {what}"),
-                },
-                ("sans-serif", 15),
-            )
+            .caption(format!("{} · {what}", searcher.long_label()), ("sans-serif", 15))
             .margin(6)
             .x_label_area_size(38)
             .y_label_area_size(120)

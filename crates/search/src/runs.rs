@@ -85,16 +85,12 @@ impl Sampling {
 
     /// `items` in this order.
     pub fn order(self, items: &[Item]) -> Vec<Item> {
-        let subject = |it: &Item| match &it.kind {
-            cola_eval::ItemKind::Math { subject, .. } => subject.clone(),
-            _ => None,
-        };
-        if self == Sampling::First || items.iter().all(|it| subject(it).is_none()) {
+        if self == Sampling::First || items.iter().all(|it| it.subject().is_none()) {
             return items.to_vec();
         }
-        let mut strata: std::collections::BTreeMap<Option<String>, Vec<&Item>> = Default::default();
+        let mut strata: std::collections::BTreeMap<Option<&str>, Vec<&Item>> = Default::default();
         for it in items {
-            strata.entry(subject(it)).or_default().push(it);
+            strata.entry(it.subject()).or_default().push(it);
         }
         let mut strata: Vec<Vec<&Item>> = strata
             .into_iter()
@@ -360,9 +356,7 @@ pub fn run_search<B: LayerOps>(
         split: req.selection.split,
         sample: tasks
             .iter()
-            .any(|t| {
-                t.load.items.iter().any(|it| matches!(&it.kind, cola_eval::ItemKind::Math { subject: Some(_), .. }))
-            })
+            .any(|t| t.load.items.iter().any(|it| it.subject().is_some()))
             .then_some(req.selection.sample),
         seed: req.seed,
         settings: req.settings.clone(),

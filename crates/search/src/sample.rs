@@ -298,6 +298,7 @@ pub fn search_item<B: LayerOps>(
         let results = score_item_variants(model, item, &settings.scoring)?;
         Ok::<_, EvalError>(results.into_iter().map(|r| Evaluation { reward: oracle_reward(&r), payload: r }).collect())
     };
+    // In a closure so the caches are cleared below whether the search ends or fails.
     let searched = (|| {
         let mcts = {
             let mut problem = ChainProblem {
