@@ -43,11 +43,14 @@ def parse_chain(text):
     out = []
     for item in text.split(","):
         item = item.strip()
-        if "-" in item:
-            a, b = item.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(item))
+        try:
+            if "-" in item:
+                a, b = item.split("-")
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(item))
+        except ValueError:
+            raise ValueError(f"chain `{text}`: item `{item}` is not an index or a range a-b") from None
     if not out:
         raise ValueError("empty chain")
     return out
@@ -170,9 +173,14 @@ def main():
             chain = chain_from_export(args.chains, args.task, args.doc_id)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if not os.path.exists(args.model):
+        sys.exit(f"error: --model {args.model}: no such directory or file")
     model, tokenizer = load(args.model)
     if args.ids:
-        ids = [int(x) for x in args.ids.split(",")]
+        try:
+            ids = [int(x) for x in args.ids.split(",")]
+        except ValueError:
+            sys.exit(f"error: --ids `{args.ids}`: not comma-separated token ids")
     else:
         if tokenizer is None:
             sys.exit(f"error: {args.model} has no tokenizer; pass --ids")
