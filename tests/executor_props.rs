@@ -235,7 +235,7 @@ fn token_tree_scores_of_many_rows_equal_scores_alone() {
 /// with the fused CPU kernels, checked on the CPU itself.
 #[test]
 fn reference_ops_match_fused_cpu_kernels() {
-    use cola_model::flex_ops::with_reference_ops;
+    use cola_kernels::with_reference_ops;
     for arch in ["llama", "qwen2", "qwen3"] {
         let config = tiny_config(arch, NUM_LAYERS);
         let (exec, _) = tiny_executor(&config, 13);

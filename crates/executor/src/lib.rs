@@ -90,7 +90,7 @@ pub const DEFAULT_MAX_POSITIONS: usize = 4096;
 impl<B: LayerOps> Executor<B> {
     pub fn new(model: CausalLm<B>, config: ModelConfig, device: B::Device) -> Self {
         let max_len = config.max_position_embeddings.clamp(1, DEFAULT_MAX_POSITIONS);
-        let rope = Rope::new(&config, max_len, &device);
+        let rope = Rope::new(&config.rope_inv_freq(), max_len, &device);
         Executor { model, config, rope, device, computed_steps: Default::default(), shared_steps: Default::default() }
     }
 

@@ -3,27 +3,25 @@
 //! Reads HF `config.json` (llama, mistral, qwen2, qwen3), safetensors weights (single or sharded,
 //! f32/f16/bf16), `tokenizer.json` and the chat template, and GGUF files (Q4_0/Q4_1/Q8_0 blocks,
 //! 16/32-bit floats) directly or imported into that same layout. Weights stay in the format the
-//! file stores them in ([`stored`]) on the CPU; other backends get them dequantized to f32. It also defines the decoder layer itself (one readable file, [`llama`]).
+//! file stores them in ([`cola_kernels::stored`]) on the CPU; other backends get them dequantized
+//! to f32. It also defines the decoder layer itself (one readable file, [`llama`]), whose steps
+//! run through the seam of `cola-kernels`; the kernel types its API uses are re-exported here.
 //!
-//! This crate knows nothing of chains, search or benchmarks, and must not depend on any other
-//! crate of the project.
+//! This crate knows nothing of chains, search or benchmarks, and depends on no crate of the
+//! project but `cola-kernels`.
 
 pub mod config;
-pub mod flex_ops;
 pub mod gguf;
 pub mod llama;
-pub mod ops;
-pub mod stored;
 pub mod tensors;
 pub mod tokenizer;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
 
+pub use cola_kernels::{AttnMask, Heads, KvCache, LayerOps, Positions, Rope, StoredMatrix, WeightFormat};
 pub use config::{Architecture, ModelConfig};
-pub use llama::{CausalLm, DecoderLayer, KvCache, Rope, Segment, TokenTree, WeightPrecision};
-pub use ops::{AttnMask, Heads, LayerOps, Positions};
-pub use stored::{StoredMatrix, WeightFormat};
+pub use llama::{CausalLm, DecoderLayer, Segment, TokenTree, WeightPrecision};
 pub use tokenizer::TextTokenizer;
 pub use weights::{HostTensor, WeightSource};
 

@@ -15,29 +15,14 @@
 
 use std::sync::Arc;
 
-use burn::module::{Module, Param};
-use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
-
-use crate::ops::{AttnMask, Heads, LayerOps, Positions};
-use crate::stored::StoredMatrix;
 use crate::tensors::{LayerTensor, ModelTensor};
 use crate::weights::{HostTensor, WeightSource, expect_stored, expect_tensor};
 use crate::{ModelConfig, ModelError};
-
-/// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`.
-#[derive(Module, Debug)]
-pub struct RmsNorm<B: Backend> {
-    pub weight: Param<Tensor<B, 1>>,
-    pub eps: f64,
-}
-
-impl<B: Backend> RmsNorm<B> {
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let inv_rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt().recip();
-        x * inv_rms * self.weight.val().unsqueeze::<D>()
-    }
-}
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use cola_kernels::StoredMatrix;
+use cola_kernels::ops::{self, AttnMask, Heads, KvCache, LayerOps, Positions, RmsNorm, Rope};
 
 /// How weights are held after loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,8 +88,8 @@ impl<B: LayerOps> Projection<B> {
     /// `x`: `[rows, in]` -> `[rows, out]`.
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let y = match &self.weight {
-            ProjWeight::Dense(w) => B::matmul_weight(x, w.clone()),
-            ProjWeight::Stored(parts) => B::matmul_stored(x, parts),
+            ProjWeight::Dense(w) => ops::matmul_weight(x, w.clone()),
+            ProjWeight::Stored(parts) => ops::matmul_stored(x, parts),
         };
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
@@ -144,24 +129,6 @@ pub struct Attention<B: Backend> {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-}
-
-/// The K/V entries one layer application produced, for all positions so far:
-/// `[kv_heads, positions, head_dim]`, keys already rotated.
-#[derive(Debug, Clone)]
-pub struct KvCache<B: Backend> {
-    pub k: Tensor<B, 3>,
-    pub v: Tensor<B, 3>,
-}
-
-impl<B: Backend> KvCache<B> {
-    pub fn len(&self) -> usize {
-        self.k.dims()[1]
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Tokens laid out as a tree instead of one sequence: each token has an explicit position and
@@ -227,7 +194,7 @@ impl<B: LayerOps> Attention<B> {
                 Some(*row - seg.rows)
             })
             .collect();
-        let (outs, caches): (Vec<_>, Vec<_>) = B::for_segments(segments.len(), |i| {
+        let (outs, caches): (Vec<_>, Vec<_>) = ops::for_segments::<B, _>(segments.len(), |i| {
             let seg = &segments[i];
             let part = if single { qkv.clone() } else { qkv.clone().narrow(0, starts[i], seg.rows) };
             let causal_from = Positions::From(seg.past.map_or(0, KvCache::len));
@@ -238,10 +205,10 @@ impl<B: LayerOps> Attention<B> {
                 }
                 None => &causal_from,
             };
-            let (q, k, v) = B::split_heads_rope(part, heads, rope, positions, norms);
-            let cache = B::extend_cache(seg.past, k, v);
+            let (q, k, v) = ops::split_heads_rope(part, heads, rope, positions, norms);
+            let cache = ops::extend_cache(seg.past, k, v);
             let mask = seg.tree.map_or(AttnMask::Causal, |t| t.mask.clone());
-            (B::attend(q, cache.k.clone(), cache.v.clone(), heads, &mask), cache)
+            (ops::attend(q, cache.k.clone(), cache.v.clone(), heads, &mask), cache)
         })
         .into_iter()
         .unzip();
@@ -262,7 +229,7 @@ pub struct Mlp<B: Backend> {
 impl<B: LayerOps> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let gu = self.gate_up_proj.forward(x);
-        self.down_proj.forward(B::swiglu(gu, self.intermediate_size))
+        self.down_proj.forward(ops::swiglu(gu, self.intermediate_size))
     }
 }
 
@@ -331,8 +298,8 @@ impl<B: LayerOps> CausalLm<B> {
         match (&self.lm_head, &self.embed_tokens) {
             (Some(head), _) => head.forward(h),
             // Tied: the embedding matrix `[vocab, hidden]`, used transposed.
-            (None, TokenEmbedding::Dense(e)) => B::matmul_weight_t(h, e.clone()),
-            (None, TokenEmbedding::Stored(e)) => B::matmul_stored(h, std::slice::from_ref(e)),
+            (None, TokenEmbedding::Dense(e)) => ops::matmul_weight_t(h, e.clone()),
+            (None, TokenEmbedding::Stored(e)) => ops::matmul_stored(h, std::slice::from_ref(e)),
         }
     }
 
@@ -413,63 +380,4 @@ fn tensor1<B: Backend>(t: HostTensor, device: &B::Device) -> Tensor<B, 1> {
 
 fn tensor2<B: Backend>(t: HostTensor, device: &B::Device) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1]]), device)
-}
-
-/// Rotate-half RoPE tables, `[max_len, head_dim]`, with each frequency repeated for both halves,
-/// on the device and on the host (for CPU kernels).
-#[derive(Debug, Clone)]
-pub struct Rope<B: Backend> {
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
-    pub(crate) cos_host: Arc<[f32]>,
-    pub(crate) sin_host: Arc<[f32]>,
-    max_len: usize,
-}
-
-impl<B: Backend> Rope<B> {
-    /// Tables for positions `0..max_len`. Angles are formed in f32 like transformers does, so
-    /// positions in the hundreds agree with PyTorch to the last bit of the angle.
-    pub fn new(config: &ModelConfig, max_len: usize, device: &B::Device) -> Self {
-        let inv_freq: Vec<f32> = config.rope_inv_freq().into_iter().map(|f| f as f32).collect();
-        let half = inv_freq.len();
-        let hd = 2 * half;
-        let mut cos = Vec::with_capacity(max_len * hd);
-        let mut sin = Vec::with_capacity(max_len * hd);
-        for pos in 0..max_len {
-            let row: Vec<f32> = inv_freq.iter().map(|&f| pos as f32 * f).collect();
-            for _ in 0..2 {
-                cos.extend(row.iter().map(|&a| (a as f64).cos() as f32));
-                sin.extend(row.iter().map(|&a| (a as f64).sin() as f32));
-            }
-        }
-        Rope {
-            cos: Tensor::from_data(TensorData::new(cos.clone(), [max_len, hd]), device),
-            sin: Tensor::from_data(TensorData::new(sin.clone(), [max_len, hd]), device),
-            cos_host: cos.into(),
-            sin_host: sin.into(),
-            max_len,
-        }
-    }
-
-    /// The `[s, head_dim]` cos and sin rows for `s` tokens at `positions`.
-    pub fn tables(&self, positions: &Positions<B>, s: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        match positions {
-            Positions::From(start) => {
-                assert!(
-                    start + s <= self.max_len,
-                    "RoPE table holds {} positions, asked for {}",
-                    self.max_len,
-                    start + s
-                );
-                (self.cos.clone().narrow(0, *start, s), self.sin.clone().narrow(0, *start, s))
-            }
-            Positions::Given { device, .. } => {
-                (self.cos.clone().select(0, device.clone()), self.sin.clone().select(0, device.clone()))
-            }
-        }
-    }
-
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
 }

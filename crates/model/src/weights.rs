@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 
-use crate::stored::{StoredMatrix, WeightFormat};
 use crate::{ModelConfig, ModelError};
+use cola_kernels::stored::{StoredMatrix, WeightFormat};
 
 /// A dense f32 tensor in row-major order, in PyTorch's shape convention.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,4 @@
-//! llama.cpp's q/k row order back to HF's (block formats are in [`crate::stored`]).
+//! llama.cpp's q/k row order back to HF's (block formats are in [`cola_kernels::stored`]).
 
 /// Undoes llama.cpp's reordering of q/k rows for its interleaved RoPE: within each head, GGUF row
 /// `2 i + j` holds HF row `j * head_dim / 2 + i`.

@@ -6,9 +6,9 @@ use std::path::Path;
 use super::{GgufFile, TensorInfo, Value, qk_row_order, unpermute_qk_rows};
 use crate::ModelError;
 use crate::config::{Architecture, ModelConfig, RopeScaling};
-use crate::stored::StoredMatrix;
 use crate::tensors::{LayerTensor, ModelTensor};
 use crate::weights::{HostTensor, WeightSource, save_checkpoint};
+use cola_kernels::stored::StoredMatrix;
 
 impl GgufFile {
     /// The architecture config implied by the metadata.

@@ -5,7 +5,7 @@
 //! anything is allocated, so a lying header is an error, not an out-of-memory abort.
 //!
 //! - [`reader`]: the container (header, metadata, tensor infos) and the tokenizer metadata;
-//! - [`dequant`]: llama.cpp's q/k row order undone (block formats: [`crate::stored`]);
+//! - [`dequant`]: llama.cpp's q/k row order undone (block formats: [`cola_kernels::stored`]);
 //! - [`import`]: metadata to [`crate::ModelConfig`], tensor names, the import itself;
 //! - [`builder`]: writes GGUF files byte by byte (for tests and fixtures);
 //! - [`writer`]: writes a whole model as GGUF, one tensor at a time (random models of large shapes).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::ModelError;
-use crate::stored::{StoredMatrix, WeightFormat, dequantize};
+use cola_kernels::stored::{StoredMatrix, WeightFormat, dequantize};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 

@@ -1,7 +1,7 @@
 //! GGUF reading, dequantisation and import, against files written by [`super::builder`].
 
 use super::*;
-use crate::stored::{WeightFormat, dequantize};
+use cola_kernels::stored::{WeightFormat, dequantize};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -144,8 +144,8 @@ fn unsupported_quantization_is_named() {
 /// A tiny llama GGUF whose 2-D weights are all stored as `format` (norms F32), from random
 /// weights; hidden 64, so every row is whole blocks.
 fn tiny_gguf(dir: &Path, format: WeightFormat) -> PathBuf {
-    use crate::stored::quantize;
     use crate::weights::{RandomWeights, WeightSource};
+    use cola_kernels::stored::quantize;
     let config = crate::ModelConfig::from_json_str(
         r#"{"model_type":"llama","hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
         "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":40,"rms_norm_eps":1e-5}"#,
@@ -185,7 +185,7 @@ impl crate::WeightSource for Imported<'_> {
 /// Logits of every position of `ids` through all layers.
 fn logits(model: &crate::CausalLm<burn_flex::Flex>, config: &crate::ModelConfig, ids: &[u32]) -> Vec<f32> {
     let device = Default::default();
-    let rope = crate::Rope::new(config, 64, &device);
+    let rope = crate::Rope::new(&config.rope_inv_freq(), 64, &device);
     let mut x = model.embed(ids, &device);
     for layer in &model.layers {
         x = layer.forward(x, &rope, &[crate::Segment { rows: ids.len(), past: None, tree: None }]).0;

@@ -8,10 +8,10 @@ use std::path::Path;
 
 use super::{ggml_type_id, qk_row_order};
 use crate::config::{Architecture, ModelConfig, RopeScaling};
-use crate::stored::{WeightFormat, quantize};
 use crate::tensors::{LayerTensor, ModelTensor};
 use crate::weights::WeightSource;
 use crate::{HostTensor, ModelError};
+use cola_kernels::stored::{WeightFormat, quantize};
 
 const ALIGNMENT: usize = 32;
 

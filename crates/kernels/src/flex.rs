@@ -21,26 +21,8 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use crate::llama::{KvCache, RmsNorm, Rope};
-use crate::ops::{AttnMask, Heads, LayerOps, Positions, reference};
+use crate::ops::{AttnMask, Heads, KvCache, LayerOps, Positions, RmsNorm, Rope, reference};
 use crate::stored::{self, StoredMatrix};
-
-thread_local! {
-    static USE_REFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with the flex backend using the reference (burn-op) implementations instead of the
-/// fused kernels, on this thread. Tests use it to compare the two.
-pub fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
-    let before = USE_REFERENCE.with(|c| c.replace(true));
-    let out = f();
-    USE_REFERENCE.with(|c| c.set(before));
-    out
-}
-
-fn reference_forced() -> bool {
-    USE_REFERENCE.with(|c| c.get())
-}
 
 /// The f32 data of a flex tensor, contiguous.
 fn host<const D: usize>(t: Tensor<Flex, D>) -> (FlexTensor, [usize; D]) {
@@ -407,7 +389,7 @@ unsafe impl Sync for SharedOut {}
 /// gemm (its packing pays for many rows).
 fn project(x: Tensor<Flex, 2>, w: Tensor<Flex, 2>, transposed: bool) -> Tensor<Flex, 2> {
     let [m, k] = x.dims();
-    if reference_forced() || m > PANEL_MAX_ROWS {
+    if m > PANEL_MAX_ROWS {
         return if transposed { x.matmul(w.transpose()) } else { x.matmul(w) };
     }
     let n = w.dims()[if transposed { 0 } else { 1 }];
@@ -419,9 +401,6 @@ impl LayerOps for Flex {
     const STORED_WEIGHTS: bool = true;
 
     fn matmul_stored(x: Tensor<Self, 2>, parts: &[StoredMatrix]) -> Tensor<Self, 2> {
-        if reference_forced() {
-            return reference::matmul_stored(x, parts);
-        }
         let (x, [m, _]) = host(x);
         let n: usize = parts.iter().map(StoredMatrix::rows).sum();
         let mut out = vec![0.0f32; m * n];
@@ -441,9 +420,6 @@ impl LayerOps for Flex {
         qkv: Tensor<Self, 2>, heads: Heads, rope: &Rope<Self>, positions: &Positions<Self>,
         norms: Option<(&RmsNorm<Self>, &RmsNorm<Self>)>,
     ) -> (Tensor<Self, 3>, Tensor<Self, 3>, Tensor<Self, 3>) {
-        if reference_forced() {
-            return reference::split_heads_rope(qkv, heads, rope, positions, norms);
-        }
         let Heads { q: nh, kv: nkv, dim: hd } = heads;
         let (qkv, [s, width]) = host(qkv);
         let src = data(&qkv);
@@ -502,9 +478,6 @@ impl LayerOps for Flex {
     fn attend(
         q: Tensor<Self, 3>, k: Tensor<Self, 3>, v: Tensor<Self, 3>, heads: Heads, mask: &AttnMask<Self>,
     ) -> Tensor<Self, 2> {
-        if reference_forced() {
-            return reference::attend(q, k, v, heads, mask);
-        }
         let (q, [nh, s, hd]) = host(q);
         let (k, [_, t, _]) = host(k);
         let (v, _) = host(v);
@@ -590,9 +563,6 @@ impl LayerOps for Flex {
     }
 
     fn swiglu(gate_up: Tensor<Self, 2>, f: usize) -> Tensor<Self, 2> {
-        if reference_forced() {
-            return reference::swiglu(gate_up, f);
-        }
         let (gu, [s, _]) = host(gate_up);
         let gu = data(&gu);
         let mut out = vec![0.0f32; s * f];
@@ -605,7 +575,7 @@ impl LayerOps for Flex {
     }
 
     fn extend_cache(past: Option<&KvCache<Self>>, k: Tensor<Self, 3>, v: Tensor<Self, 3>) -> KvCache<Self> {
-        let Some(past) = past.filter(|_| !reference_forced()) else { return reference::extend_cache(past, k, v) };
+        let Some(past) = past else { return reference::extend_cache(past, k, v) };
         // One copy per head of the old and the new positions (burn's cat took about half of a
         // decoding step's attention time in an instrumented lockstep run).
         let append = |old: &Tensor<Flex, 3>, new: Tensor<Flex, 3>| {
@@ -623,10 +593,6 @@ impl LayerOps for Flex {
     }
 
     fn for_segments<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-        // The reference switch is per thread: with it on, stay on this one.
-        if n == 1 || reference_forced() {
-            return (0..n).map(f).collect();
-        }
         (0..n).into_par_iter().map(&f).collect()
     }
 }

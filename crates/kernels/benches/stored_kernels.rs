@@ -1,14 +1,14 @@
 //! Timing of the stored-weight kernels: each instruction set on one Q4_1 / Q8_0 / F32 matrix,
 //! and a stored Q4_1 projection beside the dense f32 panels of the same numbers, for 1, 8 and
-//! 128 rows. `cargo bench -p cola-model --bench stored_kernels` (prints microseconds per call).
+//! 128 rows. `cargo bench -p cola-kernels --bench stored_kernels` (prints microseconds per call).
 
 use std::time::Instant;
 
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::Flex;
-use cola_model::LayerOps;
-use cola_model::stored::kernels::{Isa, matmul_with};
-use cola_model::stored::{StoredMatrix, WeightFormat, quantize};
+use cola_kernels::LayerOps;
+use cola_kernels::stored::kernels::{Isa, matmul_with};
+use cola_kernels::stored::{StoredMatrix, WeightFormat, quantize};
 
 fn micros(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
