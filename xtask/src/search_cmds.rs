@@ -15,7 +15,7 @@ use cola_search::run_dir::Shard;
 use cola_search::runs::Sampling;
 use cola_search::sample::TreeSettings;
 use cola_search::transfer::{TransferRequest, TransferSettings};
-use cola_search::{Baseline, Preset, SearchRequest, SearchSettings, Selection, Source, report};
+use cola_search::{Baseline, Preset, SearchRequest, SearchSettings, Selection, SettingsOverrides, Source, report};
 use serde_json::json;
 
 use crate::ModelArgs;
@@ -332,39 +332,27 @@ impl WithBackend for Search {
         let n = model.executor.num_layers();
         let has_chat = model.tokenizer.config.get("chat_template").is_some();
         let preset = args.preset.unwrap_or(Preset::Quick);
-        let base = SearchSettings::preset(preset, n, items.all_multiple_choice(), has_chat);
-        let scoring = ScoringOptions {
-            mode: args.scoring.unwrap_or(base.scoring.mode),
-            chat: args.chat || base.scoring.chat,
+        let overrides = SettingsOverrides {
+            scoring: args.scoring,
+            chat: args.chat,
             max_new_tokens: args.max_new_tokens,
             math_prompt: args.prompt_style,
-        };
-        let actions = args.actions.unwrap_or(base.tree.actions);
-        let settings = SearchSettings {
-            tree: TreeSettings {
-                actions,
-                simulations: args.sims.unwrap_or(base.tree.simulations),
-                lambda: args.lambda.unwrap_or(base.tree.lambda),
-                ..base.tree.clone()
-            },
-            early_stop_margin: args.early_stop.or(SearchSettings::early_stop_of(actions)),
+            actions: args.actions,
+            simulations: args.sims,
+            lambda: args.lambda,
+            early_stop: args.early_stop,
             baseline: args.baseline,
-            batch: args.batch.unwrap_or_else(|| cola_search::preset_batch(preset, args.model.backend, scoring.mode)),
-            scoring,
-            ..base
+            batch: args.batch,
         };
-        let out_dir = args.run_dir.clone().unwrap_or_else(|| {
-            let tasks: Vec<String> = selection.sources.iter().map(|s| s.name()).collect();
-            let shard = args.shard.map_or(String::new(), |s| format!("-shard{}of{}", s.index, s.count));
-            let split = selection.split.map_or(String::new(), |s| format!("-{}", s.name()));
-            let n = selection.limit.map_or("all".into(), |l| l.to_string());
-            PathBuf::from("runs").join(format!(
-                "{}{split}-{}-n{n}-s{}{shard}",
-                tasks.join("+"),
-                preset.name(),
-                args.seed
-            ))
-        });
+        let settings = SearchSettings::with_overrides(
+            preset,
+            n,
+            items.all_multiple_choice(),
+            has_chat,
+            args.model.backend,
+            &overrides,
+        );
+        let out_dir = args.run_dir.clone().unwrap_or_else(|| selection.default_run_dir(preset, args.seed));
         eprintln!(
             "searching chains: {} ({} samples max), {} simulations in batches of {}, actions {}, scoring {}{}, run dir {}",
             selection.sources.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
@@ -610,11 +598,10 @@ impl WithBackend for Transfer {
         let several = pairs.len() > 1;
         for (calibration, heldout) in pairs {
             let name = calibration.sources[0].name();
-            let default_dir = || format!("transfer-{name}-c{}-h{}-s{}", args.calibration, args.heldout, args.seed);
             let out_dir = match &args.run_dir {
                 Some(d) if several => d.join(&name),
                 Some(d) => d.clone(),
-                None => PathBuf::from("runs").join(default_dir()),
+                None => cola_search::transfer::default_run_dir(&name, args.calibration, args.heldout, args.seed),
             };
             eprintln!(
                 "transfer: calibrate on {} {name} items ({} simulations in batches of {}), hold out {} items, run dir {}",

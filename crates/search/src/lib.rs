@@ -3,11 +3,13 @@
 //! ([`sample::search_item`]: static prediction, MCTS, random baseline), run directories that
 //! resume after a crash ([`run_dir`]), whole runs over selected items with a progress bar
 //! ([`runs`]: `run_search`, `run_eval`), the paper's findings as a report ([`report`]), and
-//! held-out, label-free use of chains with baselines and error bars ([`transfer`]).
+//! held-out, label-free use of chains with baselines and error bars ([`transfer`]), and the
+//! speed measurements of `bench` ([`bench`]).
 //!
 //! This is the glue crate: it depends on the executor, MCTS and evaluation crates; nothing but
 //! xtask depends on it.
 
+pub mod bench;
 pub mod export;
 pub mod influence;
 pub mod model;
@@ -20,7 +22,8 @@ pub mod transfer;
 pub use model::ChainModel;
 pub use runs::{SearchRequest, Selection, Source, run_eval, run_search, select_items};
 pub use sample::{
-    Baseline, Preset, SampleRecord, SearchSettings, default_batch, oracle_reward, preset_batch, search_item,
+    Baseline, Preset, SampleRecord, SearchSettings, SettingsOverrides, default_batch, oracle_reward, preset_batch,
+    search_item,
 };
 
 /// An error of a search or eval run: which file, item or run directory, and what went wrong.

@@ -59,6 +59,18 @@ pub struct Selection {
     pub sample: Sampling,
 }
 
+impl Selection {
+    /// Where a search of this selection writes unless told: `runs/<task>+<task>[-<split>]-<preset>
+    /// -n<limit>-s<seed>[-shard<k>of<n>]`.
+    pub fn default_run_dir(&self, preset: crate::Preset, seed: u64) -> PathBuf {
+        let tasks: Vec<String> = self.sources.iter().map(|s| s.name()).collect();
+        let shard = self.shard.map_or(String::new(), |s| format!("-shard{}of{}", s.index, s.count));
+        let split = self.split.map_or(String::new(), |s| format!("-{}", s.name()));
+        let n = self.limit.map_or("all".into(), |l| l.to_string());
+        PathBuf::from("runs").join(format!("{}{split}-{}-n{n}-s{seed}{shard}", tasks.join("+"), preset.name()))
+    }
+}
+
 /// The order a task's items are taken in (`--sample`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -466,6 +478,28 @@ pub fn table(report: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Run directories are named by tasks, split, preset, limit, seed and shard, so two runs of
+    /// different selections never share one by default.
+    #[test]
+    fn default_run_dirs_name_the_selection() {
+        use cola_eval::{Split, Task};
+        let mut sel = super::Selection {
+            sources: vec![super::Source::Task(Task::ArcEasy), super::Source::Task(Task::ArcChallenge)],
+            limit: Some(100),
+            offset: 0,
+            shard: None,
+            subject: None,
+            split: None,
+            sample: Default::default(),
+        };
+        let dir = |s: &super::Selection, p| s.default_run_dir(p, 3).display().to_string();
+        assert_eq!(dir(&sel, crate::Preset::Paper), "runs/arc-easy+arc-challenge-paper-n100-s3");
+        sel.split = Some(Split::Validation);
+        sel.shard = Some(crate::run_dir::Shard { index: 1, count: 4 });
+        sel.limit = None;
+        assert_eq!(dir(&sel, crate::Preset::Quick), "runs/arc-easy+arc-challenge-validation-default-nall-s3-shard1of4");
+    }
+
     use super::*;
 
     fn math_item(subject: Option<&str>, id: usize) -> Item {

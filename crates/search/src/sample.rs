@@ -2,7 +2,7 @@
 //! chain's answer is correct, the paper's oracle setting), and the random baseline at the same
 //! number of distinct evaluations.
 
-use cola_eval::{EvalError, Item, ItemResult, ScoringMode, ScoringOptions, score_item_variants};
+use cola_eval::{EvalError, Item, ItemResult, MathPrompt, ScoringMode, ScoringOptions, score_item_variants};
 use cola_executor::Chain;
 use cola_executor::backend::BackendKind;
 use cola_mcts::chains::{ActionPreset, ChainProblem, ChainSpace};
@@ -266,6 +266,55 @@ pub fn preset_batch(preset: Preset, backend: BackendKind, mode: ScoringMode) -> 
     if preset == Preset::Paper { 1 } else { default_batch(backend, mode) }
 }
 
+/// What a user may set over a preset (`cargo xtask search` flags); `None` keeps the preset's.
+#[derive(Debug, Clone)]
+pub struct SettingsOverrides {
+    pub scoring: Option<ScoringMode>,
+    /// Wrap prompts in the chat template (also when the preset does not).
+    pub chat: bool,
+    pub max_new_tokens: Option<usize>,
+    pub math_prompt: MathPrompt,
+    pub actions: Option<ActionPreset>,
+    pub simulations: Option<usize>,
+    pub lambda: Option<f64>,
+    /// Early-stop margin (default: the one of the actions, [`SearchSettings::early_stop_of`]).
+    pub early_stop: Option<usize>,
+    pub baseline: Baseline,
+    /// Chains per batch (default: [`preset_batch`]).
+    pub batch: Option<usize>,
+}
+
+impl SearchSettings {
+    /// The settings of `preset` ([`SearchSettings::preset`]) with `o` laid over them, for a
+    /// search on `backend`.
+    pub fn with_overrides(
+        preset: Preset, num_layers: usize, multiple_choice: bool, has_chat: bool, backend: BackendKind,
+        o: &SettingsOverrides,
+    ) -> Self {
+        let base = Self::preset(preset, num_layers, multiple_choice, has_chat);
+        let scoring = ScoringOptions {
+            mode: o.scoring.unwrap_or(base.scoring.mode),
+            chat: o.chat || base.scoring.chat,
+            max_new_tokens: o.max_new_tokens,
+            math_prompt: o.math_prompt,
+        };
+        let actions = o.actions.unwrap_or(base.tree.actions);
+        SearchSettings {
+            tree: TreeSettings {
+                actions,
+                simulations: o.simulations.unwrap_or(base.tree.simulations),
+                lambda: o.lambda.unwrap_or(base.tree.lambda),
+                ..base.tree.clone()
+            },
+            early_stop_margin: o.early_stop.or(Self::early_stop_of(actions)),
+            baseline: o.baseline,
+            batch: o.batch.unwrap_or_else(|| preset_batch(preset, backend, scoring.mode)),
+            scoring,
+            ..base
+        }
+    }
+}
+
 /// The batch size `search` and `bench` use unless told otherwise, chosen by measurement
 /// (`cargo xtask bench --batch K`, K = 1 beside it in the same run; README, Performance).
 pub fn default_batch(backend: BackendKind, mode: ScoringMode) -> usize {
@@ -355,7 +404,49 @@ pub fn search_item<B: LayerOps>(
 
 #[cfg(test)]
 mod tests {
-    use super::Preset;
+    use super::*;
+
+    fn none() -> SettingsOverrides {
+        SettingsOverrides {
+            scoring: None,
+            chat: false,
+            max_new_tokens: None,
+            math_prompt: MathPrompt::ZeroShot,
+            actions: None,
+            simulations: None,
+            lambda: None,
+            early_stop: None,
+            baseline: Baseline::Random,
+            batch: None,
+        }
+    }
+
+    /// No override leaves the preset as it is (the paper: generate with chat, 200 simulations,
+    /// one walk at a time); each override replaces its value alone; drllm actions bring their
+    /// early stop unless one is given.
+    #[test]
+    fn overrides_lay_over_the_preset() {
+        let paper = SearchSettings::with_overrides(Preset::Paper, 30, true, true, BackendKind::Cpu, &none());
+        assert_eq!(paper, SearchSettings::preset(Preset::Paper, 30, true, true));
+        assert_eq!((paper.tree.simulations, paper.batch, paper.scoring.mode), (200, 1, ScoringMode::Generate));
+        assert!(paper.scoring.chat);
+        let o = SettingsOverrides {
+            scoring: Some(ScoringMode::Loglik),
+            simulations: Some(7),
+            actions: Some(ActionPreset::Drllm),
+            batch: Some(4),
+            ..none()
+        };
+        let s = SearchSettings::with_overrides(Preset::Paper, 30, true, true, BackendKind::Cpu, &o);
+        assert_eq!((s.tree.simulations, s.batch, s.scoring.mode), (7, 4, ScoringMode::Loglik));
+        assert_eq!((s.tree.actions, s.early_stop_margin), (ActionPreset::Drllm, Some(2)));
+        assert_eq!(s.tree.lambda, paper.tree.lambda);
+        let quick = SearchSettings::with_overrides(Preset::Quick, 30, true, false, BackendKind::Cpu, &none());
+        assert_eq!((quick.tree.simulations, quick.batch, quick.scoring.mode), (60, 16, ScoringMode::Loglik));
+        let stop = SettingsOverrides { actions: Some(ActionPreset::Drllm), early_stop: Some(5), ..none() };
+        let s = SearchSettings::with_overrides(Preset::Quick, 30, true, false, BackendKind::Cpu, &stop);
+        assert_eq!(s.early_stop_margin, Some(5));
+    }
 
     /// Each preset's name (what run directories and reports print) is what `--preset` accepts.
     #[test]

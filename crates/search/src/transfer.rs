@@ -437,6 +437,11 @@ fn one_source(items: Vec<TaskItems>, role: &str) -> Result<TaskItems, SearchErro
     Ok(t)
 }
 
+/// Where a transfer run on `task` writes unless told: `runs/transfer-<task>-c<N>-h<N>-s<seed>`.
+pub fn default_run_dir(task: &str, calibration: usize, heldout: usize, seed: u64) -> PathBuf {
+    PathBuf::from("runs").join(format!("transfer-{task}-c{calibration}-h{heldout}-s{seed}"))
+}
+
 /// Runs (or resumes) a transfer run and writes its report. Returns the report and the files
 /// written.
 pub fn run_transfer<B: LayerOps>(
