@@ -108,9 +108,9 @@ pub fn export_chains(runs: &[PathBuf]) -> Result<ChainExport, RunError> {
     Ok(ChainExport {
         format: FORMAT.into(),
         model: ExportModel {
-            path: first.model_dir.clone(),
-            num_layers: first.num_layers,
-            weights: first.weights.clone(),
+            path: first.provenance.model_dir.clone(),
+            num_layers: first.provenance.num_layers,
+            weights: first.provenance.weights.clone(),
         },
         scoring: first.settings.scoring.mode.to_string(),
         chat: first.settings.scoring.chat,

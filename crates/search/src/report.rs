@@ -595,7 +595,7 @@ pub fn report_runs(runs: &[PathBuf], out_dir: &Path) -> Result<(Report, MergedRu
     let merged = merge_alike(runs, out_dir, "report")?;
     let first = &merged.configs[0];
     check_not_fewer(out_dir, merged.records.len())?;
-    let report = build_report(&merged.records, first.num_layers);
+    let report = build_report(&merged.records, first.provenance.num_layers);
     let mut files = write_report(out_dir, &report, &merged.records, &merged.timings, &merged.configs, runs)?;
     // A directory of its own also gets the merged records (never a run's own samples.jsonl).
     let same = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
@@ -626,12 +626,14 @@ pub(crate) fn merge_alike(runs: &[PathBuf], out_dir: &Path, what: &str) -> Resul
             ),
         });
     }
-    if let Some((dir, other)) = runs.iter().zip(&merged.configs).find(|(_, c)| c.num_layers != first.num_layers) {
+    if let Some((dir, other)) =
+        runs.iter().zip(&merged.configs).find(|(_, c)| c.provenance.num_layers != first.provenance.num_layers)
+    {
         return Err(RunError::Invalid {
             path: dir.clone(),
             message: format!(
                 "a run of a {}-layer model, the first is of {} layers; {what} them separately",
-                other.num_layers, first.num_layers
+                other.provenance.num_layers, first.provenance.num_layers
             ),
         });
     }
@@ -647,7 +649,7 @@ fn check_same_settings(runs: &[PathBuf], configs: &[RunConfig]) -> Result<(), Ru
         serde_json::json!({
             "settings": c.settings,
             "seed": c.seed,
-            "weights": c.weights.iter().map(|w| &w.sha256).collect::<Vec<_>>(),
+            "weights": c.provenance.weights.iter().map(|w| &w.sha256).collect::<Vec<_>>(),
         })
     };
     let first = key(&configs[0]);
@@ -720,8 +722,8 @@ pub fn write_report(
         let _ = writeln!(
             md,
             "Model `{}` ({} layers); actions `{}`, {} simulations, λ = {}, c = {:.3}, ε = {}, chain length {}..={}, scoring `{}`{}, seed {}; {}.\n",
-            c.model_dir,
-            c.num_layers,
+            c.provenance.model_dir,
+            c.provenance.num_layers,
             s.tree.actions,
             s.tree.simulations,
             s.tree.lambda,

@@ -83,12 +83,40 @@ pub struct RunConfig {
     pub sample: Option<crate::runs::Sampling>,
     pub seed: u64,
     pub settings: SearchSettings,
+    #[serde(flatten)]
+    pub provenance: Provenance,
+}
+
+/// What a run's results came from besides its settings: model, data, backend and versions
+/// (the last keys of every run's config.json, search or transfer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The model path, portable ([`cola_assets::portable_path`]).
     pub model_dir: String,
     pub num_layers: usize,
     pub weights: Vec<HashedFile>,
     pub data: Vec<HashedFile>,
     pub backend: cola_executor::backend::BackendKind,
     pub versions: Value,
+}
+
+/// The burn version the workspace pins (Cargo.toml), recorded in every config.
+pub const BURN_VERSION: &str = "0.21.0";
+
+impl Provenance {
+    /// The provenance of a run of the model at `model_dir` over the data files `data`.
+    pub fn new(
+        model_dir: &Path, num_layers: usize, data: Vec<HashedFile>, backend: cola_executor::backend::BackendKind,
+    ) -> Result<Self, crate::SearchError> {
+        Ok(Provenance {
+            model_dir: cola_assets::portable_path(model_dir),
+            num_layers,
+            weights: crate::runs::weight_hashes(model_dir)?,
+            data,
+            backend,
+            versions: serde_json::json!({"cola": env!("CARGO_PKG_VERSION"), "burn": BURN_VERSION}),
+        })
+    }
 }
 
 /// An open run directory. It holds the directory's lock until dropped (the operating system

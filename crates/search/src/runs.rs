@@ -11,12 +11,11 @@ use cola_executor::{Chain, LoadedChainModel};
 use cola_model::LayerOps;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
-use serde_json::json;
 
 use crate::SearchError;
 use crate::model::ChainModel;
 use crate::report::{Report, build_report, render_table, write_report};
-use crate::run_dir::{HashedFile, RunConfig, RunDir, Shard, read_timings};
+use crate::run_dir::{HashedFile, Provenance, RunConfig, RunDir, Shard, read_timings};
 use crate::sample::{SearchSettings, search_item};
 
 /// Where items come from.
@@ -372,12 +371,7 @@ pub fn run_search<B: LayerOps>(
             .then_some(req.selection.sample),
         seed: req.seed,
         settings: req.settings.clone(),
-        model_dir: cola_assets::portable_path(model_dir),
-        num_layers,
-        weights: weight_hashes(model_dir)?,
-        data,
-        backend: req.backend,
-        versions: json!({"cola": env!("CARGO_PKG_VERSION"), "burn": "0.21.0"}),
+        provenance: Provenance::new(model_dir, num_layers, data, req.backend)?,
     };
     let run = RunDir::open(&req.out_dir, &config, req.force)?;
     let done = run.finished_keys()?;

@@ -33,8 +33,8 @@ use serde_json::json;
 
 use crate::SearchError;
 use crate::model::ChainModel;
-use crate::run_dir::{HashedFile, RunError, append_line, open_locked, read_records_repairing, write_atomic};
-use crate::runs::{Selection, TaskItems, hashed, progress, select_items, weight_hashes};
+use crate::run_dir::{Provenance, RunError, append_line, open_locked, read_records_repairing, write_atomic};
+use crate::runs::{Selection, TaskItems, hashed, progress, select_items};
 use crate::sample::TreeSettings;
 
 pub const CALIBRATION_FILE: &str = "calibration.jsonl";
@@ -71,12 +71,8 @@ pub struct TransferConfig {
     pub heldout_n: usize,
     pub seed: u64,
     pub settings: TransferSettings,
-    pub model_dir: String,
-    pub num_layers: usize,
-    pub weights: Vec<HashedFile>,
-    pub data: Vec<HashedFile>,
-    pub backend: cola_executor::backend::BackendKind,
-    pub versions: serde_json::Value,
+    #[serde(flatten)]
+    pub provenance: Provenance,
 }
 
 /// Everything a transfer run needs besides the model.
@@ -486,12 +482,7 @@ pub fn run_transfer<B: LayerOps>(
         heldout_n: heldout.items.len(),
         seed: req.seed,
         settings: req.settings.clone(),
-        model_dir: cola_assets::portable_path(&model.dir),
-        num_layers,
-        weights: weight_hashes(&model.dir)?,
-        data,
-        backend: req.backend,
-        versions: json!({"cola": env!("CARGO_PKG_VERSION"), "burn": "0.21.0"}),
+        provenance: Provenance::new(&model.dir, num_layers, data, req.backend)?,
     };
     let dir = &req.out_dir;
     let wanted = serde_json::to_value(&config).expect("config serializes");
@@ -670,7 +661,7 @@ pub fn write_transfer_report(
     let _ = writeln!(
         md,
         "Model `{}` ({} layers), scoring `{}`. Calibration: {} items ({}); held out: {} items ({}), whose labels no strategy but `oracle` reads.\n",
-        config.model_dir,
+        config.provenance.model_dir,
         report.num_layers,
         report.scoring,
         report.calibration_n,
