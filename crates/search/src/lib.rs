@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod export;
 pub mod influence;
+pub mod markdown;
 pub mod model;
 pub mod report;
 pub mod run_dir;

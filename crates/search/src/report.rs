@@ -11,6 +11,7 @@ use cola_executor::Chain;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::markdown;
 use crate::run_dir::{MergedRuns, RunConfig, RunError, jsonl_line, merge_runs, write_atomic};
 use crate::sample::{ChainRecord, SampleRecord};
 
@@ -393,13 +394,13 @@ fn budget_curves(records: &[SampleRecord], tasks: &[TaskReport], num_layers: usi
 }
 
 fn pct(x: f64) -> String {
-    format!("{:.1}%", 100.0 * x)
+    format!("{}%", markdown::percent(x))
 }
 
 /// `x% [low, high]` in percent, or `x%` without an interval.
 fn pct_ci(x: f64, ci: Option<Interval>) -> String {
     match ci {
-        Some([lo, hi]) => format!("{} [{:.1}, {:.1}]", pct(x), 100.0 * lo, 100.0 * hi),
+        Some([lo, hi]) => format!("{} [{}, {}]", pct(x), markdown::percent(lo), markdown::percent(hi)),
         None => pct(x),
     }
 }
@@ -412,7 +413,9 @@ fn frac(a: usize, b: usize, ci: Option<Interval>) -> String {
 /// A difference of shares in percentage points with its interval: `+5.0 pp [-2.1, 12.0]`.
 fn points(x: Option<f64>, ci: Option<Interval>) -> String {
     match (x, ci) {
-        (Some(x), Some([lo, hi])) => format!("{:+.1} pp [{:+.1}, {:+.1}]", 100.0 * x, 100.0 * lo, 100.0 * hi),
+        (Some(x), Some([lo, hi])) => {
+            format!("{} pp [{}, {}]", markdown::points(x), markdown::points(lo), markdown::points(hi))
+        }
         _ => "-".into(),
     }
 }
@@ -426,29 +429,33 @@ fn opt<T: std::fmt::Display>(x: Option<T>) -> String {
 
 /// The table printed at the end of a run and at the top of report.md.
 pub fn render_table(report: &Report) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "| task | n | static acc | CoLa oracle acc | random acc (same budget) | right: shorter chain exists | mean / median shortest len | wrong: fixed by MCTS | wrong: fixed by random | evals/sample |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
-    for t in &report.tasks {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {:.1} |",
-            t.task,
-            t.n,
+    let header = [
+        "task",
+        "n",
+        "static acc",
+        "CoLa oracle acc",
+        "random acc (same budget)",
+        "right: shorter chain exists",
+        "mean / median shortest len",
+        "wrong: fixed by MCTS",
+        "wrong: fixed by random",
+        "evals/sample",
+    ];
+    let rows = report.tasks.iter().map(|t| {
+        vec![
+            t.task.clone(),
+            t.n.to_string(),
             pct_ci(t.static_accuracy, t.static_accuracy_ci),
             pct_ci(t.oracle_accuracy, t.oracle_accuracy_ci),
             t.random_accuracy.map_or("-".into(), |a| pct_ci(a, t.random_accuracy_ci)),
             frac(t.shortened, t.static_correct, t.shortened_ci),
-            opt(t.mean_shortest_len.map(|m| format!("{m:.1}"))),
-            opt(t.median_shortest_len),
+            format!("{} / {}", opt(t.mean_shortest_len.map(|m| format!("{m:.1}"))), opt(t.median_shortest_len)),
             frac(t.fixed_by_mcts, t.static_wrong, t.fixed_by_mcts_ci),
             t.fixed_by_random.map_or("-".into(), |f| frac(f, t.static_wrong, t.fixed_by_random_ci)),
-            t.mean_evaluations,
-        );
-    }
+            format!("{:.1}", t.mean_evaluations),
+        ]
+    });
+    let mut s = markdown::table(&header, rows);
     let _ = writeln!(s, "\nIntervals: 95%, Wilson's for shares of samples.");
     s
 }
@@ -458,19 +465,15 @@ pub fn render_table(report: &Report) -> String {
 pub fn render_searchers(report: &Report) -> String {
     let mut s = String::new();
     if report.tasks.iter().any(|t| t.mcts_minus_random_fixed.is_some() || t.mcts_minus_random_shortened.is_some()) {
-        let _ = writeln!(
-            s,
-            "\n## MCTS against random search (same samples, same number of evaluations)\n\n| task | wrong: fixed, MCTS − random | right: shortened, MCTS − random |\n|---|---|---|"
-        );
-        for t in &report.tasks {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} |",
-                t.task,
+        s += "\n## MCTS against random search (same samples, same number of evaluations)\n\n";
+        let rows = report.tasks.iter().map(|t| {
+            vec![
+                t.task.clone(),
                 points(t.mcts_minus_random_fixed, t.mcts_minus_random_fixed_ci),
-                points(t.mcts_minus_random_shortened, t.mcts_minus_random_shortened_ci)
-            );
-        }
+                points(t.mcts_minus_random_shortened, t.mcts_minus_random_shortened_ci),
+            ]
+        });
+        s += &markdown::table(&["task", "wrong: fixed, MCTS − random", "right: shortened, MCTS − random"], rows);
         let _ = writeln!(
             s,
             "\nPercentage points, with 95% paired bootstrap intervals ({RESAMPLES} resamples of the samples, seed {BOOTSTRAP_SEED}); an interval that holds 0 does not tell the two searchers apart."
@@ -485,30 +488,21 @@ pub fn render_searchers(report: &Report) -> String {
         s,
         "\n## By evaluations spent (budget_curves.svg)\n\nShare of samples with a correct chain among the first b evaluations (fixed: samples the original chain got wrong; shortened: right ones, a shorter correct chain):\n"
     );
-    let _ = writeln!(
-        s,
-        "| task | group | searcher | {} |",
-        budgets.iter().map(|b| format!("b = {b}")).collect::<Vec<_>>().join(" | ")
-    );
-    let _ = writeln!(s, "|---|---|---|{}", "---|".repeat(budgets.len()));
-    for c in report.budget_curves.iter().filter(|c| c.n > 0) {
-        let cells: Vec<String> = budgets
-            .iter()
-            .map(|&b| {
-                let k = c.found_within(b);
-                pct_ci(ratio(k, c.n), wilson(k, c.n))
-            })
-            .collect();
-        let _ = writeln!(
-            s,
-            "| {} | {} (n = {}) | {} | {} |",
-            c.task,
-            c.group.outcome(),
-            c.n,
-            c.searcher.label(),
-            cells.join(" | ")
-        );
-    }
+    let header: Vec<String> = ["task", "group", "searcher"]
+        .into_iter()
+        .map(String::from)
+        .chain(budgets.iter().map(|b| format!("b = {b}")))
+        .collect();
+    let rows = report.budget_curves.iter().filter(|c| c.n > 0).map(|c| {
+        let mut row =
+            vec![c.task.clone(), format!("{} (n = {})", c.group.outcome(), c.n), c.searcher.label().to_string()];
+        row.extend(budgets.iter().map(|&b| {
+            let k = c.found_within(b);
+            pct_ci(ratio(k, c.n), wilson(k, c.n))
+        }));
+        row
+    });
+    s += &markdown::table(&header, rows);
     s
 }
 
@@ -516,31 +510,28 @@ pub fn render_searchers(report: &Report) -> String {
 /// chain's mean length by task, searcher and group.
 pub fn render_by_task(report: &Report) -> String {
     let mut s = String::new();
-    let names: Vec<&str> = report.tasks.iter().map(|t| t.task.as_str()).collect();
-    let _ = writeln!(s, "\n## By task (Table 1 form)\n\n| accuracy | {} |", names.join(" | "));
-    let _ = writeln!(s, "|---|{}", "---|".repeat(names.len()));
+    s += "\n## By task (Table 1 form)\n\n";
     type Share = Option<(f64, Option<Interval>)>;
     let row = |label: &str, f: &dyn Fn(&TaskReport) -> Share| {
-        let cells: Vec<String> =
-            report.tasks.iter().map(|t| f(t).map_or("-".into(), |(x, ci)| pct_ci(x, ci))).collect();
-        format!("| {label} | {} |\n", cells.join(" | "))
+        let cells = report.tasks.iter().map(|t| f(t).map_or("-".into(), |(x, ci)| pct_ci(x, ci)));
+        std::iter::once(label.to_string()).chain(cells).collect::<Vec<_>>()
     };
-    s.push_str(&row("static (original chain)", &|t| Some((t.static_accuracy, t.static_accuracy_ci))));
-    s.push_str(&row("CoLa, MCTS (oracle)", &|t| Some((t.oracle_accuracy, t.oracle_accuracy_ci))));
-    s.push_str(&row("random chains, same budget (oracle)", &|t| t.random_accuracy.map(|a| (a, t.random_accuracy_ci))));
-    s.push_str(&row("chains MCTS evaluated with a readable answer", &|t| {
-        t.answered_chain_rate.map(|a| (a, t.answered_chain_rate_ci))
-    }));
+    let rows = vec![
+        row("static (original chain)", &|t| Some((t.static_accuracy, t.static_accuracy_ci))),
+        row("CoLa, MCTS (oracle)", &|t| Some((t.oracle_accuracy, t.oracle_accuracy_ci))),
+        row("random chains, same budget (oracle)", &|t| t.random_accuracy.map(|a| (a, t.random_accuracy_ci))),
+        row("chains MCTS evaluated with a readable answer", &|t| {
+            t.answered_chain_rate.map(|a| (a, t.answered_chain_rate_ci))
+        }),
+    ];
+    let header: Vec<&str> = std::iter::once("accuracy").chain(report.tasks.iter().map(|t| t.task.as_str())).collect();
+    s += &markdown::table(&header, rows);
     let _ = writeln!(
         s,
         "\nA chain whose output holds no answer the grader can read earns reward 0; where few do, the search has little to follow."
     );
-    let _ = writeln!(
-        s,
-        "\nMean length of the shortest correct chain (samples), of {} layers:\n\n| task | MCTS, right | MCTS, fixed | random, right | random, fixed |\n|---|---|---|---|---|",
-        report.num_layers
-    );
-    for t in &report.tasks {
+    let _ = writeln!(s, "\nMean length of the shortest correct chain (samples), of {} layers:\n", report.num_layers);
+    let rows = report.tasks.iter().map(|t| {
         let cell = |searcher: Searcher, group: Group| {
             report
                 .layer_use
@@ -555,16 +546,15 @@ pub fn render_by_task(report: &Report) -> String {
                     )
                 })
         };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} |",
-            t.task,
+        vec![
+            t.task.clone(),
             cell(Searcher::Mcts, Group::Right),
             cell(Searcher::Mcts, Group::Fixed),
             cell(Searcher::Random, Group::Right),
-            cell(Searcher::Random, Group::Fixed)
-        );
-    }
+            cell(Searcher::Random, Group::Fixed),
+        ]
+    });
+    s += &markdown::table(&["task", "MCTS, right", "MCTS, fixed", "random, right", "random, fixed"], rows);
     s
 }
 
@@ -761,16 +751,11 @@ pub fn write_report(
         let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let _ = writeln!(md, "![{name}]({name})\n");
     }
-    let _ = writeln!(md, "## Layers in best chains\n\n| layer | skipped | repeated |\n|---|---|---|");
-    for l in 0..report.num_layers {
-        let _ = writeln!(md, "| {l} | {} | {} |", pct(report.skip_rate[l]), pct(report.repeat_rate[l]));
-    }
-    let md_path = out_dir.join("report.md");
-    write_atomic(&md_path, md.as_bytes())?;
-    files.push(md_path);
-    let json_path = out_dir.join("report.json");
-    write_atomic(&json_path, serde_json::to_string_pretty(report).expect("report serializes").as_bytes())?;
-    files.push(json_path);
+    md += "## Layers in best chains\n\n";
+    let rows =
+        (0..report.num_layers).map(|l| vec![l.to_string(), pct(report.skip_rate[l]), pct(report.repeat_rate[l])]);
+    md += &markdown::table(&["layer", "skipped", "repeated"], rows);
+    files.extend(markdown::write_report_files(out_dir, &md, report)?);
     files.extend(figures);
     Ok(files)
 }

@@ -119,12 +119,11 @@ impl Provenance {
     }
 }
 
-/// An open run directory. It holds the directory's lock until dropped (the operating system
-/// releases it when the process dies, however it dies).
+/// An open run directory, of a search or a transfer run: its config.json written, its lock held
+/// until dropped (the operating system releases it when the process dies, however it dies).
+/// The sample methods read and write a search run's records.
 pub struct RunDir {
     pub dir: PathBuf,
-    samples_path: PathBuf,
-    timings_path: PathBuf,
     _lock: File,
 }
 
@@ -181,7 +180,7 @@ fn finish_line(path: &Path) -> Result<(), RunError> {
 /// Opens (creating if needed) the run directory `dir` for the config `wanted`, takes its lock
 /// and writes config.json. An existing directory with another config is refused unless `force`,
 /// which moves its `records` files aside and starts over. The returned file holds the lock.
-pub fn open_locked(dir: &Path, wanted: &Value, force: bool, records: &[&str]) -> Result<File, RunError> {
+fn open_locked(dir: &Path, wanted: &Value, force: bool, records: &[&str]) -> Result<File, RunError> {
     if dir.exists() && !dir.is_dir() {
         return Err(RunError::Invalid { path: dir.to_path_buf(), message: "is a file, not a run directory".into() });
     }
@@ -224,25 +223,30 @@ pub fn open_locked(dir: &Path, wanted: &Value, force: bool, records: &[&str]) ->
 }
 
 impl RunDir {
-    /// Opens (creating if needed) `dir` for `config` and takes its lock. An existing directory
-    /// with another config is refused unless `force`, which moves its samples aside and starts
-    /// over.
+    /// Opens (creating if needed) `dir` for a search run of `config` and takes its lock. An
+    /// existing directory with another config is refused unless `force`, which moves its samples
+    /// aside and starts over.
     pub fn open(dir: &Path, config: &RunConfig, force: bool) -> Result<Self, RunError> {
+        Self::open_with(dir, config, force, &[SAMPLES_FILE, TIMINGS_FILE])
+    }
+
+    /// [`RunDir::open`] for any kind of run: `records` are the files `force` moves aside.
+    pub fn open_with(dir: &Path, config: &impl Serialize, force: bool, records: &[&str]) -> Result<Self, RunError> {
         let wanted = serde_json::to_value(config).expect("config serializes");
-        let lock = open_locked(dir, &wanted, force, &[SAMPLES_FILE, TIMINGS_FILE])?;
-        Ok(RunDir {
-            dir: dir.to_path_buf(),
-            samples_path: dir.join(SAMPLES_FILE),
-            timings_path: dir.join(TIMINGS_FILE),
-            _lock: lock,
-        })
+        let lock = open_locked(dir, &wanted, force, records)?;
+        Ok(RunDir { dir: dir.to_path_buf(), _lock: lock })
+    }
+
+    /// A file of the run directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
     /// Finished samples, after dropping a torn last line (which is also cut from the file, so
     /// the next append starts on a clean line).
     pub fn finished(&self) -> Result<Vec<SampleRecord>, RunError> {
-        let records = read_records_repairing(&self.samples_path, "a sample record")?;
-        finish_line(&self.timings_path)?;
+        let records = read_records_repairing(&self.path(SAMPLES_FILE), "a sample record")?;
+        finish_line(&self.path(TIMINGS_FILE))?;
         Ok(records)
     }
 
@@ -253,15 +257,15 @@ impl RunDir {
     /// Appends one sample as one line, flushed and synced before returning, and then its time
     /// to timings.jsonl.
     pub fn append(&self, record: &SampleRecord, seconds: f64) -> Result<(), RunError> {
-        append_line(&self.samples_path, record)?;
+        append_line(&self.path(SAMPLES_FILE), record)?;
         append_line(
-            &self.timings_path,
+            &self.path(TIMINGS_FILE),
             &SampleTiming { task: record.task.clone(), doc_id: record.doc_id.clone(), seconds },
         )
     }
 
-    pub fn samples_path(&self) -> &Path {
-        &self.samples_path
+    pub fn samples_path(&self) -> PathBuf {
+        self.path(SAMPLES_FILE)
     }
 }
 

@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::SearchError;
+use crate::markdown::{self, percent, points};
 use crate::model::ChainModel;
-use crate::run_dir::{Provenance, RunError, append_line, open_locked, read_records_repairing, write_atomic};
+use crate::run_dir::{Provenance, RunDir, RunError, append_line, read_records_repairing, write_atomic};
 use crate::runs::{Selection, TaskItems, hashed, progress, select_items};
 use crate::sample::TreeSettings;
 
@@ -484,9 +485,8 @@ pub fn run_transfer<B: LayerOps>(
         settings: req.settings.clone(),
         provenance: Provenance::new(&model.dir, num_layers, data, req.backend)?,
     };
-    let dir = &req.out_dir;
-    let wanted = serde_json::to_value(&config).expect("config serializes");
-    let _lock = open_locked(dir, &wanted, req.force, &[CALIBRATION_FILE, HELDOUT_FILE, PLAN_FILE])?;
+    let run = RunDir::open_with(&req.out_dir, &config, req.force, &[CALIBRATION_FILE, HELDOUT_FILE, PLAN_FILE])?;
+    let dir = &run.dir;
 
     eprintln!("calibration: Block Influence on {} {} prompts", calibration.items.len(), calibration.name);
     let influence = crate::influence::mean_block_influence(model, std::slice::from_ref(&calibration))?;
@@ -642,14 +642,6 @@ fn score_heldout<B: LayerOps>(
     Ok(heldout.items.iter().filter_map(|i| by_id.remove(&i.doc_id)).collect())
 }
 
-fn pct(x: f64) -> String {
-    format!("{:.1}", 100.0 * x)
-}
-
-fn signed_pct(x: f64) -> String {
-    format!("{:+.1}", 100.0 * x)
-}
-
 /// report.md, report.json and pareto.svg.
 pub fn write_transfer_report(
     dir: &Path, report: &TransferReport, config: &TransferConfig,
@@ -703,13 +695,7 @@ pub fn write_transfer_report(
         md,
         "\nSeconds per item are the chains a strategy runs, one after another, measured in this run beside static (vote and confidence run all their chains). The chains of each strategy are in report.json.\n\n![pareto.svg](pareto.svg)\n\n![differences.svg](differences.svg)"
     );
-    let mut files = Vec::new();
-    let md_path = dir.join("report.md");
-    write_atomic(&md_path, md.as_bytes())?;
-    files.push(md_path);
-    let json_path = dir.join("report.json");
-    write_atomic(&json_path, serde_json::to_string_pretty(report).expect("report serializes").as_bytes())?;
-    files.push(json_path);
+    let mut files = markdown::write_report_files(dir, &md, report)?;
     let svg = dir.join("pareto.svg");
     draw_pareto(&svg, report)?;
     files.push(svg);
@@ -912,27 +898,25 @@ fn draw_pareto(path: &Path, report: &TransferReport) -> Result<(), RunError> {
 
 /// The strategies as a markdown table (report.md, and printed at the end of a run).
 pub fn render_table(report: &TransferReport) -> String {
-    let mut s = String::from(
-        "| strategy | held-out accuracy % [95% CI] | vs static, points [95% CI] | mean layers | s/item | calibration accuracy % |\n|---|---|---|---|---|---|\n",
-    );
-    for r in &report.strategies {
-        let _ = writeln!(
-            s,
-            "| {}{} | {} [{}, {}] | {} [{}, {}] | {:.1} | {:.3} | {} |",
-            r.name,
-            if r.uses_labels { " (reads labels)" } else { "" },
-            pct(r.accuracy),
-            pct(r.ci_low),
-            pct(r.ci_high),
-            signed_pct(r.diff_vs_static),
-            signed_pct(r.diff_ci_low),
-            signed_pct(r.diff_ci_high),
-            r.mean_layers,
-            r.seconds_per_item,
-            r.calibration_accuracy.map_or("–".into(), pct)
-        );
-    }
-    s
+    let header = [
+        "strategy",
+        "held-out accuracy % [95% CI]",
+        "vs static, points [95% CI]",
+        "mean layers",
+        "s/item",
+        "calibration accuracy %",
+    ];
+    let rows = report.strategies.iter().map(|r| {
+        vec![
+            format!("{}{}", r.name, if r.uses_labels { " (reads labels)" } else { "" }),
+            format!("{} [{}, {}]", percent(r.accuracy), percent(r.ci_low), percent(r.ci_high)),
+            format!("{} [{}, {}]", points(r.diff_vs_static), points(r.diff_ci_low), points(r.diff_ci_high)),
+            format!("{:.1}", r.mean_layers),
+            format!("{:.3}", r.seconds_per_item),
+            r.calibration_accuracy.map_or("–".into(), percent),
+        ]
+    });
+    markdown::table(&header, rows)
 }
 
 #[cfg(test)]
