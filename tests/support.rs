@@ -284,5 +284,6 @@ pub fn tiny_search_request(data: &Path, out: &Path, num_layers: usize) -> cola_s
         },
         cache_mib: 64,
         backend: cola_executor::backend::BackendKind::Cpu,
+        other_searchers: Vec::new(),
     }
 }

@@ -373,6 +373,7 @@ impl WithBackend for Search {
             settings,
             cache_mib: args.cache_mib,
             backend: args.model.backend,
+            other_searchers: Vec::new(),
         };
         let (report, run) = cola_search::run_search(&req, &model)?;
         println!("{}", cola_search::runs::table(&report));

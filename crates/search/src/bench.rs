@@ -417,7 +417,7 @@ fn search_speeds<B: LayerOps>(
         let mut evals = 0;
         let mut records = Vec::new();
         for item in &items {
-            let r = crate::search_item(&mut m, item, &settings, 0)?;
+            let r = crate::search_item(&mut m, item, &settings, 0, &[])?;
             evals += r.evaluations;
             records.push(r.chains.iter().map(|c| (c.chain.clone(), c.prediction.clone())).collect::<Vec<_>>());
         }

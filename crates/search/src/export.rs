@@ -211,6 +211,7 @@ mod tests {
             random_evaluations: None,
             chains,
             random_chains: None,
+            other_searchers: Vec::new(),
         }
     }
 

@@ -23,8 +23,8 @@ pub mod transfer;
 pub use model::ChainModel;
 pub use runs::{SearchRequest, Selection, Source, run_eval, run_search, select_items};
 pub use sample::{
-    Baseline, Preset, SampleRecord, SearchSettings, SettingsOverrides, default_batch, oracle_reward, preset_batch,
-    search_item,
+    Baseline, ChainSearcher, Preset, SampleRecord, SearchSettings, SearcherRecord, SettingsOverrides, default_batch,
+    oracle_reward, preset_batch, search_item,
 };
 
 /// An error of a search or eval run: which file, item or run directory, and what went wrong.
@@ -50,6 +50,9 @@ pub enum SearchError {
     /// `--offset` at or past the end of a task's items: the selection would be silently empty.
     #[error("--offset {offset}: {task} has only {count} items (offsets 0..{count})")]
     OffsetPastEnd { task: String, offset: usize, count: usize },
+    /// A further searcher's name is empty, taken twice, or `mcts` / `random`.
+    #[error("searcher name `{0}`: names must be unique, non-empty and not `mcts` or `random`")]
+    Searcher(String),
     /// Handing a result to the caller (`run_eval`'s `on_result`).
     #[error("writing a result: {0}")]
     Output(std::io::Error),

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::markdown;
 use crate::run_dir::{MergedRuns, RunConfig, RunError, jsonl_line, merge_runs, write_atomic};
-use crate::sample::{ChainRecord, SampleRecord};
+use crate::sample::{ChainRecord, SampleRecord, SearcherRecord};
 
 /// A 95% interval `[low, high]`.
 pub type Interval = [f64; 2];
@@ -66,6 +66,10 @@ pub struct TaskReport {
     /// samples (a sample's chains are not independent).
     pub answered_chain_rate: Option<f64>,
     pub answered_chain_rate_ci: Option<Interval>,
+    /// The run's further searchers ([`crate::ChainSearcher`]), each in [`SearcherSummary`]'s
+    /// shape; left out when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_searchers: Vec<SearcherSummary>,
 }
 
 /// How the share of a group's samples that a searcher fixes (or shortens) grows with the
@@ -126,55 +130,186 @@ pub struct Report {
     pub budget_curves: Vec<BudgetCurve>,
 }
 
-/// Who found a chain: MCTS, or random search with the same number of evaluations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+impl Report {
+    /// The searchers of the report, in the order they first appear (MCTS first).
+    pub fn searchers(&self) -> Vec<Searcher> {
+        let mut all = vec![Searcher::Mcts];
+        for s in self.layer_use.iter().map(|u| &u.searcher).chain(self.budget_curves.iter().map(|c| &c.searcher)) {
+            if !all.contains(s) {
+                all.push(s.clone());
+            }
+        }
+        all
+    }
+}
+
+/// Who found a chain: MCTS, random search with the same number of evaluations, or a further
+/// searcher of the run ([`crate::ChainSearcher`], by its name). Serialized as its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Searcher {
     Mcts,
     Random,
+    Other(String),
+}
+
+impl Serialize for Searcher {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
 }
 
 impl Searcher {
-    pub const ALL: [Searcher; 2] = [Searcher::Mcts, Searcher::Random];
-
-    /// As tables and figures name it.
-    pub fn label(self) -> &'static str {
+    /// As records and report.json name it.
+    pub fn name(&self) -> &str {
         match self {
-            Searcher::Mcts => "MCTS",
+            Searcher::Mcts => "mcts",
             Searcher::Random => "random",
+            Searcher::Other(name) => name,
         }
     }
 
-    fn colour(self) -> RGBColor {
+    /// As tables and figures name it.
+    pub fn label(&self) -> &str {
+        match self {
+            Searcher::Mcts => "MCTS",
+            Searcher::Random => "random",
+            Searcher::Other(name) => name,
+        }
+    }
+
+    /// Its colour in figures; a further searcher's by its place in `all`.
+    fn colour(&self, all: &[Searcher]) -> RGBColor {
+        // Tableau's green, purple, brown, pink, olive, cyan for further searchers.
+        const PALETTE: [RGBColor; 6] = [
+            RGBColor(44, 160, 44),
+            RGBColor(148, 103, 189),
+            RGBColor(140, 86, 75),
+            RGBColor(227, 119, 194),
+            RGBColor(188, 189, 34),
+            RGBColor(23, 190, 207),
+        ];
         match self {
             Searcher::Mcts => RGBColor(31, 90, 180),
             Searcher::Random => RGBColor(230, 120, 0),
+            Searcher::Other(_) => {
+                let others = all.iter().filter(|s| matches!(s, Searcher::Other(_)));
+                PALETTE[others.take_while(|s| *s != self).count() % PALETTE.len()]
+            }
         }
     }
 
     /// As figure legends and captions name it, the baseline's budget said.
-    fn long_label(self) -> &'static str {
+    fn long_label(&self) -> String {
         match self {
-            Searcher::Mcts => "MCTS",
-            Searcher::Random => "random (same budget)",
+            Searcher::Mcts => "MCTS".into(),
+            Searcher::Random => "random (same budget)".into(),
+            Searcher::Other(name) => format!("{name} (same budget)"),
+        }
+    }
+
+    fn other<'r>(&self, r: &'r SampleRecord) -> Option<&'r SearcherRecord> {
+        r.other_searchers.iter().find(|o| o.searcher == self.name())
+    }
+
+    /// Whether the sample's search found a correct chain and the length of its shortest one;
+    /// None where this searcher did not run on the sample.
+    fn outcome(&self, r: &SampleRecord) -> Option<(bool, Option<usize>)> {
+        match self {
+            Searcher::Mcts => Some((r.best_correct, r.best_len)),
+            Searcher::Random => r.random_best_correct.map(|c| (c, r.random_best_len)),
+            Searcher::Other(_) => self.other(r).map(|o| (o.best_correct, o.best_len)),
         }
     }
 
     /// The sample's shortest correct chain by this searcher.
-    fn best(self, r: &SampleRecord) -> Option<&Chain> {
+    fn best<'r>(&self, r: &'r SampleRecord) -> Option<&'r Chain> {
         match self {
             Searcher::Mcts => r.best_chain.as_ref(),
             Searcher::Random => r.random_best_chain.as_ref(),
+            Searcher::Other(_) => self.other(r).and_then(|o| o.best_chain.as_ref()),
         }
     }
 
     /// Every chain this searcher evaluated for the sample, in order (None: not recorded).
-    fn chains(self, r: &SampleRecord) -> Option<&[ChainRecord]> {
+    fn chains<'r>(&self, r: &'r SampleRecord) -> Option<&'r [ChainRecord]> {
         match self {
             Searcher::Mcts => Some(&r.chains),
             Searcher::Random => r.random_chains.as_deref(),
+            Searcher::Other(_) => self.other(r).map(|o| o.chains.as_slice()),
         }
     }
+
+    /// The searchers that ran on every one of `records` (MCTS, random, then the further ones in
+    /// the order of the first record); MCTS alone when there are none.
+    fn of(records: &[&SampleRecord]) -> Vec<Searcher> {
+        let others = records.first().map_or(&[][..], |r| r.other_searchers.as_slice());
+        [Searcher::Mcts, Searcher::Random]
+            .into_iter()
+            .chain(others.iter().map(|o| Searcher::Other(o.searcher.clone())))
+            .filter(|s| !records.is_empty() && records.iter().all(|r| s.outcome(r).is_some()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .chain(records.is_empty().then_some(Searcher::Mcts))
+            .collect()
+    }
+}
+
+/// One searcher beside MCTS on one task, in the shape every such searcher has: its oracle
+/// accuracy, shares shortened and fixed, and MCTS minus it on the same samples (paired
+/// bootstrap), with 95% intervals.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearcherSummary {
+    pub searcher: Searcher,
+    pub accuracy: f64,
+    pub accuracy_ci: Option<Interval>,
+    /// Static-correct samples for which it found a shorter correct chain.
+    pub shortened: usize,
+    pub shortened_ci: Option<Interval>,
+    /// Static-wrong samples for which it found a correct chain.
+    pub fixed: usize,
+    pub fixed_ci: Option<Interval>,
+    pub mcts_minus_fixed: Option<f64>,
+    pub mcts_minus_fixed_ci: Option<Interval>,
+    pub mcts_minus_shortened: Option<f64>,
+    pub mcts_minus_shortened_ci: Option<Interval>,
+}
+
+/// `searcher`'s summary over a task's samples `rs` (None unless it ran on every one).
+fn summarize(searcher: &Searcher, rs: &[&SampleRecord], num_layers: usize) -> Option<SearcherSummary> {
+    let outcomes: Vec<(bool, Option<usize>)> = rs.iter().map(|r| searcher.outcome(r)).collect::<Option<_>>()?;
+    if rs.is_empty() {
+        return None;
+    }
+    let short = |len: Option<usize>| len.is_some_and(|l| l < num_layers);
+    let bit = |b: bool| b as u8 as f64;
+    let (mut fixed_diffs, mut short_diffs) = (Vec::new(), Vec::new());
+    let (mut fixed, mut shortened) = (0, 0);
+    for (r, &(correct, len)) in rs.iter().zip(&outcomes) {
+        if r.static_correct {
+            shortened += short(len) as usize;
+            short_diffs.push(bit(short(r.best_len)) - bit(short(len)));
+        } else {
+            fixed += correct as usize;
+            fixed_diffs.push(bit(r.best_correct) - bit(correct));
+        }
+    }
+    let found = outcomes.iter().filter(|o| o.0).count();
+    let (n, right, wrong) = (rs.len(), short_diffs.len(), fixed_diffs.len());
+    let (mcts_minus_fixed, mcts_minus_fixed_ci) = paired(&fixed_diffs);
+    let (mcts_minus_shortened, mcts_minus_shortened_ci) = paired(&short_diffs);
+    Some(SearcherSummary {
+        searcher: searcher.clone(),
+        accuracy: ratio(found, n),
+        accuracy_ci: wilson(found, n),
+        shortened,
+        shortened_ci: wilson(shortened, right),
+        fixed,
+        fixed_ci: wilson(fixed, wrong),
+        mcts_minus_fixed,
+        mcts_minus_fixed_ci,
+        mcts_minus_shortened,
+        mcts_minus_shortened_ci,
+    })
 }
 
 /// Samples by what the original chain did.
@@ -273,33 +408,16 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
             let right: Vec<&&SampleRecord> = rs.iter().filter(|r| r.static_correct).collect();
             let wrong: Vec<&&SampleRecord> = rs.iter().filter(|r| !r.static_correct).collect();
             let lens: Vec<usize> = right.iter().filter_map(|r| r.best_len).collect();
-            let has_random = rs.iter().all(|r| r.random_best_correct.is_some()) && n > 0;
             let oracle = rs.iter().filter(|r| r.best_correct).count();
-            let random = has_random.then(|| rs.iter().filter(|r| r.random_best_correct == Some(true)).count());
             let short = |len: Option<usize>| len.is_some_and(|l| l < num_layers);
             let shortened = right.iter().filter(|r| short(r.best_len)).count();
-            let shortened_by_random = has_random.then(|| right.iter().filter(|r| short(r.random_best_len)).count());
             let fixed_by_mcts = wrong.iter().filter(|r| r.best_correct).count();
-            let fixed_by_random =
-                has_random.then(|| wrong.iter().filter(|r| r.random_best_correct == Some(true)).count());
-            let bit = |b: bool| b as u8 as f64;
-            let (fixed_diff, fixed_diff_ci) = if has_random {
-                paired(
-                    &wrong
-                        .iter()
-                        .map(|r| bit(r.best_correct) - bit(r.random_best_correct == Some(true)))
-                        .collect::<Vec<_>>(),
-                )
-            } else {
-                (None, None)
-            };
-            let (short_diff, short_diff_ci) = if has_random {
-                paired(
-                    &right.iter().map(|r| bit(short(r.best_len)) - bit(short(r.random_best_len))).collect::<Vec<_>>(),
-                )
-            } else {
-                (None, None)
-            };
+            let random = summarize(&Searcher::Random, &rs, num_layers);
+            let others: Vec<SearcherSummary> = Searcher::of(&rs)
+                .iter()
+                .filter(|s| matches!(s, Searcher::Other(_)))
+                .filter_map(|s| summarize(s, &rs, num_layers))
+                .collect();
             let answered_counts: Vec<(f64, f64)> = rs
                 .iter()
                 .map(|r| (r.chains.iter().filter(|c| answered(c)).count() as f64, r.chains.len() as f64))
@@ -313,28 +431,29 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
                 static_accuracy_ci: wilson(right.len(), n),
                 oracle_accuracy: ratio(oracle, n),
                 oracle_accuracy_ci: wilson(oracle, n),
-                random_accuracy: random.map(|k| ratio(k, n)),
-                random_accuracy_ci: random.and_then(|k| wilson(k, n)),
+                random_accuracy: random.as_ref().map(|r| r.accuracy),
+                random_accuracy_ci: random.as_ref().and_then(|r| r.accuracy_ci),
                 static_correct: right.len(),
                 shortened,
                 shortened_ci: wilson(shortened, right.len()),
-                shortened_by_random,
-                shortened_by_random_ci: shortened_by_random.and_then(|k| wilson(k, right.len())),
+                shortened_by_random: random.as_ref().map(|r| r.shortened),
+                shortened_by_random_ci: random.as_ref().and_then(|r| r.shortened_ci),
                 mean_shortest_len: (!lens.is_empty()).then(|| lens.iter().sum::<usize>() as f64 / lens.len() as f64),
                 median_shortest_len: median(lens),
                 static_wrong: wrong.len(),
                 fixed_by_mcts,
                 fixed_by_mcts_ci: wilson(fixed_by_mcts, wrong.len()),
-                fixed_by_random,
-                fixed_by_random_ci: fixed_by_random.and_then(|k| wilson(k, wrong.len())),
-                mcts_minus_random_fixed: fixed_diff,
-                mcts_minus_random_fixed_ci: fixed_diff_ci,
-                mcts_minus_random_shortened: short_diff,
-                mcts_minus_random_shortened_ci: short_diff_ci,
+                fixed_by_random: random.as_ref().map(|r| r.fixed),
+                fixed_by_random_ci: random.as_ref().and_then(|r| r.fixed_ci),
+                mcts_minus_random_fixed: random.as_ref().and_then(|r| r.mcts_minus_fixed),
+                mcts_minus_random_fixed_ci: random.as_ref().and_then(|r| r.mcts_minus_fixed_ci),
+                mcts_minus_random_shortened: random.as_ref().and_then(|r| r.mcts_minus_shortened),
+                mcts_minus_random_shortened_ci: random.as_ref().and_then(|r| r.mcts_minus_shortened_ci),
                 mean_evaluations: rs.iter().map(|r| r.evaluations as f64).sum::<f64>() / n.max(1) as f64,
                 answered_chain_rate: (chains_all > 0.0).then(|| answered_all / chains_all),
                 answered_chain_rate_ci: cola_eval::bootstrap_ratio(&num, &den, RESAMPLES, BOOTSTRAP_SEED)
                     .map(|(a, b)| [a, b]),
+                other_searchers: others,
             }
         })
         .collect();
@@ -347,13 +466,11 @@ pub fn build_report(records: &[SampleRecord], num_layers: usize) -> Report {
     let mut layer_use = Vec::new();
     for t in &tasks {
         let rs: Vec<&SampleRecord> = records.iter().filter(|r| r.task == t.task).collect();
-        for searcher in Searcher::ALL {
-            if searcher == Searcher::Random && t.random_accuracy.is_none() {
-                continue;
-            }
+        for searcher in Searcher::of(&rs) {
             for group in Group::ALL {
                 let chains = rs.iter().filter(|r| group.holds(r)).filter_map(|r| searcher.best(r));
                 let (lengths, skip_rate, repeat_rate) = layer_rates(chains, num_layers);
+                let searcher = searcher.clone();
                 layer_use.push(LayerUse { task: t.task.clone(), searcher, group, lengths, skip_rate, repeat_rate });
             }
         }
@@ -368,7 +485,7 @@ fn budget_curves(records: &[SampleRecord], tasks: &[TaskReport], num_layers: usi
     let mut curves = Vec::new();
     for t in tasks {
         let rs: Vec<&SampleRecord> = records.iter().filter(|r| r.task == t.task).collect();
-        for searcher in Searcher::ALL {
+        for searcher in Searcher::of(&rs) {
             let chains: Option<Vec<&[ChainRecord]>> = rs.iter().map(|r| searcher.chains(r)).collect();
             let Some(chains) = chains else { continue };
             for group in Group::ALL {
@@ -381,7 +498,7 @@ fn budget_curves(records: &[SampleRecord], tasks: &[TaskReport], num_layers: usi
                 found_at.sort_unstable();
                 curves.push(BudgetCurve {
                     task: t.task.clone(),
-                    searcher,
+                    searcher: searcher.clone(),
                     group,
                     n: members.len(),
                     evaluations,
@@ -479,6 +596,32 @@ pub fn render_searchers(report: &Report) -> String {
             "\nPercentage points, with 95% paired bootstrap intervals ({RESAMPLES} resamples of the samples, seed {BOOTSTRAP_SEED}); an interval that holds 0 does not tell the two searchers apart."
         );
     }
+    if report.tasks.iter().any(|t| !t.other_searchers.is_empty()) {
+        s += "\n## Further searchers (same samples, MCTS's number of evaluations)\n\n";
+        let header = [
+            "task",
+            "searcher",
+            "oracle acc",
+            "right: shorter chain exists",
+            "wrong: fixed",
+            "wrong: fixed, MCTS − it",
+            "right: shortened, MCTS − it",
+        ];
+        let rows = report.tasks.iter().flat_map(|t| {
+            t.other_searchers.iter().map(|o| {
+                vec![
+                    t.task.clone(),
+                    o.searcher.label().to_string(),
+                    pct_ci(o.accuracy, o.accuracy_ci),
+                    frac(o.shortened, t.static_correct, o.shortened_ci),
+                    frac(o.fixed, t.static_wrong, o.fixed_ci),
+                    points(o.mcts_minus_fixed, o.mcts_minus_fixed_ci),
+                    points(o.mcts_minus_shortened, o.mcts_minus_shortened_ci),
+                ]
+            })
+        });
+        s += &markdown::table(&header, rows);
+    }
     let budgets: Vec<usize> =
         BUDGETS.into_iter().filter(|&b| report.budget_curves.iter().any(|c| c.evaluations >= b)).collect();
     if budgets.is_empty() {
@@ -531,12 +674,17 @@ pub fn render_by_task(report: &Report) -> String {
         "\nA chain whose output holds no answer the grader can read earns reward 0; where few do, the search has little to follow."
     );
     let _ = writeln!(s, "\nMean length of the shortest correct chain (samples), of {} layers:\n", report.num_layers);
+    // MCTS and random always (a `-` where random did not run), then the further searchers.
+    let columns: Vec<Searcher> = [Searcher::Mcts, Searcher::Random]
+        .into_iter()
+        .chain(report.searchers().into_iter().filter(|s| matches!(s, Searcher::Other(_))))
+        .collect();
     let rows = report.tasks.iter().map(|t| {
-        let cell = |searcher: Searcher, group: Group| {
+        let cell = |searcher: &Searcher, group: Group| {
             report
                 .layer_use
                 .iter()
-                .find(|u| u.task == t.task && u.searcher == searcher && u.group == group)
+                .find(|u| u.task == t.task && u.searcher == *searcher && u.group == group)
                 .filter(|u| !u.lengths.is_empty())
                 .map_or("-".into(), |u| {
                     format!(
@@ -546,15 +694,14 @@ pub fn render_by_task(report: &Report) -> String {
                     )
                 })
         };
-        vec![
-            t.task.clone(),
-            cell(Searcher::Mcts, Group::Right),
-            cell(Searcher::Mcts, Group::Fixed),
-            cell(Searcher::Random, Group::Right),
-            cell(Searcher::Random, Group::Fixed),
-        ]
+        std::iter::once(t.task.clone())
+            .chain(columns.iter().flat_map(|s| Group::ALL.map(|g| cell(s, g))))
+            .collect::<Vec<_>>()
     });
-    s += &markdown::table(&["task", "MCTS, right", "MCTS, fixed", "random, right", "random, fixed"], rows);
+    let header: Vec<String> = std::iter::once("task".to_string())
+        .chain(columns.iter().flat_map(|s| Group::ALL.map(|g| format!("{}, {}", s.label(), g.name()))))
+        .collect();
+    s += &markdown::table(&header, rows);
     s
 }
 
@@ -829,7 +976,7 @@ fn draw_budget_curves(path: &Path, report: &Report) -> Result<(), String> {
             .draw()
             .map_err(|x| e(&x))?;
         for c in curves {
-            let colour = c.searcher.colour();
+            let colour = c.searcher.colour(&report.searchers());
             let at = |b: usize| {
                 (c.found_within(b) as f64 / c.n as f64, wilson(c.found_within(b), c.n).unwrap_or([0.0, 0.0]))
             };
@@ -886,7 +1033,10 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
         .y_labels((hi - lo + 3.0 + 0.35 * (hi - lo + 2.0)) as usize)
         .y_label_formatter(&|y| if y.fract() == 0.0 { format!("{y:.0}") } else { String::new() })
         .y_desc("chain length")
-        .x_desc("task: MCTS, then random; filled: originally right, hollow: fixed")
+        .x_desc(format!(
+            "task: {}; filled: originally right, hollow: fixed",
+            report.searchers().iter().map(Searcher::label).collect::<Vec<_>>().join(", then ")
+        ))
         .draw()
         .map_err(|x| e(&x))?;
     let n = report.num_layers as f64;
@@ -895,13 +1045,13 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
         .map_err(|x| e(&x))?
         .label(format!("original chain ({} layers)", report.num_layers))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.6)));
-    let mut legend_done: Vec<(Searcher, Group)> = Vec::new();
+    let mut legend_done: Vec<(&Searcher, Group)> = Vec::new();
     let mut mean_in_legend = false;
     for (ti, task) in tasks.iter().enumerate() {
         let mine: Vec<&&LayerUse> = slots.iter().filter(|u| u.task == *task).collect();
         for (si, u) in mine.iter().enumerate() {
             let centre = (ti * (per_task + 1) + si) as f64;
-            let colour = u.searcher.colour();
+            let colour = u.searcher.colour(&report.searchers());
             let style = if u.group == Group::Right { colour.filled() } else { colour.stroke_width(1) };
             let mut by_len: BTreeMap<usize, usize> = BTreeMap::new();
             for &l in &u.lengths {
@@ -915,8 +1065,8 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
                 })
                 .collect();
             let series = chart.draw_series(dots.into_iter().map(|p| Circle::new(p, 3, style))).map_err(|x| e(&x))?;
-            if !legend_done.contains(&(u.searcher, u.group)) {
-                legend_done.push((u.searcher, u.group));
+            if !legend_done.contains(&(&u.searcher, u.group)) {
+                legend_done.push((&u.searcher, u.group));
                 series
                     .label(format!("{} · {}", u.searcher.label(), u.group.name()))
                     .legend(move |(x, y)| Circle::new((x + 8, y), 4, style));
@@ -985,9 +1135,7 @@ fn heat(rate: f64) -> RGBColor {
 /// one colour scale for all.
 fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
     let e = |x: &dyn std::fmt::Display| x.to_string();
-    let searchers: Vec<Searcher> =
-        Searcher::ALL.into_iter().filter(|s| report.layer_use.iter().any(|u| u.searcher == *s)).collect();
-    let searchers = if searchers.is_empty() { vec![Searcher::Mcts] } else { searchers };
+    let searchers = report.searchers();
     // Rows with no shortest correct chain for any searcher are left out, and listed below.
     let has_chains = |task: &str, group: Group| {
         report.layer_use.iter().any(|u| u.task == task && u.group == group && !u.lengths.is_empty())
@@ -1026,7 +1174,7 @@ fn draw_layer_use(path: &Path, report: &Report) -> Result<(), String> {
     let (maps, scale) = body.split_horizontally(460 * searchers.len() as u32);
     let panels = maps.split_evenly((2, searchers.len()));
     for (i, area) in panels.iter().enumerate() {
-        let (kind, searcher) = (i / searchers.len(), searchers[i % searchers.len()]);
+        let (kind, searcher) = (i / searchers.len(), searchers[i % searchers.len()].clone());
         let what = if kind == 0 { "skip" } else { "repeat" };
         let mut chart = ChartBuilder::on(area)
             .caption(format!("{} · {what}", searcher.long_label()), ("sans-serif", 15))
@@ -1121,6 +1269,7 @@ mod tests {
             random_evaluations: Some(10),
             chains: vec![],
             random_chains: None,
+            other_searchers: Vec::new(),
         }
     }
 

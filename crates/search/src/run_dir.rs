@@ -83,6 +83,10 @@ pub struct RunConfig {
     pub sample: Option<crate::runs::Sampling>,
     pub seed: u64,
     pub settings: SearchSettings,
+    /// The names of the searchers beside MCTS and the baseline, in order; left out when none,
+    /// so configs made before they existed resume unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_searchers: Vec<String>,
     #[serde(flatten)]
     pub provenance: Provenance,
 }
@@ -449,6 +453,7 @@ mod tests {
             random_evaluations: None,
             chains: vec![],
             random_chains: None,
+            other_searchers: Vec::new(),
         }
     }
 

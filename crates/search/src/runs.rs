@@ -312,6 +312,22 @@ pub struct SearchRequest {
     pub settings: SearchSettings,
     pub cache_mib: usize,
     pub backend: cola_executor::backend::BackendKind,
+    /// Searchers run on every sample after MCTS and the baseline, at MCTS's budget
+    /// ([`crate::sample::ChainSearcher`]); their names go into config.json.
+    pub other_searchers: Vec<std::sync::Arc<dyn crate::sample::ChainSearcher>>,
+}
+
+/// The names of a run's further searchers, checked: each once, none `mcts` or `random`.
+fn searcher_names(searchers: &[std::sync::Arc<dyn crate::sample::ChainSearcher>]) -> Result<Vec<String>, SearchError> {
+    let mut names: Vec<String> = Vec::new();
+    for s in searchers {
+        let name = s.name().to_string();
+        if name == "mcts" || name == "random" || names.contains(&name) || name.trim().is_empty() {
+            return Err(SearchError::Searcher(name));
+        }
+        names.push(name);
+    }
+    Ok(names)
 }
 
 /// sha256 of the weight files of a model directory, named relative to it (or of a GGUF file).
@@ -371,6 +387,7 @@ pub fn run_search<B: LayerOps>(
             .then_some(req.selection.sample),
         seed: req.seed,
         settings: req.settings.clone(),
+        other_searchers: searcher_names(&req.other_searchers)?,
         provenance: Provenance::new(model_dir, num_layers, data, req.backend)?,
     };
     let run = RunDir::open(&req.out_dir, &config, req.force)?;
@@ -393,11 +410,8 @@ pub fn run_search<B: LayerOps>(
     for item in todo {
         let _span = tracing::info_span!("sample", task = %item.task, doc_id = %item.doc_id).entered();
         let started = std::time::Instant::now();
-        let rec = search_item(&mut chain_model, item, &req.settings, req.seed).map_err(|error| SearchError::Item {
-            task: item.task.clone(),
-            doc_id: item.doc_id.clone(),
-            error,
-        })?;
+        let rec = search_item(&mut chain_model, item, &req.settings, req.seed, &req.other_searchers)
+            .map_err(|error| SearchError::Item { task: item.task.clone(), doc_id: item.doc_id.clone(), error })?;
         run.append(&rec, started.elapsed().as_secs_f64())?;
         finished += 1;
         right += rec.static_correct as usize;

@@ -6,7 +6,7 @@ use cola_eval::{EvalError, Item, ItemResult, MathPrompt, ScoringMode, ScoringOpt
 use cola_executor::Chain;
 use cola_executor::backend::BackendKind;
 use cola_mcts::chains::{ActionPreset, ChainProblem, ChainSpace};
-use cola_mcts::{Evaluation, MctsConfig, RandomConfig, SearchResult, random_search, sample_rng, search};
+use cola_mcts::{Evaluation, MctsConfig, RandomConfig, SearchResult, SearchRng, random_search, sample_rng, search};
 use cola_model::LayerOps;
 use serde::{Deserialize, Serialize};
 
@@ -231,6 +231,73 @@ pub struct SampleRecord {
     /// found it); absent without the baseline and in runs made before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub random_chains: Option<Vec<ChainRecord>>,
+    /// What the run's further searchers ([`ChainSearcher`]) found, in the run's order; absent
+    /// when it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_searchers: Vec<SearcherRecord>,
+}
+
+/// What one searcher beside MCTS and the random baseline found for a sample, at MCTS's budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearcherRecord {
+    /// [`ChainSearcher::name`].
+    pub searcher: String,
+    pub best_correct: bool,
+    /// Its shortest correct chain, or null.
+    pub best_chain: Option<Chain>,
+    pub best_len: Option<usize>,
+    /// Distinct chains it evaluated (the original included).
+    pub evaluations: usize,
+    /// Every chain it evaluated, in order (`simulation`: its index in that order).
+    pub chains: Vec<ChainRecord>,
+}
+
+/// The chains a sample's search evaluates next, scored: `(chains) -> one evaluation each`.
+pub type EvaluateChains<'a> = dyn FnMut(&[Vec<usize>]) -> Result<Vec<Evaluation<ItemResult>>, EvalError> + 'a;
+
+/// A way of choosing chains for one sample besides MCTS (a beam search, a learned predictor, a
+/// task-level plan, ...). It runs after MCTS with MCTS's budget, and its record, report rows,
+/// budget curves and layer-use figures come from [`SearcherRecord`] without code of its own.
+pub trait ChainSearcher: Send + Sync {
+    /// How records and reports name it (unique in a run; not `mcts` or `random`).
+    fn name(&self) -> &str;
+
+    /// Evaluates chains of a `num_layers`-layer model through `evaluate`, at most `budget`
+    /// distinct ones, the original chain first; returns every chain evaluated with its
+    /// evaluation, in order. `rng` is the sample's own stream for this searcher.
+    #[allow(clippy::type_complexity)]
+    fn search(
+        &self, evaluate: &mut EvaluateChains<'_>, num_layers: usize, budget: usize, rng: &mut SearchRng,
+    ) -> Result<Vec<(Vec<usize>, Evaluation<ItemResult>)>, EvalError>;
+}
+
+impl SearcherRecord {
+    /// The record of `searcher`'s `evaluated` chains.
+    fn new(searcher: &str, evaluated: Vec<(Vec<usize>, Evaluation<ItemResult>)>) -> Self {
+        let mut seen = std::collections::HashSet::new();
+        let chains: Vec<ChainRecord> = evaluated
+            .into_iter()
+            .filter(|(c, _)| seen.insert(c.clone()))
+            .enumerate()
+            .map(|(i, (c, e))| ChainRecord {
+                length: c.len(),
+                chain: Chain::new(c),
+                reward: e.reward,
+                prediction: e.payload.prediction,
+                visits: 1,
+                simulation: i,
+            })
+            .collect();
+        let best = chains.iter().filter(|c| c.reward >= 1.0).min_by_key(|c| c.length);
+        SearcherRecord {
+            searcher: searcher.to_string(),
+            best_correct: best.is_some(),
+            best_chain: best.map(|c| c.chain.clone()),
+            best_len: best.map(|c| c.length),
+            evaluations: chains.len(),
+            chains,
+        }
+    }
 }
 
 /// Every evaluated chain of a search, in the order of evaluation.
@@ -334,9 +401,11 @@ pub fn oracle_reward(result: &ItemResult) -> f64 {
     if result.correct { 1.0 } else { 0.0 }
 }
 
-/// Searches chains for one item. The model's prefix caches are cleared before and after.
+/// Searches chains for one item: MCTS, the baseline of `settings`, then each of `others` at
+/// MCTS's budget. The model's prefix caches are cleared before and after.
 pub fn search_item<B: LayerOps>(
     model: &mut ChainModel<'_, B>, item: &Item, settings: &SearchSettings, seed: u64,
+    others: &[std::sync::Arc<dyn ChainSearcher>],
 ) -> Result<SampleRecord, EvalError> {
     let n = model.loaded().executor.num_layers();
     let sample_id = format!("{}/{}", item.task, item.doc_id);
@@ -373,10 +442,19 @@ pub fn search_item<B: LayerOps>(
                 Some(random_search(&mut problem, &cfg, &mut sample_rng(seed, &format!("random/{sample_id}")))?)
             }
         };
-        Ok::<_, EvalError>((mcts, random))
+        let budget = mcts.evaluations();
+        let others = others
+            .iter()
+            .map(|searcher| {
+                let mut rng = sample_rng(seed, &format!("{}/{sample_id}", searcher.name()));
+                let evaluated = searcher.search(&mut |c: &[Vec<usize>]| evaluate(model, c), n, budget, &mut rng)?;
+                Ok(SearcherRecord::new(searcher.name(), evaluated))
+            })
+            .collect::<Result<Vec<_>, EvalError>>()?;
+        Ok::<_, EvalError>((mcts, random, others))
     })();
     model.clear_cache();
-    let (mcts, random) = searched?;
+    let (mcts, random, others) = searched?;
     let root = &mcts.evaluated[0];
     let best = shortest_correct(&mcts);
     let random_best = random.as_ref().map(shortest_correct);
@@ -399,6 +477,7 @@ pub fn search_item<B: LayerOps>(
         random_evaluations: random.as_ref().map(|r| r.evaluations()),
         chains: chain_records(&mcts),
         random_chains: random.as_ref().map(chain_records),
+        other_searchers: others,
     })
 }
 
