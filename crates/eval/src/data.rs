@@ -12,10 +12,8 @@
 //! unreadable file is an error.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -111,6 +109,8 @@ pub enum Split {
 }
 
 impl Split {
+    pub const ALL: [Split; 2] = [Split::Validation, Split::Test];
+
     pub fn name(self) -> &'static str {
         match self {
             Split::Validation => "validation",
@@ -119,16 +119,7 @@ impl Split {
     }
 }
 
-impl FromStr for Split {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "validation" | "val" => Ok(Split::Validation),
-            "test" => Ok(Split::Test),
-            _ => Err(format!("unknown split `{s}` (validation, test)")),
-        }
-    }
-}
+cola_names::by_name!(Split, "split");
 
 /// The benchmarks this crate knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,7 +156,7 @@ impl Task {
 
     /// The names of [`Task::ALL`], comma-separated.
     pub fn names() -> String {
-        Task::ALL.map(Task::name).join(", ")
+        cola_names::list(&Task::ALL, Task::name)
     }
 
     pub fn name(self) -> String {
@@ -186,21 +177,7 @@ impl Task {
     }
 }
 
-impl fmt::Display for Task {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name())
-    }
-}
-
-impl FromStr for Task {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Task::ALL
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown task `{s}` (known: {})", Task::names()))
-    }
-}
+cola_names::by_name!(Task, "task");
 
 /// MATH subjects, in the order their items are listed.
 pub const MATH_SUBJECTS: [&str; 7] = [

@@ -4,7 +4,8 @@
 //! summarising accuracy.
 //!
 //! The model is reached only through the small [`LanguageModel`] trait, so everything here can
-//! be tested with a fake model. This crate must not depend on any other crate of the project.
+//! be tested with a fake model. This crate must not depend on any other crate of the project
+//! but `cola-names` (parsing by name).
 
 pub mod data;
 pub mod grading;

@@ -6,9 +6,6 @@
 //! - `generate`: greedy generation; multiple choice asks for a single letter and reads it with a
 //!   strict regex, math asks for `\boxed{}` (GSM8K also accepts `#### N` and the last number).
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 
 use crate::data::{AnswerForm, Item, ItemKind, letter};
@@ -72,6 +69,8 @@ pub enum ScoringMode {
 }
 
 impl ScoringMode {
+    pub const ALL: [ScoringMode; 3] = [ScoringMode::Letter, ScoringMode::Loglik, ScoringMode::Generate];
+
     pub fn name(self) -> &'static str {
         match self {
             ScoringMode::Letter => "letter",
@@ -81,23 +80,7 @@ impl ScoringMode {
     }
 }
 
-impl fmt::Display for ScoringMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for ScoringMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "letter" => Ok(ScoringMode::Letter),
-            "loglik" => Ok(ScoringMode::Loglik),
-            "generate" => Ok(ScoringMode::Generate),
-            other => Err(format!("unknown scoring mode `{other}` (letter, loglik, generate)")),
-        }
-    }
-}
+cola_names::by_name!(ScoringMode, "scoring mode");
 
 /// Which prompt a math problem gets in `generate` mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -112,6 +95,15 @@ pub enum MathPrompt {
 }
 
 impl MathPrompt {
+    pub const ALL: [MathPrompt; 2] = [MathPrompt::ZeroShot, MathPrompt::FewShot];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MathPrompt::ZeroShot => "zero-shot",
+            MathPrompt::FewShot => "few-shot",
+        }
+    }
+
     /// The generation length unless told otherwise: an answer alone, or a worked solution.
     pub fn default_max_new_tokens(self) -> usize {
         match self {
@@ -125,16 +117,7 @@ impl MathPrompt {
     }
 }
 
-impl FromStr for MathPrompt {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "zero-shot" => Ok(MathPrompt::ZeroShot),
-            "few-shot" => Ok(MathPrompt::FewShot),
-            other => Err(format!("unknown prompt `{other}` (zero-shot, few-shot)")),
-        }
-    }
-}
+cola_names::by_name!(MathPrompt, "prompt style");
 
 /// How to score items.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,9 +1,6 @@
 //! Backend selection at run time. The executor is generic; this module names the concrete
 //! backends compiled in (CPU always, `wgpu` and `cuda` by cargo feature) and dispatches to one.
 
-use std::fmt;
-use std::str::FromStr;
-
 use cola_model::LayerOps;
 
 /// The CPU backend: burn's flex (pure Rust gemm kernels, rayon threads).
@@ -25,6 +22,8 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [BackendKind::Cpu, BackendKind::Wgpu, BackendKind::Cuda];
+
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Cpu => "cpu",
@@ -43,23 +42,7 @@ impl BackendKind {
     }
 }
 
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(BackendKind::Cpu),
-            "wgpu" => Ok(BackendKind::Wgpu),
-            "cuda" => Ok(BackendKind::Cuda),
-            other => Err(format!("unknown backend `{other}` (cpu, wgpu, cuda)")),
-        }
-    }
-}
+cola_names::by_name!(BackendKind, "backend");
 
 /// Written as its name (`"cpu"`), as run configs have always recorded it.
 impl serde::Serialize for BackendKind {

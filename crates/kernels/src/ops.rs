@@ -6,7 +6,7 @@
 //! implementation in plain burn ops, which the GPU backends use; the CPU backend overrides them
 //! with fused kernels, [`crate::flex`], because burn's CPU elementwise ops on permuted views are
 //! slow), and the model calls the free functions of this module. They are the seam: each goes to
-//! the backend's kernel, or to [`reference`] while [`with_reference_ops`] is on, so a kernel never
+//! the backend's kernel, or to [`reference`](mod@reference) while [`with_reference_ops`] is on, so a kernel never
 //! checks the switch itself and a parity test of a new kernel cannot end up comparing the kernel
 //! with itself.
 

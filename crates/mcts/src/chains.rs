@@ -10,7 +10,6 @@
 //! - `skip-only`, `repeat-only`: the paper's ablations (its skip or its repeat actions alone).
 
 use std::fmt;
-use std::str::FromStr;
 
 use crate::engine::{Evaluation, Problem};
 
@@ -143,21 +142,7 @@ impl ActionPreset {
     }
 }
 
-impl fmt::Display for ActionPreset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for ActionPreset {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        ActionPreset::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown action preset `{s}` (paper, polar, drllm, skip-only, repeat-only)"))
-    }
-}
+cola_names::by_name!(ActionPreset, "action preset");
 
 /// The chain search space of an N-layer model under a preset, starting from `root`.
 #[derive(Debug, Clone)]

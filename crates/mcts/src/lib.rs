@@ -6,8 +6,8 @@
 //! [`chains`] provides the action presets for chains of layer indices (`paper`, `polar`,
 //! `drllm`, `skip-only`, `repeat-only`).
 //!
-//! This crate must not depend on any other crate of the project: it knows nothing of burn,
-//! layers or language models.
+//! This crate must not depend on any other crate of the project but `cola-names` (parsing its
+//! presets by name): it knows nothing of burn, layers or language models.
 
 pub mod chains;
 mod engine;

@@ -8,7 +8,7 @@
 //! run through the seam of `cola-kernels`; the kernel types its API uses are re-exported here.
 //!
 //! This crate knows nothing of chains, search or benchmarks, and depends on no crate of the
-//! project but `cola-kernels`.
+//! project but `cola-kernels` (and `cola-names`).
 
 pub mod config;
 pub mod gguf;

@@ -36,6 +36,8 @@ pub enum WeightPrecision {
 }
 
 impl WeightPrecision {
+    pub const ALL: [WeightPrecision; 2] = [WeightPrecision::Stored, WeightPrecision::F32];
+
     /// Whether backend `B` keeps weights as stored under this precision.
     fn keeps_stored<B: LayerOps>(self) -> bool {
         self == WeightPrecision::Stored && B::STORED_WEIGHTS
@@ -50,16 +52,7 @@ impl WeightPrecision {
     }
 }
 
-impl std::str::FromStr for WeightPrecision {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        [WeightPrecision::Stored, WeightPrecision::F32]
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| format!("`{s}` is not a weight precision (stored, f32)"))
-    }
-}
+cola_names::by_name!(WeightPrecision, "weight precision");
 
 /// A stored weight dequantized to a dense f32 host tensor.
 fn dense(w: &StoredMatrix) -> HostTensor {

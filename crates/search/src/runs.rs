@@ -86,6 +86,7 @@ pub enum Sampling {
 
 impl Sampling {
     pub const SEED: u64 = 0;
+    pub const ALL: [Sampling; 2] = [Sampling::First, Sampling::Stratified];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -129,15 +130,7 @@ impl Sampling {
     }
 }
 
-impl std::str::FromStr for Sampling {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        [Sampling::First, Sampling::Stratified]
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown sampling `{s}` (first, stratified)"))
-    }
-}
+cola_names::by_name!(Sampling, "sampling");
 
 /// Items of one source after offset, limit and shard, plus what loading skipped.
 pub struct TaskItems {

@@ -20,16 +20,18 @@ pub enum Baseline {
     None,
 }
 
-impl std::str::FromStr for Baseline {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "random" => Ok(Baseline::Random),
-            "none" => Ok(Baseline::None),
-            _ => Err(format!("unknown baseline `{s}` (random, none)")),
+impl Baseline {
+    pub const ALL: [Baseline; 2] = [Baseline::Random, Baseline::None];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Baseline::Random => "random",
+            Baseline::None => "none",
         }
     }
 }
+
+cola_names::by_name!(Baseline, "baseline");
 
 /// A named bundle of search settings (`search --preset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,8 @@ pub enum Preset {
 }
 
 impl Preset {
+    pub const ALL: [Preset; 3] = [Preset::Paper, Preset::Polar, Preset::Quick];
+
     pub fn name(self) -> &'static str {
         match self {
             Preset::Paper => "paper",
@@ -53,15 +57,7 @@ impl Preset {
     }
 }
 
-impl std::str::FromStr for Preset {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        [Preset::Paper, Preset::Polar, Preset::Quick]
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown preset `{s}` (paper, polar, default)"))
-    }
-}
+cola_names::by_name!(Preset, "preset");
 
 /// The tree search's own settings, shared by the per-sample search ([`SearchSettings`]) and
 /// the task-level search of `transfer`: action rules, simulations, the UCB constants and the

@@ -71,23 +71,8 @@ impl WeightFormat {
     }
 }
 
-impl std::str::FromStr for WeightFormat {
-    type Err = String;
-
-    /// A format by its name, in any case (`q4_1`, `Q4_1`).
-    fn from_str(s: &str) -> Result<Self, String> {
-        WeightFormat::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
-            let names: Vec<String> = WeightFormat::ALL.iter().map(|f| f.name().to_ascii_lowercase()).collect();
-            format!("`{s}` is not a format ({})", names.join(", "))
-        })
-    }
-}
-
-impl std::fmt::Display for WeightFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+// By name, in any case (`q4_1`, `Q4_1`).
+cola_names::by_name!(WeightFormat, "weight format");
 
 fn f16(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[0], b[1]]).to_f32()
@@ -490,7 +475,7 @@ mod tests {
             assert_eq!(f.name().to_ascii_lowercase().parse::<WeightFormat>(), Ok(f));
         }
         let e = "q4_k".parse::<WeightFormat>().unwrap_err();
-        assert!(e.contains("`q4_k`") && e.contains("q4_0, q4_1, q8_0, f16, bf16, f32"), "{e}");
+        assert!(e.contains("`q4_k`") && e.contains("Q4_0, Q4_1, Q8_0, F16, BF16, F32"), "{e}");
     }
 
     /// Tiles hold the file's blocks: rows read back (one, a range, all, reordered) are the
