@@ -60,7 +60,7 @@ impl WithBackend for Bench {
         let model = crate::load_model::<B>(&self.model, device.clone())?;
         // The same measures on the weights dequantized to f32 (what the CPU computed from
         // before stored weights), timed interleaved with the stored ones, for the ratios.
-        let f32_model = if B::STORED_WEIGHTS && self.model.precision == WeightPrecision::Stored {
+        let f32_model = if B::STORED_WEIGHTS && self.model.precision != WeightPrecision::F32 {
             let path = crate::ModelPath { precision: WeightPrecision::F32, ..self.model.clone() };
             Some(crate::load_model::<B>(&path, device)?)
         } else {

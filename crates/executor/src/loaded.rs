@@ -12,6 +12,9 @@ pub struct LoadedChainModel<B: LayerOps> {
     pub tokenizer: TextTokenizer,
     /// The directory or GGUF file it was loaded from.
     pub dir: std::path::PathBuf,
+    /// Whether its products are approximate (`--weights stored-int8` on a backend that keeps
+    /// weights as stored): runs record it, as it changes results.
+    pub int8_activations: bool,
 }
 
 impl<B: LayerOps> LoadedChainModel<B> {
@@ -24,7 +27,8 @@ impl<B: LayerOps> LoadedChainModel<B> {
     pub fn load_with(path: &Path, device: B::Device, precision: WeightPrecision) -> Result<Self, ExecError> {
         let loaded = cola_model::load_model::<B>(path, &device, precision)?;
         let executor = Executor::new(loaded.model, loaded.config, device);
-        Ok(LoadedChainModel { executor, tokenizer: loaded.tokenizer, dir: path.to_path_buf() })
+        let int8_activations = precision.is_approximate::<B>();
+        Ok(LoadedChainModel { executor, tokenizer: loaded.tokenizer, dir: path.to_path_buf(), int8_activations })
     }
 
     /// Prompt ids for `text`, through the chat template when `chat` is set.

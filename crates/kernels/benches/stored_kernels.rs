@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::Flex;
 use cola_kernels::LayerOps;
-use cola_kernels::stored::kernels::{Isa, matmul_with};
+use cola_kernels::stored::kernels::{Dot, Isa, matmul_dot, matmul_with};
 use cola_kernels::stored::{StoredMatrix, WeightFormat, quantize};
 
 fn micros(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -33,6 +33,28 @@ fn main() {
             for isa in Isa::available() {
                 let us = micros(100, || matmul_with(isa, &x, m, std::slice::from_ref(&w), &mut out));
                 println!("kernel {format} [{n}, {k}] rows {m} {isa:?}: {us:.0} us");
+            }
+        }
+    }
+    // The int8 product beside the exact one (both on the thread pool, as in a decoding step).
+    for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
+        for (n, k) in [(3072, 576), (49152, 576)] {
+            let w = StoredMatrix::owned(format, n, k, quantize(format, &values(n * k))).unwrap();
+            for m in [1, 8, 16] {
+                let x = values(m * k);
+                let mut out = vec![0.0; m * n];
+                let parts = std::slice::from_ref(&w);
+                let isa = Isa::detect();
+                let exact = micros(50, || matmul_with(isa, &x, m, parts, &mut out));
+                let portable = micros(5, || matmul_dot(isa, Dot::Int8 { vnni: false }, &x, m, parts, &mut out));
+                let vnni = if cola_kernels::stored::int8::vnni_available() {
+                    format!("{:.0}", micros(50, || matmul_dot(isa, Dot::Int8 { vnni: true }, &x, m, parts, &mut out)))
+                } else {
+                    "-".into()
+                };
+                println!(
+                    "int8 {format} [{n}, {k}] rows {m}: exact {exact:.0} us, int8 vnni {vnni} us, int8 portable {portable:.0} us"
+                );
             }
         }
     }

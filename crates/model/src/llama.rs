@@ -23,6 +23,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use cola_kernels::StoredMatrix;
 use cola_kernels::ops::{self, AttnMask, Heads, KvCache, LayerOps, Positions, RmsNorm, Rope};
+use cola_kernels::stored::kernels::Dot;
 
 /// How weights are held after loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,22 +32,38 @@ pub enum WeightPrecision {
     /// them ([`LayerOps::STORED_WEIGHTS`], the CPU); dequantized to f32 on the others.
     #[default]
     Stored,
+    /// As stored, and products of few activation rows (decoding, lockstep) with 4/8-bit blocks
+    /// take the activations quantized per 32 values to 8 bits and integer sums
+    /// ([`Dot::Int8`]): approximate, faster, opt-in; needs AVX-512 VNNI. Backends that do not
+    /// compute from stored weights dequantize to f32 as for `Stored`.
+    StoredInt8,
     /// Dequantized to f32 on load, everywhere.
     F32,
 }
 
 impl WeightPrecision {
-    pub const ALL: [WeightPrecision; 2] = [WeightPrecision::Stored, WeightPrecision::F32];
+    pub const ALL: [WeightPrecision; 3] = [WeightPrecision::Stored, WeightPrecision::StoredInt8, WeightPrecision::F32];
 
     /// Whether backend `B` keeps weights as stored under this precision.
     fn keeps_stored<B: LayerOps>(self) -> bool {
-        self == WeightPrecision::Stored && B::STORED_WEIGHTS
+        self != WeightPrecision::F32 && B::STORED_WEIGHTS
+    }
+
+    /// Whether products on backend `B` are approximate (int8 activations): runs record it.
+    pub fn is_approximate<B: LayerOps>(self) -> bool {
+        self == WeightPrecision::StoredInt8 && self.keeps_stored::<B>()
+    }
+
+    /// How products with kept block weights are computed.
+    fn dot(self) -> Dot {
+        if self == WeightPrecision::StoredInt8 { Dot::Int8 { vnni: true } } else { Dot::Exact }
     }
 
     /// The command-line spelling.
     pub fn name(self) -> &'static str {
         match self {
             WeightPrecision::Stored => "stored",
+            WeightPrecision::StoredInt8 => "stored-int8",
             WeightPrecision::F32 => "f32",
         }
     }
@@ -95,7 +112,7 @@ impl<B: LayerOps> Projection<B> {
         parts: Vec<StoredMatrix>, bias: Option<HostTensor>, precision: WeightPrecision, device: &B::Device,
     ) -> Self {
         let weight = if precision.keeps_stored::<B>() {
-            ProjWeight::Stored(parts.into())
+            ProjWeight::Stored(parts.into_iter().map(|p| p.with_dot(precision.dot())).collect())
         } else {
             let dense: Vec<HostTensor> = parts.iter().map(dense).collect();
             ProjWeight::Dense(tensor2(concat_rows(&dense).transposed(), device))
@@ -312,8 +329,16 @@ impl<B: LayerOps> CausalLm<B> {
             |parts: Vec<StoredMatrix>, bias: Option<HostTensor>| Projection::load(parts, bias, precision, device);
 
         let embed = stored(ModelTensor::Embed)?;
+        if precision.is_approximate::<B>() && !cola_kernels::stored::int8::vnni_available() {
+            return Err(ModelError::Invalid(
+                "--weights stored-int8 needs a CPU with AVX-512 VNNI and VBMI, which this one lacks (its portable \
+                 int8 kernel is many times slower than the exact one); use --weights stored"
+                    .into(),
+            ));
+        }
         let embed_tokens = if precision.keeps_stored::<B>() {
-            TokenEmbedding::Stored(Arc::new(embed))
+            // Tied to the LM head: its products go as the projections' do.
+            TokenEmbedding::Stored(Arc::new(embed.with_dot(precision.dot())))
         } else {
             TokenEmbedding::Dense(tensor2(dense(&embed), device))
         };

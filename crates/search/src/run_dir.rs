@@ -102,6 +102,10 @@ pub struct Provenance {
     pub data: Vec<HashedFile>,
     pub backend: cola_executor::backend::BackendKind,
     pub versions: Value,
+    /// Products with activations quantized to 8 bits (`--weights stored-int8`); left out when
+    /// not, so configs made before it existed resume unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub int8_activations: bool,
 }
 
 /// The burn version the workspace pins (Cargo.toml), recorded in every config.
@@ -111,6 +115,7 @@ impl Provenance {
     /// The provenance of a run of the model at `model_dir` over the data files `data`.
     pub fn new(
         model_dir: &Path, num_layers: usize, data: Vec<HashedFile>, backend: cola_executor::backend::BackendKind,
+        int8_activations: bool,
     ) -> Result<Self, crate::SearchError> {
         Ok(Provenance {
             model_dir: cola_assets::portable_path(model_dir),
@@ -119,6 +124,7 @@ impl Provenance {
             data,
             backend,
             versions: serde_json::json!({"cola": env!("CARGO_PKG_VERSION"), "burn": BURN_VERSION}),
+            int8_activations,
         })
     }
 }

@@ -381,7 +381,7 @@ pub fn run_search<B: LayerOps>(
         seed: req.seed,
         settings: req.settings.clone(),
         other_searchers: searcher_names(&req.other_searchers)?,
-        provenance: Provenance::new(model_dir, num_layers, data, req.backend)?,
+        provenance: Provenance::new(model_dir, num_layers, data, req.backend, model.int8_activations)?,
     };
     let run = RunDir::open(&req.out_dir, &config, req.force)?;
     let done = run.finished_keys()?;

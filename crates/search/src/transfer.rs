@@ -483,7 +483,7 @@ pub fn run_transfer<B: LayerOps>(
         heldout_n: heldout.items.len(),
         seed: req.seed,
         settings: req.settings.clone(),
-        provenance: Provenance::new(&model.dir, num_layers, data, req.backend)?,
+        provenance: Provenance::new(&model.dir, num_layers, data, req.backend, model.int8_activations)?,
     };
     let run = RunDir::open_with(&req.out_dir, &config, req.force, &[CALIBRATION_FILE, HELDOUT_FILE, PLAN_FILE])?;
     let dir = &run.dir;

@@ -81,11 +81,31 @@ unsafe impl Sync for SharedOut {}
 /// (`out[i, c_p + j] = Σ_l x[i, l] · W_p[j, l]`), with the best kernels this CPU has. One
 /// parallel region for all parts (each wake-up of the thread pool costs, at 7 products a layer).
 pub fn matmul(x: &[f32], m: usize, parts: &[StoredMatrix], out: &mut [f32]) {
-    matmul_with(Isa::detect(), x, m, parts, out)
+    let dot = parts.first().map_or(Dot::Exact, StoredMatrix::dot);
+    matmul_dot(Isa::detect(), dot, x, m, parts, out)
 }
 
 /// [`matmul`] with the streaming kernel's instruction set chosen by the caller.
 pub fn matmul_with(isa: Isa, x: &[f32], m: usize, parts: &[StoredMatrix], out: &mut [f32]) {
+    matmul_dot(isa, Dot::Exact, x, m, parts, out)
+}
+
+/// How few activation rows are multiplied with 4/8-bit blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dot {
+    /// In f32, the blocks dequantized in registers: the f32 path's results up to the order of
+    /// float sums.
+    #[default]
+    Exact,
+    /// Activations quantized per 32 values to 8 bits, integer dot products
+    /// ([`super::int8`]): approximate, opt-in. `vnni`: the AVX-512 VNNI kernel, else the
+    /// portable one (same sums, slower than exact).
+    Int8 { vnni: bool },
+}
+
+/// [`matmul_with`], with products of few rows and block formats computed as `dot` says (float
+/// formats and many rows are always exact).
+pub fn matmul_dot(isa: Isa, dot: Dot, x: &[f32], m: usize, parts: &[StoredMatrix], out: &mut [f32]) {
     let n: usize = parts.iter().map(StoredMatrix::rows).sum();
     let Some(k) = parts.first().map(StoredMatrix::cols) else { return };
     assert!(parts.iter().all(|p| p.cols() == k), "parts differ in row length");
@@ -108,6 +128,10 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, parts: &[StoredMatrix], out: &
         col += w.rows();
     }
     let shared = SharedOut(out.as_mut_ptr());
+    let quantized = match dot {
+        Dot::Int8 { .. } if few && k.is_multiple_of(GROUP) => Some(super::int8::QuantizedRows::new(x, m, k)),
+        _ => None,
+    };
     let work = |&(p, col, j0, j1): &(usize, usize, usize, usize)| {
         #[allow(clippy::redundant_locals)]
         let shared = shared;
@@ -128,7 +152,12 @@ pub fn matmul_with(isa: Isa, x: &[f32], m: usize, parts: &[StoredMatrix], out: &
                 for j in (j0..j1).step_by(TILE_ROWS) {
                     let group = w.tile_group(j / TILE_ROWS);
                     let mut sums = [[0.0f32; TILE_ROWS]; FEW_ROWS];
-                    tile_rows(isa, w.format(), group, x, m, k, &mut sums[..m]);
+                    match (&quantized, dot) {
+                        (Some(xq), Dot::Int8 { vnni }) => {
+                            super::int8::tile_rows(vnni, w.format(), group, xq, &mut sums[..m])
+                        }
+                        _ => tile_rows(isa, w.format(), group, x, m, k, &mut sums[..m]),
+                    }
                     let width = (j1 - j).min(TILE_ROWS);
                     for (i, s) in sums[..m].iter().enumerate() {
                         // SAFETY: columns col + j.. col + j + width belong to this task alone and

@@ -12,6 +12,7 @@
 //! a dequantizing import writes, bit for bit. Products with these weights therefore equal the f32
 //! path's up to the order of the float sums.
 
+pub mod int8;
 pub mod kernels;
 
 use std::sync::Arc;
@@ -246,6 +247,8 @@ pub struct StoredMatrix {
     rows: usize,
     cols: usize,
     bytes: Bytes,
+    /// How products with few rows are computed ([`kernels::Dot`]; exact unless asked).
+    dot: kernels::Dot,
 }
 
 impl std::fmt::Debug for StoredMatrix {
@@ -326,7 +329,7 @@ impl StoredMatrix {
     pub fn owned(format: WeightFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Self, String> {
         check(format, rows, cols, bytes.len())?;
         let bytes = if tiled(format) { to_tiles(format, rows, cols / format.block().0, &bytes) } else { bytes };
-        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Owned(bytes.into()) })
+        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Owned(bytes.into()), dot: Default::default() })
     }
 
     /// A matrix over `map[start..start + len]` (file layout); the range must lie in the map and
@@ -340,7 +343,13 @@ impl StoredMatrix {
             return Err(format!("data at byte {start} (+{len}) lies outside the file (truncated?)"));
         }
         if !tiled(format) {
-            return Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Mapped { map, start, len } });
+            return Ok(StoredMatrix {
+                format,
+                rows,
+                cols,
+                bytes: Bytes::Mapped { map, start, len },
+                dot: Default::default(),
+            });
         }
         let tiles = to_tiles(format, rows, cols / format.block().0, &map[start..start + len]);
         #[cfg(unix)]
@@ -348,7 +357,7 @@ impl StoredMatrix {
         // the file if anything touches them later: no value seen through the map changes.
         // Failure only leaves the pages resident.
         let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
-        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Owned(tiles.into()) })
+        Ok(StoredMatrix { format, rows, cols, bytes: Bytes::Owned(tiles.into()), dot: Default::default() })
     }
 
     /// An f32 matrix from values.
@@ -360,6 +369,16 @@ impl StoredMatrix {
 
     pub fn format(&self) -> WeightFormat {
         self.format
+    }
+
+    /// The same matrix, its products with few rows computed as `dot` says.
+    pub fn with_dot(mut self, dot: kernels::Dot) -> Self {
+        self.dot = dot;
+        self
+    }
+
+    pub fn dot(&self) -> kernels::Dot {
+        self.dot
     }
 
     pub fn rows(&self) -> usize {

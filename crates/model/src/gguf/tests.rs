@@ -256,3 +256,36 @@ fn written_gguf_reads_back() {
     assert_eq!(file.tensors["blk.0.attn_q.weight"].format, WeightFormat::Q4_0);
     assert_eq!(file.tensors["blk.0.attn_norm.weight"].format, WeightFormat::F32);
 }
+
+/// `--weights stored-int8` is opt-in and approximate: on a CPU with AVX-512 VNNI, few rows
+/// (3 tokens: the int8 products) give logits near the exact ones but not equal (activations
+/// rounded to 8 bits), many rows (40: gemm, exact either way) the same bits; without VNNI,
+/// loading says what the mode needs.
+#[test]
+fn int8_activations_are_close_to_exact_and_opt_in() {
+    use crate::WeightPrecision;
+    let dir = tempfile::tempdir().unwrap();
+    for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
+        let file = GgufFile::open(&tiny_gguf(dir.path(), format)).unwrap();
+        let weights = GgufWeights::new(&file).unwrap();
+        let config = weights.config().clone();
+        let device = Default::default();
+        let load = |p| crate::CausalLm::<burn_flex::Flex>::from_source(&config, &weights, &device, p);
+        let exact = load(WeightPrecision::Stored).unwrap();
+        if !cola_kernels::stored::int8::vnni_available() {
+            let e = load(WeightPrecision::StoredInt8).unwrap_err().to_string();
+            assert!(e.contains("stored-int8") && e.contains("VNNI"), "{e}");
+            continue;
+        }
+        assert!(WeightPrecision::StoredInt8.is_approximate::<burn_flex::Flex>());
+        let int8 = load(WeightPrecision::StoredInt8).unwrap();
+        let ids: Vec<u32> = (0..3).map(|i| (i * 7 % 40) as u32).collect();
+        let (a, b) = (logits(&exact, &config, &ids), logits(&int8, &config, &ids));
+        let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(worst > 0.0, "{format}: the int8 products gave the exact logits (not used?)");
+        assert!(worst < 0.05 * scale, "{format}: int8 logits off by {worst} (largest logit {scale})");
+        let ids: Vec<u32> = (0..40).map(|i| (i * 7 % 40) as u32).collect();
+        assert_eq!(logits(&exact, &config, &ids), logits(&int8, &config, &ids), "{format}: many rows stay exact");
+    }
+}
