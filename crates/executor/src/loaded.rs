@@ -26,8 +26,8 @@ impl<B: LayerOps> LoadedChainModel<B> {
     /// [`Self::load`] with the weights held as `precision` asks.
     pub fn load_with(path: &Path, device: B::Device, precision: WeightPrecision) -> Result<Self, ExecError> {
         let loaded = cola_model::load_model::<B>(path, &device, precision)?;
+        let int8_activations = loaded.model.int8_products();
         let executor = Executor::new(loaded.model, loaded.config, device);
-        let int8_activations = precision.is_approximate::<B>();
         Ok(LoadedChainModel { executor, tokenizer: loaded.tokenizer, dir: path.to_path_buf(), int8_activations })
     }
 

@@ -93,6 +93,13 @@ pub struct Projection<B: Backend> {
     pub bias: Option<Tensor<B, 1>>,
 }
 
+impl<B: Backend> Projection<B> {
+    /// Whether a product with it takes int8 activations.
+    fn int8_products(&self) -> bool {
+        matches!(&self.weight, ProjWeight::Stored(parts) if parts.iter().any(StoredMatrix::int8_products))
+    }
+}
+
 impl<B: LayerOps> Projection<B> {
     /// # Shapes
     /// `x`: `[rows, in]` -> `[rows, out]`.
@@ -298,6 +305,20 @@ impl<B: Backend> CausalLm<B> {
 
     pub fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// Whether any of its products takes int8 activations (`stored-int8` kept a block-format
+    /// weight): approximate results, which runs record.
+    pub fn int8_products(&self) -> bool {
+        let tied = match (&self.lm_head, &self.embed_tokens) {
+            (None, TokenEmbedding::Stored(e)) => e.int8_products(),
+            _ => false,
+        };
+        let projections = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.self_attn.qkv_proj, &l.self_attn.o_proj, &l.mlp.gate_up_proj, &l.mlp.down_proj]);
+        tied || projections.chain(&self.lm_head).any(Projection::int8_products)
     }
 }
 

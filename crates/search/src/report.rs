@@ -242,14 +242,11 @@ impl Searcher {
     /// The searchers that ran on every one of `records` (MCTS, random, then the further ones in
     /// the order of the first record); MCTS alone when there are none.
     fn of(records: &[&SampleRecord]) -> Vec<Searcher> {
-        let others = records.first().map_or(&[][..], |r| r.other_searchers.as_slice());
+        let Some(first) = records.first() else { return vec![Searcher::Mcts] };
         [Searcher::Mcts, Searcher::Random]
             .into_iter()
-            .chain(others.iter().map(|o| Searcher::Other(o.searcher.clone())))
-            .filter(|s| !records.is_empty() && records.iter().all(|r| s.outcome(r).is_some()))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .chain(records.is_empty().then_some(Searcher::Mcts))
+            .chain(first.other_searchers.iter().map(|o| Searcher::Other(o.searcher.clone())))
+            .filter(|s| records.iter().all(|r| s.outcome(r).is_some()))
             .collect()
     }
 }
@@ -778,15 +775,17 @@ pub(crate) fn merge_alike(runs: &[PathBuf], out_dir: &Path, what: &str) -> Resul
     Ok(merged)
 }
 
-/// Runs reported together must have searched alike: same search settings, seed and model
-/// weights (shards of one run, or runs of other tasks with the same command). The error names
-/// the first setting that differs.
+/// Runs reported together must have searched alike: same search settings, further searchers,
+/// seed, model weights and products (shards of one run, or runs of other tasks with the same
+/// command). The error names the first setting that differs.
 fn check_same_settings(runs: &[PathBuf], configs: &[RunConfig]) -> Result<(), RunError> {
     let key = |c: &RunConfig| {
         serde_json::json!({
             "settings": c.settings,
+            "other_searchers": c.other_searchers,
             "seed": c.seed,
             "weights": c.provenance.weights.iter().map(|w| &w.sha256).collect::<Vec<_>>(),
+            "int8_activations": c.provenance.int8_activations,
         })
     };
     let first = key(&configs[0]);
@@ -931,6 +930,7 @@ fn write_figures(out_dir: &Path, report: &Report) -> Result<Vec<PathBuf>, RunErr
 /// samples), MCTS beside random in it, each line in a band of its 95% Wilson interval.
 fn draw_budget_curves(path: &Path, report: &Report) -> Result<(), String> {
     let e = |x: &dyn std::fmt::Display| x.to_string();
+    let searchers = report.searchers();
     let mut panels: Vec<(&str, Group)> = Vec::new();
     for t in &report.tasks {
         for g in Group::ALL {
@@ -976,7 +976,7 @@ fn draw_budget_curves(path: &Path, report: &Report) -> Result<(), String> {
             .draw()
             .map_err(|x| e(&x))?;
         for c in curves {
-            let colour = c.searcher.colour(&report.searchers());
+            let colour = c.searcher.colour(&searchers);
             let at = |b: usize| {
                 (c.found_within(b) as f64 / c.n as f64, wilson(c.found_within(b), c.n).unwrap_or([0.0, 0.0]))
             };
@@ -1008,6 +1008,7 @@ fn draw_budget_curves(path: &Path, report: &Report) -> Result<(), String> {
 /// spread sideways, so a row's width is its count; a black bar marks each mean.
 fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
     let e = |x: &dyn std::fmt::Display| x.to_string();
+    let searchers = report.searchers();
     let slots: Vec<&LayerUse> = report.layer_use.iter().collect();
     let tasks: Vec<&str> = report.tasks.iter().map(|t| t.task.as_str()).collect();
     let per_task = tasks.iter().map(|t| slots.iter().filter(|u| u.task == *t).count()).max().unwrap_or(0).max(1);
@@ -1035,7 +1036,7 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
         .y_desc("chain length")
         .x_desc(format!(
             "task: {}; filled: originally right, hollow: fixed",
-            report.searchers().iter().map(Searcher::label).collect::<Vec<_>>().join(", then ")
+            searchers.iter().map(Searcher::label).collect::<Vec<_>>().join(", then ")
         ))
         .draw()
         .map_err(|x| e(&x))?;
@@ -1051,7 +1052,7 @@ fn draw_lengths(path: &Path, report: &Report) -> Result<(), String> {
         let mine: Vec<&&LayerUse> = slots.iter().filter(|u| u.task == *task).collect();
         for (si, u) in mine.iter().enumerate() {
             let centre = (ti * (per_task + 1) + si) as f64;
-            let colour = u.searcher.colour(&report.searchers());
+            let colour = u.searcher.colour(&searchers);
             let style = if u.group == Group::Right { colour.filled() } else { colour.stroke_width(1) };
             let mut by_len: BTreeMap<usize, usize> = BTreeMap::new();
             for &l in &u.lengths {
@@ -1411,6 +1412,14 @@ mod tests {
         let e = e.to_string();
         assert!(e.contains(&format!("settings.simulations = {}", sims + 1)) && e.contains(&sims.to_string()), "{e}");
         assert!(!out.path().join("report.md").exists());
+        // Approximate products are another model: an int8 run does not merge with an exact one.
+        let mut int8 = config.clone();
+        int8["int8_activations"] = true.into();
+        let c = copy(&int8);
+        let Err(e) = report_runs(&[a.path().to_path_buf(), c.path().to_path_buf()], out.path()) else {
+            panic!("merged an int8 run with an exact one")
+        };
+        assert!(e.to_string().contains("int8_activations = true"), "{e}");
         report_runs(&[a.path().to_path_buf(), same.path().to_path_buf()], out.path()).unwrap();
     }
 

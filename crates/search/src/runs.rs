@@ -479,6 +479,8 @@ pub fn table(report: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Run directories are named by tasks, split, preset, limit, seed and shard, so two runs of
     /// different selections never share one by default.
     #[test]
@@ -500,8 +502,6 @@ mod tests {
         sel.limit = None;
         assert_eq!(dir(&sel, crate::Preset::Quick), "runs/arc-easy+arc-challenge-validation-default-nall-s3-shard1of4");
     }
-
-    use super::*;
 
     fn math_item(subject: Option<&str>, id: usize) -> Item {
         Item {

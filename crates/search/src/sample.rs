@@ -284,7 +284,7 @@ impl SearcherRecord {
                 simulation: i,
             })
             .collect();
-        let best = chains.iter().filter(|c| c.reward >= 1.0).min_by_key(|c| c.length);
+        let best = shortest_correct(&chains);
         SearcherRecord {
             searcher: searcher.to_string(),
             best_correct: best.is_some(),
@@ -312,14 +312,9 @@ fn chain_records(result: &SearchResult<Vec<usize>, ItemResult>) -> Vec<ChainReco
         .collect()
 }
 
-/// The shortest rewarded state (first found on ties), as (chain, length, prediction).
-fn shortest_correct(result: &SearchResult<Vec<usize>, ItemResult>) -> Option<(Chain, usize, Option<String>)> {
-    result
-        .evaluated
-        .iter()
-        .filter(|e| e.reward >= 1.0)
-        .min_by_key(|e| e.length)
-        .map(|e| (Chain::new(e.state.clone()), e.length, e.payload.prediction.clone()))
+/// The shortest rewarded chain of a searcher's evaluated chains (the first evaluated on ties).
+fn shortest_correct(chains: &[ChainRecord]) -> Option<&ChainRecord> {
+    chains.iter().filter(|c| c.reward >= 1.0).min_by_key(|c| c.length)
 }
 
 /// The batch size of a search with `preset` unless told otherwise: 1 for `paper`, whose name
@@ -452,8 +447,9 @@ pub fn search_item<B: LayerOps>(
     model.clear_cache();
     let (mcts, random, others) = searched?;
     let root = &mcts.evaluated[0];
-    let best = shortest_correct(&mcts);
-    let random_best = random.as_ref().map(shortest_correct);
+    let (chains, random_chains) = (chain_records(&mcts), random.as_ref().map(chain_records));
+    let best = shortest_correct(&chains).cloned();
+    let random_best = random_chains.as_deref().map(|c| shortest_correct(c).cloned());
     Ok(SampleRecord {
         task: item.task.clone(),
         doc_id: item.doc_id.clone(),
@@ -461,18 +457,18 @@ pub fn search_item<B: LayerOps>(
         static_prediction: root.payload.prediction.clone(),
         static_correct: root.reward >= 1.0,
         best_correct: best.is_some(),
-        best_len: best.as_ref().map(|b| b.1),
-        best_prediction: best.as_ref().and_then(|b| b.2.clone()),
-        best_chain: best.map(|b| b.0),
+        best_len: best.as_ref().map(|b| b.length),
+        best_prediction: best.as_ref().and_then(|b| b.prediction.clone()),
+        best_chain: best.map(|b| b.chain),
         evaluations: mcts.evaluations(),
         simulations: mcts.simulations,
         stopped_early: mcts.stopped_early,
         random_best_correct: random_best.as_ref().map(Option::is_some),
-        random_best_len: random_best.as_ref().and_then(|b| b.as_ref().map(|b| b.1)),
-        random_best_chain: random_best.and_then(|b| b.map(|b| b.0)),
+        random_best_len: random_best.as_ref().and_then(|b| b.as_ref().map(|b| b.length)),
+        random_best_chain: random_best.and_then(|b| b.map(|b| b.chain)),
         random_evaluations: random.as_ref().map(|r| r.evaluations()),
-        chains: chain_records(&mcts),
-        random_chains: random.as_ref().map(chain_records),
+        chains,
+        random_chains,
         other_searchers: others,
     })
 }

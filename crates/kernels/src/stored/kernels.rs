@@ -128,8 +128,11 @@ pub fn matmul_dot(isa: Isa, dot: Dot, x: &[f32], m: usize, parts: &[StoredMatrix
         col += w.rows();
     }
     let shared = SharedOut(out.as_mut_ptr());
+    // Quantized once for all parts, and only where a block format will take it.
     let quantized = match dot {
-        Dot::Int8 { .. } if few && k.is_multiple_of(GROUP) => Some(super::int8::QuantizedRows::new(x, m, k)),
+        Dot::Int8 { .. } if few && parts.iter().any(|p| p.row_layout().is_none()) => {
+            Some(super::int8::QuantizedRows::new(x, m, k))
+        }
         _ => None,
     };
     let work = |&(p, col, j0, j1): &(usize, usize, usize, usize)| {

@@ -381,6 +381,12 @@ impl StoredMatrix {
         self.dot
     }
 
+    /// Whether its products with few rows take int8 activations: int8 asked and a block format
+    /// (float formats are always exact).
+    pub fn int8_products(&self) -> bool {
+        matches!(self.dot, kernels::Dot::Int8 { .. }) && tiled(self.format)
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }

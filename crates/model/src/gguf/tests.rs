@@ -260,12 +260,13 @@ fn written_gguf_reads_back() {
 /// `--weights stored-int8` is opt-in and approximate: on a CPU with AVX-512 VNNI, few rows
 /// (3 tokens: the int8 products) give logits near the exact ones but not equal (activations
 /// rounded to 8 bits), many rows (40: gemm, exact either way) the same bits; without VNNI,
-/// loading says what the mode needs.
+/// loading says what the mode needs. Float formats stay exact under it, and the model says so
+/// (runs record it).
 #[test]
 fn int8_activations_are_close_to_exact_and_opt_in() {
     use crate::WeightPrecision;
     let dir = tempfile::tempdir().unwrap();
-    for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
+    for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::F16] {
         let file = GgufFile::open(&tiny_gguf(dir.path(), format)).unwrap();
         let weights = GgufWeights::new(&file).unwrap();
         let config = weights.config().clone();
@@ -279,6 +280,14 @@ fn int8_activations_are_close_to_exact_and_opt_in() {
         }
         assert!(WeightPrecision::StoredInt8.is_approximate::<burn_flex::Flex>());
         let int8 = load(WeightPrecision::StoredInt8).unwrap();
+        assert!(!exact.int8_products(), "{format}");
+        if format == WeightFormat::F16 {
+            assert!(!int8.int8_products(), "F16 has no int8 products");
+            let ids = [1, 2, 3];
+            assert_eq!(logits(&exact, &config, &ids), logits(&int8, &config, &ids), "F16 stays exact");
+            continue;
+        }
+        assert!(int8.int8_products(), "{format}");
         let ids: Vec<u32> = (0..3).map(|i| (i * 7 % 40) as u32).collect();
         let (a, b) = (logits(&exact, &config, &ids), logits(&int8, &config, &ids));
         let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
