@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use cola_model::LayerOps;
+use cola_model::{KvCache, LayerOps};
 
 use crate::ChainState;
 
@@ -40,7 +40,7 @@ pub struct PrefixCache<B: LayerOps> {
 /// Bytes a state adds over its parent: its hidden states and its own step's K/V.
 fn state_bytes<B: LayerOps>(state: &ChainState<B>) -> usize {
     let h: usize = state.hidden.dims().iter().product();
-    let kv: usize = state.kv.last().map_or(0, |c| c.k.dims().iter().product::<usize>() * 2);
+    let kv: usize = state.kv.last().map_or(0, KvCache::elements);
     (h + kv) * std::mem::size_of::<f32>()
 }
 

@@ -21,7 +21,7 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use crate::ops::{AttnMask, Heads, KvCache, LayerOps, Positions, RmsNorm, Rope, reference};
+use crate::ops::{AttnMask, Heads, KvCache, KvRun, LayerOps, Positions, RmsNorm, Rope};
 use crate::stored::{self, StoredMatrix};
 
 /// The f32 data of a flex tensor, contiguous.
@@ -154,9 +154,9 @@ simd_dispatch! {
     }
 }
 
+// `out += Σ p[j] · values[j]`, position after position.
 simd_dispatch! {
     fn weighted_sum(p: &[f32], values: &[f32], hd: usize, out: &mut [f32]) {
-        out.fill(0.0);
         for (&w, v) in p.iter().zip(values.chunks_exact(hd)) {
             if w != 0.0 {
                 for (o, x) in out.iter_mut().zip(v) {
@@ -165,6 +165,26 @@ simd_dispatch! {
             }
         }
     }
+}
+
+/// Runs a K/V cache may hold after the first before they merge ([`LayerOps::extend_cache`]).
+const MAX_KV_RUNS: usize = 16;
+
+/// Consecutive runs as one: each head's positions from run after run.
+fn merge_runs(runs: &[KvRun<Flex>]) -> KvRun<Flex> {
+    let merge = |parts: Vec<&Tensor<Flex, 3>>| {
+        let [heads, _, hd] = parts[0].dims();
+        let hosts: Vec<(FlexTensor, usize)> = parts.iter().map(|p| (host((*p).clone()).0, p.dims()[1])).collect();
+        let t: usize = hosts.iter().map(|h| h.1).sum();
+        let mut out = Vec::with_capacity(heads * t * hd);
+        for h in 0..heads {
+            for (x, len) in &hosts {
+                out.extend_from_slice(&data(x)[h * len * hd..(h + 1) * len * hd]);
+            }
+        }
+        tensor(out, [heads, t, hd])
+    };
+    KvRun { k: merge(runs.iter().map(|r| &r.k).collect()), v: merge(runs.iter().map(|r| &r.v).collect()) }
 }
 
 /// Columns per panel of a packed weight ([`pack_panels`]).
@@ -475,13 +495,20 @@ impl LayerOps for Flex {
         (tensor(q, [nh, s, hd]), tensor(k, [nkv, s, hd]), tensor(v, [nkv, s, hd]))
     }
 
-    fn attend(
-        q: Tensor<Self, 3>, k: Tensor<Self, 3>, v: Tensor<Self, 3>, heads: Heads, mask: &AttnMask<Self>,
-    ) -> Tensor<Self, 2> {
+    fn attend(q: Tensor<Self, 3>, kv: &KvCache<Self>, heads: Heads, mask: &AttnMask<Self>) -> Tensor<Self, 2> {
         let (q, [nh, s, hd]) = host(q);
-        let (k, [_, t, _]) = host(k);
-        let (v, _) = host(v);
-        let (q, k, v) = (data(&q), data(&k), data(&v));
+        let q = data(&q);
+        // Many query rows go through gemm, which wants the keys in one run.
+        let whole;
+        let runs = if s >= 8 && kv.runs().len() > 1 {
+            whole = [kv.whole()];
+            &whole[..]
+        } else {
+            kv.runs()
+        };
+        let runs: Vec<(FlexTensor, FlexTensor, usize)> =
+            runs.iter().map(|r| (host(r.k.clone()).0, host(r.v.clone()).0, r.len())).collect();
+        let t: usize = runs.iter().map(|r| r.2).sum();
         let g = heads.group();
         let scale = 1.0 / (hd as f32).sqrt();
         let width = nh * hd;
@@ -494,16 +521,26 @@ impl LayerOps for Flex {
                 Some(host.as_ref())
             }
         };
+        // Head `kvh` of each run: (its keys, its values, its first position).
+        let head_runs = |kvh: usize| {
+            let mut start = 0;
+            runs.iter()
+                .map(move |(k, v, len)| {
+                    let span = kvh * len * hd..(kvh + 1) * len * hd;
+                    start += len;
+                    (&data(k)[span.clone()], &data(v)[span], start - len)
+                })
+                .collect::<Vec<_>>()
+        };
         let work = |h: usize| {
             // Capture the whole wrapper (closures would otherwise capture the raw pointer field).
             #[allow(clippy::redundant_locals)]
             let shared = shared;
-            let kvh = h / g;
             let qh = &q[h * s * hd..(h + 1) * s * hd];
-            let kh = &k[kvh * t * hd..(kvh + 1) * t * hd];
-            let vh = &v[kvh * t * hd..(kvh + 1) * t * hd];
+            let head = head_runs(h / g);
             let mut scores = vec![0.0f32; s * t];
             if s >= 8 {
+                let [(kh, _, _)] = head[..] else { unreachable!("gemm takes one run") };
                 // SAFETY: slices are in bounds; gemm reads q/k and writes the scores buffer.
                 unsafe {
                     stored::kernels::gemm_f32(
@@ -516,7 +553,10 @@ impl LayerOps for Flex {
                 };
             } else {
                 for i in 0..s {
-                    dot_rows(&qh[i * hd..(i + 1) * hd], kh, hd, scale, &mut scores[i * t..(i + 1) * t]);
+                    for &(kh, _, start) in &head {
+                        let len = kh.len() / hd;
+                        dot_rows(&qh[i * hd..(i + 1) * hd], kh, hd, scale, &mut scores[i * t + start..][..len]);
+                    }
                 }
             }
             for i in 0..s {
@@ -535,6 +575,7 @@ impl LayerOps for Flex {
                 softmax_row(row, visible);
             }
             if s >= 8 {
+                let [(_, vh, _)] = head[..] else { unreachable!("gemm takes one run") };
                 // SAFETY: this head writes only columns h*hd..(h+1)*hd of `out`.
                 unsafe {
                     stored::kernels::gemm_f32(
@@ -548,7 +589,12 @@ impl LayerOps for Flex {
             } else {
                 let mut row_out = vec![0.0f32; hd];
                 for i in 0..s {
-                    weighted_sum(&scores[i * t..(i + 1) * t], vh, hd, &mut row_out);
+                    // Position after position across the runs: the sums of one run.
+                    row_out.fill(0.0);
+                    for &(_, vh, start) in &head {
+                        let len = vh.len() / hd;
+                        weighted_sum(&scores[i * t + start..][..len], vh, hd, &mut row_out);
+                    }
                     // SAFETY: as above, only this head's columns.
                     unsafe { std::ptr::copy_nonoverlapping(row_out.as_ptr(), shared.0.add(i * width + h * hd), hd) };
                 }
@@ -575,21 +621,17 @@ impl LayerOps for Flex {
     }
 
     fn extend_cache(past: Option<&KvCache<Self>>, k: Tensor<Self, 3>, v: Tensor<Self, 3>) -> KvCache<Self> {
-        let Some(past) = past else { return reference::extend_cache(past, k, v) };
-        // One copy per head of the old and the new positions (burn's cat took about half of a
-        // decoding step's attention time in an instrumented lockstep run).
-        let append = |old: &Tensor<Flex, 3>, new: Tensor<Flex, 3>| {
-            let (old, [heads, t, hd]) = host(old.clone());
-            let (new, [_, s, _]) = host(new);
-            let (old, new) = (data(&old), data(&new));
-            let mut out = Vec::with_capacity(heads * (t + s) * hd);
-            for h in 0..heads {
-                out.extend_from_slice(&old[h * t * hd..(h + 1) * t * hd]);
-                out.extend_from_slice(&new[h * s * hd..(h + 1) * s * hd]);
+        let Some(past) = past else { return KvCache::new(k, v) };
+        // A new run, not a copy of the cache (copying it every decoding step was a sixth of a
+        // lockstep step); past MAX_KV_RUNS runs, those after the first (the prompt's) merge
+        // into one, so a step copies 1/MAX_KV_RUNS of the generated positions on average.
+        let cache = past.with_run(KvRun { k, v });
+        match cache.runs() {
+            [first, rest @ ..] if rest.len() >= MAX_KV_RUNS => {
+                KvCache::new(first.k.clone(), first.v.clone()).with_run(merge_runs(rest))
             }
-            tensor(out, [heads, t + s, hd])
-        };
-        KvCache { k: append(&past.k, k), v: append(&past.v, v) }
+            _ => cache,
+        }
     }
 
     fn for_segments<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
@@ -623,6 +665,57 @@ mod tests {
                     assert!((got_t[i * n + j] as f64 - want).abs() < 1e-4, "transposed {m}x{k}x{n} at ({i}, {j})");
                 }
             }
+        }
+    }
+
+    /// A cache grown one position at a time holds several runs (never more than the prompt's
+    /// and `MAX_KV_RUNS`) whose entries are the positions in order, and attention over it gives
+    /// the same bits as over one run of the same positions, for decoding (one query row), a
+    /// few rows and many (gemm).
+    #[test]
+    fn a_cache_of_runs_attends_like_one_run() {
+        let heads = Heads { q: 6, kv: 2, dim: 16 };
+        let value = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n).map(|i| (((i * 37 + seed * 101) % 197) as f32 - 98.0) / 60.0).collect()
+        };
+        let mut cache =
+            KvCache::new(tensor(value(2 * 5 * 16, 0), [2, 5, 16]), tensor(value(2 * 5 * 16, 1), [2, 5, 16]));
+        let (mut all_k, mut all_v) = (value(2 * 5 * 16, 0), value(2 * 5 * 16, 1));
+        let mut most_runs = 0;
+        for step in 0..40 {
+            let (k, v) = (value(2 * 16, 2 * step + 2), value(2 * 16, 2 * step + 3));
+            cache = Flex::extend_cache(Some(&cache), tensor(k.clone(), [2, 1, 16]), tensor(v.clone(), [2, 1, 16]));
+            most_runs = most_runs.max(cache.runs().len());
+            assert!(cache.runs().len() <= 1 + MAX_KV_RUNS, "{} runs", cache.runs().len());
+            // Head-major `[2, t, 16]`: the new position goes at the end of each head.
+            let t = cache.len();
+            for (all, new) in [(&mut all_k, &k), (&mut all_v, &v)] {
+                let mut next = Vec::with_capacity(2 * t * 16);
+                for h in 0..2 {
+                    next.extend_from_slice(&all[h * (t - 1) * 16..(h + 1) * (t - 1) * 16]);
+                    next.extend_from_slice(&new[h * 16..(h + 1) * 16]);
+                }
+                *all = next;
+            }
+        }
+        assert!(most_runs > 2, "the cache never held several runs");
+        let t = cache.len();
+        assert_eq!(t, 45);
+        let KvRun { k, v } = cache.whole();
+        assert_eq!(k.into_data().to_vec::<f32>().unwrap(), all_k);
+        assert_eq!(v.into_data().to_vec::<f32>().unwrap(), all_v);
+        let one = KvCache::new(tensor(all_k, [2, t, 16]), tensor(all_v, [2, t, 16]));
+        for s in [1, 3, 9] {
+            let q = || tensor(value(6 * s * 16, s), [6, s, 16]);
+            let (runs, whole) = (
+                Flex::attend(q(), &cache, heads, &AttnMask::Causal),
+                Flex::attend(q(), &one, heads, &AttnMask::Causal),
+            );
+            assert_eq!(
+                runs.into_data().to_vec::<f32>().unwrap(),
+                whole.into_data().to_vec::<f32>().unwrap(),
+                "{s} rows"
+            );
         }
     }
 

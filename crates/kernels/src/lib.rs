@@ -13,5 +13,5 @@ pub mod flex;
 pub mod ops;
 pub mod stored;
 
-pub use ops::{AttnMask, Heads, KvCache, LayerOps, Positions, RmsNorm, Rope, with_reference_ops};
+pub use ops::{AttnMask, Heads, KvCache, KvRun, LayerOps, Positions, RmsNorm, Rope, with_reference_ops};
 pub use stored::{StoredMatrix, WeightFormat};

@@ -68,21 +68,73 @@ impl<B: Backend> RmsNorm<B> {
     }
 }
 
-/// The K/V entries one layer application produced, for all positions so far:
-/// `[kv_heads, positions, head_dim]`, keys already rotated.
+/// The K/V entries one layer application produced, for all positions so far, keys already
+/// rotated: runs of consecutive positions in order, each `[kv_heads, len, head_dim]`. The
+/// reference keeps one run; a host backend appends a decoding step's run without copying the
+/// cache and merges runs now and then ([`LayerOps::extend_cache`]).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
+    runs: Vec<KvRun<B>>,
+}
+
+/// One run of a [`KvCache`]: `k` and `v` `[kv_heads, len, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct KvRun<B: Backend> {
     pub k: Tensor<B, 3>,
     pub v: Tensor<B, 3>,
 }
 
-impl<B: Backend> KvCache<B> {
+impl<B: Backend> KvRun<B> {
     pub fn len(&self) -> usize {
         self.k.dims()[1]
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl<B: Backend> KvCache<B> {
+    /// One run.
+    pub fn new(k: Tensor<B, 3>, v: Tensor<B, 3>) -> Self {
+        KvCache { runs: vec![KvRun { k, v }] }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.runs.iter().map(KvRun::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn runs(&self) -> &[KvRun<B>] {
+        &self.runs
+    }
+
+    /// Floats held (keys and values).
+    pub fn elements(&self) -> usize {
+        self.runs.iter().map(|r| 2 * r.k.dims().iter().product::<usize>()).sum()
+    }
+
+    /// These runs and then `run` (no copy of the entries).
+    pub fn with_run(&self, run: KvRun<B>) -> Self {
+        let mut runs = Vec::with_capacity(self.runs.len() + 1);
+        runs.extend(self.runs.iter().cloned());
+        runs.push(run);
+        KvCache { runs }
+    }
+
+    /// All positions as one run (a copy when there are several).
+    pub fn whole(&self) -> KvRun<B> {
+        match &self.runs[..] {
+            [one] => one.clone(),
+            runs => KvRun {
+                k: Tensor::cat(runs.iter().map(|r| r.k.clone()).collect(), 1),
+                v: Tensor::cat(runs.iter().map(|r| r.v.clone()).collect(), 1),
+            },
+        }
     }
 }
 
@@ -179,11 +231,9 @@ pub trait LayerOps: Backend {
         reference::split_heads_rope(qkv, heads, rope, positions, norms)
     }
 
-    /// Softmax attention of `q [q, s, dim]` over `k`, `v` `[kv, t, dim]` -> `[s, q * dim]`.
-    fn attend(
-        q: Tensor<Self, 3>, k: Tensor<Self, 3>, v: Tensor<Self, 3>, heads: Heads, mask: &AttnMask<Self>,
-    ) -> Tensor<Self, 2> {
-        reference::attend(q, k, v, heads, mask)
+    /// Softmax attention of `q [q, s, dim]` over the `t` positions of `kv` -> `[s, q * dim]`.
+    fn attend(q: Tensor<Self, 3>, kv: &KvCache<Self>, heads: Heads, mask: &AttnMask<Self>) -> Tensor<Self, 2> {
+        reference::attend(q, kv, heads, mask)
     }
 
     /// `silu(gate) * up` from `[s, 2 f]` (gate then up) -> `[s, f]`.
@@ -252,7 +302,7 @@ seam!(
 );
 seam!(
     /// [`LayerOps::attend`].
-    fn attend(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: Heads, mask: &AttnMask<B>) -> Tensor<B, 2>
+    fn attend(q: Tensor<B, 3>, kv: &KvCache<B>, heads: Heads, mask: &AttnMask<B>) -> Tensor<B, 2>
 );
 seam!(
     /// [`LayerOps::swiglu`].
@@ -307,9 +357,8 @@ pub mod reference {
         (rotate(q), rotate(k), v.swap_dims(0, 1))
     }
 
-    pub fn attend<B: Backend>(
-        q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: Heads, mask: &AttnMask<B>,
-    ) -> Tensor<B, 2> {
+    pub fn attend<B: Backend>(q: Tensor<B, 3>, kv: &KvCache<B>, heads: Heads, mask: &AttnMask<B>) -> Tensor<B, 2> {
+        let KvRun { k, v } = kv.whole();
         let [nh, s, hd] = q.dims();
         let [nkv, t, _] = k.dims();
         let g = heads.group();
@@ -342,8 +391,11 @@ pub mod reference {
 
     pub fn extend_cache<B: Backend>(past: Option<&KvCache<B>>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> KvCache<B> {
         match past {
-            Some(p) => KvCache { k: Tensor::cat(vec![p.k.clone(), k], 1), v: Tensor::cat(vec![p.v.clone(), v], 1) },
-            None => KvCache { k, v },
+            Some(p) => {
+                let KvRun { k: pk, v: pv } = p.whole();
+                KvCache::new(Tensor::cat(vec![pk, k], 1), Tensor::cat(vec![pv, v], 1))
+            }
+            None => KvCache::new(k, v),
         }
     }
 }

@@ -225,7 +225,7 @@ impl<B: LayerOps> Attention<B> {
             let (q, k, v) = ops::split_heads_rope(part, heads, rope, positions, norms);
             let cache = ops::extend_cache(seg.past, k, v);
             let mask = seg.tree.map_or(AttnMask::Causal, |t| t.mask.clone());
-            (ops::attend(q, cache.k.clone(), cache.v.clone(), heads, &mask), cache)
+            (ops::attend(q, &cache, heads, &mask), cache)
         })
         .into_iter()
         .unzip();

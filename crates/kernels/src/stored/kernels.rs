@@ -535,13 +535,84 @@ mod avx2 {
         }};
     }
 
+    /// Activation rows `r0..r0 + R` at `$x` against one block whose tile `$w` is already
+    /// dequantized: the block's sums of [`tile_pass`], in the same order, added to `$total`.
+    macro_rules! block_pass {
+        ($R:literal, $w:expr, $x:expr, $k:expr, $b:expr, $r0:expr, $total:expr) => {{
+            const R: usize = $R;
+            let (w, x, k, b, r0): (&[[__m256; 4]; 16], *const f32, usize, usize, usize) = ($w, $x, $k, $b, $r0);
+            let total: &mut [[__m256; 2]] = $total;
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for (i, &[lo0, hi0, lo1, hi1]) in w.iter().enumerate() {
+                let mut r = 0;
+                while r < R {
+                    let xp = x.add((r0 + r) * k + b * GROUP + i);
+                    let (xl, xh) = (_mm256_set1_ps(*xp), _mm256_set1_ps(*xp.add(16)));
+                    acc[r][0] = _mm256_fmadd_ps(hi0, xh, _mm256_fmadd_ps(lo0, xl, acc[r][0]));
+                    acc[r][1] = _mm256_fmadd_ps(hi1, xh, _mm256_fmadd_ps(lo1, xl, acc[r][1]));
+                    r += 1;
+                }
+            }
+            let mut r = 0;
+            while r < R {
+                total[r0 + r][0] = _mm256_add_ps(total[r0 + r][0], acc[r][0]);
+                total[r0 + r][1] = _mm256_add_ps(total[r0 + r][1], acc[r][1]);
+                r += 1;
+            }
+        }};
+    }
+
+    /// All `$rows` activation rows against a group of tiles, each tile dequantized once into a
+    /// buffer and read by passes of up to 4 rows: [`tile_pass`]'s operations per row (so its
+    /// bits), without dequantizing the tile again for every pair of rows (AVX2's 16 registers
+    /// hold 2 rows' accumulators beside a tile being dequantized, 4 beside a dequantized one).
+    macro_rules! tile_rows_buffered {
+        ($format:expr, $group:expr, $blocks:expr, $x:expr, $rows:expr, $k:expr, $sums:expr) => {{
+            let (group, blocks, x, rows, k): (*const u8, usize, *const f32, usize, usize) =
+                ($group, $blocks, $x, $rows, $k);
+            let tile_bytes = super::super::tile_bytes($format);
+            let mut total = [[_mm256_setzero_ps(); 2]; super::FEW_ROWS];
+            let mut w = [[_mm256_setzero_ps(); 4]; 16];
+            for b in 0..blocks {
+                let p = group.add(b * tile_bytes);
+                let (d0, m0) = tile_header!($format, p, 0);
+                let (d1, m1) = tile_header!($format, p, 1);
+                for (i, wi) in w.iter_mut().enumerate() {
+                    let [lo0, hi0] = tile_pair!($format, p, i, 0, d0, m0);
+                    let [lo1, hi1] = tile_pair!($format, p, i, 1, d1, m1);
+                    *wi = [lo0, hi0, lo1, hi1];
+                }
+                let mut r0 = 0;
+                while r0 < rows {
+                    match rows - r0 {
+                        1 => block_pass!(1, &w, x, k, b, r0, &mut total),
+                        2 => block_pass!(2, &w, x, k, b, r0, &mut total),
+                        3 => block_pass!(3, &w, x, k, b, r0, &mut total),
+                        _ => block_pass!(4, &w, x, k, b, r0, &mut total),
+                    }
+                    r0 += (rows - r0).min(4);
+                }
+            }
+            let sums: &mut [[f32; TILE_ROWS]] = $sums;
+            for (s, t) in sums[..rows].iter_mut().zip(&total) {
+                _mm256_storeu_ps(s.as_mut_ptr(), t[0]);
+                _mm256_storeu_ps(s.as_mut_ptr().add(8), t[1]);
+            }
+        }};
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn tile_rows(
         format: WeightFormat, group: &[u8], x: &[f32], m: usize, k: usize, sums: &mut [[f32; TILE_ROWS]],
     ) {
         let blocks = k / GROUP;
+        assert!(m <= super::FEW_ROWS, "{m} rows: more than a pass takes");
         macro_rules! rows {
             ($f:expr) => {{
+                if m > 2 {
+                    tile_rows_buffered!($f, group.as_ptr(), blocks, x.as_ptr(), m, k, sums);
+                    return;
+                }
                 let mut i = 0;
                 while i < m {
                     let (xp, s) = (x.as_ptr().add(i * k), &mut sums[i..]);
@@ -813,7 +884,35 @@ mod tests {
         }
     }
 
-    /// Long rows are summed as accurately as 32 interleaved partial sums would (the error a
+    /// A row's products are the same bits alone and in a pass of any size up to [`FEW_ROWS`]
+    /// (a chain decodes to the same tokens alone and in a lockstep batch), for every kernel.
+    #[test]
+    fn a_row_gives_the_same_bits_alone_and_among_others() {
+        let (n, k) = (40, 96);
+        for format in WeightFormat::ALL {
+            let wv: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0).collect();
+            let w = StoredMatrix::owned(format, n, k, quantize(format, &wv)).unwrap();
+            let x: Vec<f32> = (0..FEW_ROWS * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            for isa in Isa::available() {
+                let alone: Vec<Vec<f32>> = (0..FEW_ROWS)
+                    .map(|i| {
+                        let mut out = vec![0.0; n];
+                        matmul_with(isa, &x[i * k..(i + 1) * k], 1, std::slice::from_ref(&w), &mut out);
+                        out
+                    })
+                    .collect();
+                for m in 2..=FEW_ROWS {
+                    let mut out = vec![0.0; m * n];
+                    matmul_with(isa, &x[..m * k], m, std::slice::from_ref(&w), &mut out);
+                    for (i, row) in out.chunks_exact(n).enumerate() {
+                        assert_eq!(row, &alone[i][..], "{format} {isa:?}: row {i} of {m}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Long rows are summed accurately as 32 interleaved partial sums would (the error a
     /// single running sum over the row has is several times larger), for every kernel and for
     /// one activation row as for a batch.
     #[test]
