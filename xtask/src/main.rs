@@ -94,7 +94,7 @@ pub struct ModelArgs {
     /// 16-bit floats) and computes from them on the CPU, exactly (the f32 path's results up to
     /// the order of float sums); `stored-int8` also quantizes the activations of decoding and
     /// lockstep batches per 32 values to 8 bits for integer products with 4/8-bit blocks
-    /// (approximate, faster, opt-in; needs AVX-512 VNNI; runs record it); `f32` dequantizes
+    /// (approximate, faster, opt-in; needs AVX2 or AVX-512 VNNI; runs record it); `f32` dequantizes
     /// them on load (more memory, for comparison). The GPU backends always dequantize to f32 on
     /// load.
     #[arg(long, default_value = "stored")]

@@ -7,6 +7,7 @@ use std::time::Instant;
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::Flex;
 use cola_kernels::LayerOps;
+use cola_kernels::stored::int8::Int8Kernel;
 use cola_kernels::stored::kernels::{Dot, Isa, matmul_dot, matmul_with};
 use cola_kernels::stored::{StoredMatrix, WeightFormat, quantize};
 
@@ -46,15 +47,15 @@ fn main() {
                 let parts = std::slice::from_ref(&w);
                 let isa = Isa::detect();
                 let exact = micros(50, || matmul_with(isa, &x, m, parts, &mut out));
-                let portable = micros(5, || matmul_dot(isa, Dot::Int8 { vnni: false }, &x, m, parts, &mut out));
-                let vnni = if cola_kernels::stored::int8::vnni_available() {
-                    format!("{:.0}", micros(50, || matmul_dot(isa, Dot::Int8 { vnni: true }, &x, m, parts, &mut out)))
-                } else {
-                    "-".into()
-                };
-                println!(
-                    "int8 {format} [{n}, {k}] rows {m}: exact {exact:.0} us, int8 vnni {vnni} us, int8 portable {portable:.0} us"
-                );
+                let int8: Vec<String> = Int8Kernel::available()
+                    .into_iter()
+                    .map(|kernel| {
+                        let reps = if kernel == Int8Kernel::Portable { 5 } else { 50 };
+                        let us = micros(reps, || matmul_dot(isa, Dot::Int8 { kernel }, &x, m, parts, &mut out));
+                        format!("int8 {kernel:?} {us:.0} us")
+                    })
+                    .collect();
+                println!("int8 {format} [{n}, {k}] rows {m}: exact {exact:.0} us, {}", int8.join(", "));
             }
         }
     }

@@ -23,6 +23,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use cola_kernels::StoredMatrix;
 use cola_kernels::ops::{self, AttnMask, Heads, KvCache, LayerOps, Positions, RmsNorm, Rope};
+use cola_kernels::stored::int8::Int8Kernel;
 use cola_kernels::stored::kernels::Dot;
 
 /// How weights are held after loading.
@@ -34,7 +35,7 @@ pub enum WeightPrecision {
     Stored,
     /// As stored, and products of few activation rows (decoding, lockstep) with 4/8-bit blocks
     /// take the activations quantized per 32 values to 8 bits and integer sums
-    /// ([`Dot::Int8`]): approximate, faster, opt-in; needs AVX-512 VNNI. Backends that do not
+    /// ([`Dot::Int8`]): approximate, faster, opt-in; needs AVX2 or AVX-512 VNNI. Backends that do not
     /// compute from stored weights dequantize to f32 as for `Stored`.
     StoredInt8,
     /// Dequantized to f32 on load, everywhere.
@@ -55,8 +56,12 @@ impl WeightPrecision {
     }
 
     /// How products with kept block weights are computed.
+    /// (`from_source` refuses `StoredInt8` where no vector int8 kernel runs.)
     fn dot(self) -> Dot {
-        if self == WeightPrecision::StoredInt8 { Dot::Int8 { vnni: true } } else { Dot::Exact }
+        match (self, Int8Kernel::detect()) {
+            (WeightPrecision::StoredInt8, Some(kernel)) => Dot::Int8 { kernel },
+            _ => Dot::Exact,
+        }
     }
 
     /// The command-line spelling.
@@ -350,9 +355,9 @@ impl<B: LayerOps> CausalLm<B> {
             |parts: Vec<StoredMatrix>, bias: Option<HostTensor>| Projection::load(parts, bias, precision, device);
 
         let embed = stored(ModelTensor::Embed)?;
-        if precision.is_approximate::<B>() && !cola_kernels::stored::int8::vnni_available() {
+        if precision.is_approximate::<B>() && Int8Kernel::detect().is_none() {
             return Err(ModelError::Invalid(
-                "--weights stored-int8 needs a CPU with AVX-512 VNNI and VBMI, which this one lacks (its portable \
+                "--weights stored-int8 needs a CPU with AVX2 (or AVX-512 VNNI), which this one lacks (its portable \
                  int8 kernel is many times slower than the exact one); use --weights stored"
                     .into(),
             ));

@@ -1,7 +1,9 @@
 //! The approximate, opt-in product of few activation rows with 4/8-bit blocks
 //! ([`Dot::Int8`](super::Dot::Int8)): each activation row is quantized per 32-value block to 8
 //! bits (llama.cpp's Q8_0 for activations) and multiplied with the weights' integers by integer
-//! dot products, AVX-512 VNNI (`vpdpbusd`: 64 multiply-adds an instruction) where the CPU has it.
+//! dot products: AVX-512 VNNI (`vpdpbusd`: 64 multiply-adds an instruction) where the CPU has it,
+//! else AVX2 (`vpmaddubsw` + `vpmaddwd`), chosen at run time ([`Int8Kernel`]). Integer sums are
+//! exact and the scales are applied in one order, so every kernel gives the same bits.
 //!
 //! Per block `b` of activation row `a`: `dx = max|x| / 127`, `qx = round(x / dx)` (`|qx| <= 127`),
 //! `sx = Σ qx`. With a weight block's integers `qw` (0..15 for 4-bit, -128..127 for Q8_0), scale
@@ -52,8 +54,41 @@ impl QuantizedRows {
     }
 }
 
-/// Whether this CPU runs the VNNI kernel (else the portable one computes the same sums).
-pub fn vnni_available() -> bool {
+/// Which int8 tile kernel runs: all three compute the same integer sums and apply the scales
+/// in the same order, so they give the same bits (tested).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// AVX-512 VNNI (`vpdpbusd`, 64 multiply-adds an instruction), VBMI for the byte transpose.
+    Vnni,
+    /// AVX2 (`vpmaddubsw` then `vpmaddwd`, 32 multiply-adds in two instructions).
+    Avx2,
+    /// Plain loops: many times slower than the exact kernels, for tests and other CPUs.
+    Portable,
+}
+
+impl Int8Kernel {
+    /// The fastest vector kernel this CPU runs, if any.
+    pub fn detect() -> Option<Int8Kernel> {
+        if vnni_available() {
+            Some(Int8Kernel::Vnni)
+        } else if avx2_available() {
+            Some(Int8Kernel::Avx2)
+        } else {
+            None
+        }
+    }
+
+    /// Every kernel this CPU runs.
+    pub fn available() -> Vec<Int8Kernel> {
+        let mut all = vec![Int8Kernel::Portable];
+        all.extend(avx2_available().then_some(Int8Kernel::Avx2));
+        all.extend(vnni_available().then_some(Int8Kernel::Vnni));
+        all
+    }
+}
+
+/// Whether this CPU runs the VNNI kernel.
+fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx512f")
@@ -61,6 +96,18 @@ pub fn vnni_available() -> bool {
             && std::is_x86_feature_detected!("avx512vnni")
             && std::is_x86_feature_detected!("avx512vbmi")
             && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU runs the AVX2 kernel.
+fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -84,19 +131,27 @@ fn scales(format: WeightFormat, tile: &[u8]) -> ([f32; TILE_ROWS], [f32; TILE_RO
 }
 
 /// `sums[a][r] += x_a · (row r of the tile group)` by the int8 product, for one group of 16
-/// stored rows of a block format (its tiles back to back) and `sums.len()` activation rows;
-/// `vnni` picks the vector kernel (only where [`vnni_available`]).
-pub fn tile_rows(vnni: bool, format: WeightFormat, group: &[u8], x: &QuantizedRows, sums: &mut [[f32; TILE_ROWS]]) {
+/// stored rows of a block format (its tiles back to back) and `sums.len()` activation rows, by
+/// `kernel` (one of [`Int8Kernel::available`]).
+pub fn tile_rows(
+    kernel: Int8Kernel, format: WeightFormat, group: &[u8], x: &QuantizedRows, sums: &mut [[f32; TILE_ROWS]],
+) {
     assert!(matches!(format, WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0));
-    #[cfg(target_arch = "x86_64")]
-    if vnni {
-        assert!(vnni_available(), "the VNNI kernel on a CPU without it");
-        // SAFETY: the features `vnni::tile_rows` is compiled for were detected just above.
-        unsafe { vnni::tile_rows(format, group, x, sums) };
-        return;
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Vnni => {
+            assert!(vnni_available(), "the VNNI kernel on a CPU without it");
+            // SAFETY: the features `vnni::tile_rows` is compiled for were detected just above.
+            unsafe { vnni::tile_rows(format, group, x, sums) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Int8Kernel::Avx2 => {
+            assert!(avx2_available(), "the AVX2 kernel on a CPU without it");
+            // SAFETY: the features `avx2::tile_rows` is compiled for were detected just above.
+            unsafe { avx2::tile_rows(format, group, x, sums) }
+        }
+        _ => portable_tile_rows(format, group, x, sums),
     }
-    let _ = vnni;
-    portable_tile_rows(format, group, x, sums)
 }
 
 /// The portable int8 tile kernel: integer sums per (activation row, stored row, block).
@@ -205,6 +260,130 @@ mod vnni {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, QuantizedRows, TILE_ROWS, WeightFormat, tile_bytes, tile_quants};
+
+    /// `[(t0 t1) of rows 0..8 | (t2 t3) of rows 0..8]` (16-bit pairs) -> 8 lanes of 4 bytes,
+    /// lane r holding row r's `t0 t1 t2 t3`.
+    macro_rules! quads {
+        ($x:expr) => {{
+            let x: __m256i = $x;
+            let swapped = _mm256_permute2x128_si256::<0x01>(x, x);
+            let (u, v) = (_mm256_unpacklo_epi16(x, swapped), _mm256_unpackhi_epi16(x, swapped));
+            _mm256_permute2x128_si256::<0x20>(u, v)
+        }};
+    }
+
+    /// 4 values x 16 rows (`[value t][row r]`, 64 bytes at `$p`) as lanes of 4 values per row:
+    /// rows 0..8 in the first register, 8..16 in the second.
+    macro_rules! transpose_4x16 {
+        ($p:expr) => {{
+            let p: *const u8 = $p;
+            let (a, b) = (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(32).cast()));
+            let (t02, t13) = (_mm256_permute2x128_si256::<0x20>(a, b), _mm256_permute2x128_si256::<0x31>(a, b));
+            [quads!(_mm256_unpacklo_epi8(t02, t13)), quads!(_mm256_unpackhi_epi8(t02, t13))]
+        }};
+    }
+
+    /// See [`super::tile_rows`]: the VNNI kernel's integer sums by `vpmaddubsw` (unsigned
+    /// weights times signed activations, pairs summed to 16 bits) and `vpmaddwd` (to 32 bits).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn tile_rows(format: WeightFormat, group: &[u8], x: &QuantizedRows, sums: &mut [[f32; TILE_ROWS]]) {
+        let (k, blocks) = (x.k, x.k / BLOCK);
+        // SAFETY (whole body): every load reads inside `group` (whole tiles: `tile_bytes`
+        // each, headers then `16 * quant bytes`) or inside `x.q` (row a, block b: 32 bytes);
+        // unaligned loads and stores are used throughout.
+        unsafe {
+            let nib = _mm256_set1_epi8(0x0f);
+            let ones = _mm256_set1_epi16(1);
+            for (b, tile) in group.chunks_exact(tile_bytes(format)).enumerate() {
+                // Plain code, no closures: a closure would not inherit the target features.
+                let head = tile.as_ptr();
+                let d = [
+                    _mm256_cvtph_ps(_mm_loadu_si128(head.cast())),
+                    _mm256_cvtph_ps(_mm_loadu_si128(head.add(16).cast())),
+                ];
+                let o = match format {
+                    WeightFormat::Q4_0 => {
+                        [_mm256_mul_ps(d[0], _mm256_set1_ps(-8.0)), _mm256_mul_ps(d[1], _mm256_set1_ps(-8.0))]
+                    }
+                    WeightFormat::Q4_1 => [
+                        _mm256_cvtph_ps(_mm_loadu_si128(head.add(32).cast())),
+                        _mm256_cvtph_ps(_mm_loadu_si128(head.add(48).cast())),
+                    ],
+                    _ => [_mm256_setzero_ps(); 2],
+                };
+                let quants = head.add(tile_quants(format));
+                // w[j][h]: lanes of 4 consecutive values of rows 8h..8h + 8, for value groups j
+                // (as the VNNI kernel's w[j]).
+                let mut w = [[_mm256_setzero_si256(); 2]; 8];
+                // Q8_0: the weights' signs (their magnitudes go in w).
+                let mut signs = [[_mm256_setzero_si256(); 2]; 8];
+                match format {
+                    WeightFormat::Q8_0 => {
+                        for (j, (wj, sj)) in w.iter_mut().zip(&mut signs).enumerate() {
+                            *sj = transpose_4x16!(quants.add(64 * j));
+                            *wj = [_mm256_sign_epi8(sj[0], sj[0]), _mm256_sign_epi8(sj[1], sj[1])];
+                        }
+                    }
+                    _ => {
+                        for j in 0..4 {
+                            let v = transpose_4x16!(quants.add(64 * j));
+                            for h in 0..2 {
+                                w[j][h] = _mm256_and_si256(v[h], nib);
+                                w[j + 4][h] = _mm256_and_si256(_mm256_srli_epi16::<4>(v[h]), nib);
+                            }
+                        }
+                    }
+                }
+                for (a, total) in sums.iter_mut().enumerate() {
+                    let qx = x.q.as_ptr().add(a * k + b * BLOCK) as *const i32;
+                    let mut acc = [_mm256_setzero_si256(); 2];
+                    if format == WeightFormat::Q8_0 {
+                        // Signed weights: |qw| times qx with qw's sign, each pair within 16 bits
+                        // (2 · 128 · 127), widened at once.
+                        for (j, (wj, sj)) in w.iter().zip(&signs).enumerate() {
+                            let xb = _mm256_set1_epi32(qx.add(j).read_unaligned());
+                            for h in 0..2 {
+                                let p = _mm256_maddubs_epi16(wj[h], _mm256_sign_epi8(xb, sj[h]));
+                                acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(p, ones));
+                            }
+                        }
+                    } else {
+                        // 4-bit: 16 products of at most 15 · 127 per 16-bit lane stay within it.
+                        let mut pairs = [_mm256_setzero_si256(); 2];
+                        for (j, wj) in w.iter().enumerate() {
+                            let xb = _mm256_set1_epi32(qx.add(j).read_unaligned());
+                            for h in 0..2 {
+                                pairs[h] = _mm256_add_epi16(pairs[h], _mm256_maddubs_epi16(wj[h], xb));
+                            }
+                        }
+                        acc = [_mm256_madd_epi16(pairs[0], ones), _mm256_madd_epi16(pairs[1], ones)];
+                    }
+                    let (dx, sx) = (x.d[a * blocks + b], x.s[a * blocks + b]);
+                    for h in 0..2 {
+                        let t = _mm256_loadu_ps(total.as_ptr().add(8 * h));
+                        let t = _mm256_add_ps(
+                            t,
+                            _mm256_add_ps(
+                                _mm256_mul_ps(_mm256_cvtepi32_ps(acc[h]), _mm256_mul_ps(d[h], _mm256_set1_ps(dx))),
+                                _mm256_mul_ps(o[h], _mm256_set1_ps(dx * sx as f32)),
+                            ),
+                        );
+                        _mm256_storeu_ps(total.as_mut_ptr().add(8 * h), t);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,8 +394,8 @@ mod tests {
     }
 
     /// The int8 product equals an f64 loop over the quantized activations times the dequantized
-    /// weights (the integer sums are exact, so only float rounding differs), on both kernels,
-    /// every block format and partial last tiles; and stays within the quantization error of the
+    /// weights (the integer sums are exact, so only float rounding differs), on every kernel
+    /// (the same bits on each), every block format and partial last tiles; and stays within the quantization error of the
     /// exact product.
     #[test]
     #[allow(clippy::needless_range_loop)] // r also names the stored row
@@ -228,11 +407,13 @@ mod tests {
         for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
             let w = StoredMatrix::owned(format, n, k, quantize(format, &values(n * k, 5))).unwrap();
             let wf = w.to_f32();
-            let kernels: Vec<bool> = if vnni_available() { vec![false, true] } else { vec![false] };
-            for vnni in kernels {
+            for kernel in Int8Kernel::available() {
                 for g in 0..n.div_ceil(TILE_ROWS) {
                     let mut sums = vec![[0.0f32; TILE_ROWS]; m];
-                    tile_rows(vnni, format, w.tile_group(g), &xq, &mut sums);
+                    tile_rows(kernel, format, w.tile_group(g), &xq, &mut sums);
+                    let mut portable = vec![[0.0f32; TILE_ROWS]; m];
+                    tile_rows(Int8Kernel::Portable, format, w.tile_group(g), &xq, &mut portable);
+                    assert_eq!(sums, portable, "{format} {kernel:?}: not the portable kernel's bits");
                     for a in 0..m {
                         for r in 0..TILE_ROWS.min(n - g * TILE_ROWS) {
                             let row = g * TILE_ROWS + r;
@@ -243,7 +424,7 @@ mod tests {
                             let got = sums[a][r] as f64;
                             assert!(
                                 (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                                "{format} vnni {vnni}: {got} vs {want}"
+                                "{format} {kernel:?}: {got} vs {want}"
                             );
                             // Rounding x to 8 bits moves each value by at most dx / 2.
                             let bound: f64 = (0..k)
