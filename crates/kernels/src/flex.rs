@@ -139,6 +139,27 @@ simd_dispatch! {
 
 simd_dispatch! {
     fn dot_rows(q: &[f32], keys: &[f32], hd: usize, scale: f32, out: &mut [f32]) {
+        // Four keys at a time, so four sums are in flight (one key's sum is a chain of dependent
+        // adds); each key's sum takes the same operations as alone below.
+        let whole = hd / 8 * 8;
+        let quads = out.len().min(keys.len() / hd) / 4;
+        for (o4, k4) in out.chunks_exact_mut(4).zip(keys.chunks_exact(4 * hd)).take(quads) {
+            let mut lanes = [[0.0f32; 8]; 4];
+            for c in (0..whole).step_by(8) {
+                let qv = &q[c..c + 8];
+                for (j, lj) in lanes.iter_mut().enumerate() {
+                    let kv = &k4[j * hd + c..j * hd + c + 8];
+                    for l in 0..8 {
+                        lj[l] += qv[l] * kv[l];
+                    }
+                }
+            }
+            for (j, (o, lj)) in o4.iter_mut().zip(&lanes).enumerate() {
+                let tail: f32 = q[whole..hd].iter().zip(&k4[j * hd + whole..(j + 1) * hd]).map(|(a, b)| a * b).sum();
+                *o = (sum_lanes(lj) + tail) * scale;
+            }
+        }
+        let (out, keys) = (&mut out[4 * quads..], &keys[4 * quads * hd..]);
         for (o, k) in out.iter_mut().zip(keys.chunks_exact(hd)) {
             // 8 lanes so the reduction vectorizes (one running sum would not).
             let mut lanes = [0.0f32; 8];
@@ -663,6 +684,27 @@ mod tests {
                         got[i * n + j]
                     );
                     assert!((got_t[i * n + j] as f64 - want).abs() < 1e-4, "transposed {m}x{k}x{n} at ({i}, {j})");
+                }
+            }
+        }
+    }
+
+    /// Scores of keys taken four at a time are the same bits as each key's alone, for head
+    /// sizes with and without a tail past the 8-lane chunks.
+    #[test]
+    fn scores_of_four_keys_at_once_are_each_keys_alone() {
+        for hd in [64, 12, 7] {
+            let q: Vec<f32> = (0..hd).map(|i| ((i * 29 % 53) as f32 - 26.0) / 13.0).collect();
+            for t in [1, 4, 7, 11] {
+                let keys: Vec<f32> = (0..t * hd).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+                let mut together = vec![0.0f32; t];
+                dot_rows(&q, &keys, hd, 0.125, &mut together);
+                for (j, got) in together.iter().enumerate() {
+                    let mut alone = [0.0f32];
+                    dot_rows(&q, &keys[j * hd..(j + 1) * hd], hd, 0.125, &mut alone);
+                    assert_eq!(got.to_bits(), alone[0].to_bits(), "hd {hd}, t {t}, key {j}");
+                    let want: f64 = (0..hd).map(|l| q[l] as f64 * keys[j * hd + l] as f64).sum::<f64>() * 0.125;
+                    assert!((*got as f64 - want).abs() < 1e-4, "hd {hd}, key {j}: {got} vs {want}");
                 }
             }
         }
