@@ -522,7 +522,7 @@ impl LayerOps for Flex {
         // Many query rows go through gemm, which wants the keys in one run.
         let whole;
         let runs = if s >= 8 && kv.runs().len() > 1 {
-            whole = [kv.whole()];
+            whole = [merge_runs(kv.runs())];
             &whole[..]
         } else {
             kv.runs()

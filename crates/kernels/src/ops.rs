@@ -392,8 +392,8 @@ pub mod reference {
     pub fn extend_cache<B: Backend>(past: Option<&KvCache<B>>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> KvCache<B> {
         match past {
             Some(p) => {
-                let KvRun { k: pk, v: pv } = p.whole();
-                KvCache::new(Tensor::cat(vec![pk, k], 1), Tensor::cat(vec![pv, v], 1))
+                let KvRun { k, v } = p.with_run(KvRun { k, v }).whole();
+                KvCache::new(k, v)
             }
             None => KvCache::new(k, v),
         }

@@ -103,16 +103,9 @@ fn vnni_available() -> bool {
     }
 }
 
-/// Whether this CPU runs the AVX2 kernel.
+/// Whether this CPU runs the AVX2 kernel (the exact kernels' AVX2 detection).
 fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::kernels::Isa::detect() != super::kernels::Isa::Portable
 }
 
 fn f16(b: &[u8]) -> f32 {

@@ -494,6 +494,25 @@ mod avx2 {
         }};
     }
 
+    /// Values `i` and `i + 16` of a tile's rows 0..8 and 8..16 (`[lo0, hi0, lo1, hi1]`) times
+    /// activation rows `r0..r0 + R` (row r's value i at `$x + r * k`, value i + 16 beside it),
+    /// added to `$acc[0..R]`: the operations every AVX2 tile pass takes, so a row's sums are the
+    /// same bits in any pass.
+    macro_rules! fma_rows {
+        ($R:expr, $w:expr, $x:expr, $k:expr, $r0:expr, $acc:expr) => {{
+            let [lo0, hi0, lo1, hi1]: [__m256; 4] = $w;
+            let (x, k, r0): (*const f32, usize, usize) = ($x, $k, $r0);
+            let mut r = 0;
+            while r < $R {
+                let xp = x.add((r0 + r) * k);
+                let (xl, xh) = (_mm256_set1_ps(*xp), _mm256_set1_ps(*xp.add(16)));
+                $acc[r][0] = _mm256_fmadd_ps(hi0, xh, _mm256_fmadd_ps(lo0, xl, $acc[r][0]));
+                $acc[r][1] = _mm256_fmadd_ps(hi1, xh, _mm256_fmadd_ps(lo1, xl, $acc[r][1]));
+                r += 1;
+            }
+        }};
+    }
+
     /// Activation rows `0..R` at `$x` against a group of tiles: 16 sums per row. Each row's
     /// block (32 values) is summed on its own, then added to the row's total: the same order
     /// of operations for every R, and short float chains (see the module header).
@@ -511,14 +530,7 @@ mod avx2 {
                 for i in 0..16 {
                     let [lo0, hi0] = tile_pair!($format, p, i, 0, d0, m0);
                     let [lo1, hi1] = tile_pair!($format, p, i, 1, d1, m1);
-                    let mut r = 0;
-                    while r < R {
-                        let xp = x.add(r * k + b * GROUP + i);
-                        let (xl, xh) = (_mm256_set1_ps(*xp), _mm256_set1_ps(*xp.add(16)));
-                        acc[r][0] = _mm256_fmadd_ps(hi0, xh, _mm256_fmadd_ps(lo0, xl, acc[r][0]));
-                        acc[r][1] = _mm256_fmadd_ps(hi1, xh, _mm256_fmadd_ps(lo1, xl, acc[r][1]));
-                        r += 1;
-                    }
+                    fma_rows!(R, [lo0, hi0, lo1, hi1], x.add(b * GROUP + i), k, 0, acc);
                 }
                 let mut r = 0;
                 while r < R {
@@ -545,15 +557,8 @@ mod avx2 {
             let (w, x, k, b, r0): (&[[__m256; 4]; 16], *const f32, usize, usize, usize) = ($w, $x, $k, $b, $r0);
             let total: &mut [[__m256; 2]] = $total;
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for (i, &[lo0, hi0, lo1, hi1]) in w.iter().enumerate() {
-                let mut r = 0;
-                while r < R {
-                    let xp = x.add((r0 + r) * k + b * GROUP + i);
-                    let (xl, xh) = (_mm256_set1_ps(*xp), _mm256_set1_ps(*xp.add(16)));
-                    acc[r][0] = _mm256_fmadd_ps(hi0, xh, _mm256_fmadd_ps(lo0, xl, acc[r][0]));
-                    acc[r][1] = _mm256_fmadd_ps(hi1, xh, _mm256_fmadd_ps(lo1, xl, acc[r][1]));
-                    r += 1;
-                }
+            for (i, &wi) in w.iter().enumerate() {
+                fma_rows!(R, wi, x.add(b * GROUP + i), k, r0, acc);
             }
             let mut r = 0;
             while r < R {
