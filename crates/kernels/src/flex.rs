@@ -137,52 +137,158 @@ simd_dispatch! {
     }
 }
 
-simd_dispatch! {
-    fn dot_rows(q: &[f32], keys: &[f32], hd: usize, scale: f32, out: &mut [f32]) {
-        // Four keys at a time, so four sums are in flight (one key's sum is a chain of dependent
-        // adds); each key's sum takes the same operations as alone below.
-        let whole = hd / 8 * 8;
-        let quads = out.len().min(keys.len() / hd) / 4;
-        for (o4, k4) in out.chunks_exact_mut(4).zip(keys.chunks_exact(4 * hd)).take(quads) {
-            let mut lanes = [[0.0f32; 8]; 4];
-            for c in (0..whole).step_by(8) {
-                let qv = &q[c..c + 8];
-                for (j, lj) in lanes.iter_mut().enumerate() {
-                    let kv = &k4[j * hd + c..j * hd + c + 8];
-                    for l in 0..8 {
-                        lj[l] += qv[l] * kv[l];
-                    }
-                }
-            }
-            for (j, (o, lj)) in o4.iter_mut().zip(&lanes).enumerate() {
-                let tail: f32 = q[whole..hd].iter().zip(&k4[j * hd + whole..(j + 1) * hd]).map(|(a, b)| a * b).sum();
-                *o = (sum_lanes(lj) + tail) * scale;
+/// The sum of 8 lanes, pairwise (halves, then quarters: the order of a vector reduction, which
+/// the AVX2 kernels use), so the adds are 3 levels deep rather than a chain of 8.
+#[inline(always)]
+fn sum8(l: &[f32; 8]) -> f32 {
+    let a = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    (a[0] + a[2]) + (a[1] + a[3])
+}
+
+/// `out[j] = scale · (q · keys[j])` for consecutive keys of `hd` values. Each key's sum is 8
+/// lanes over the 8-value chunks ([`sum8`]), then the tail past them: the same operations on
+/// every instruction set and whatever the number of keys.
+fn dot_rows(q: &[f32], keys: &[f32], hd: usize, scale: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if hd.is_multiple_of(8) && attention_avx2::available() {
+        // SAFETY: AVX2 and FMA were detected; the kernel reads `hd` values of q and of each key.
+        return unsafe { attention_avx2::dot_rows(q, keys, hd, scale, out) };
+    }
+    dot_rows_portable(q, keys, hd, scale, out)
+}
+
+fn dot_rows_portable(q: &[f32], keys: &[f32], hd: usize, scale: f32, out: &mut [f32]) {
+    let whole = hd / 8 * 8;
+    for (o, k) in out.iter_mut().zip(keys.chunks_exact(hd)) {
+        let mut lanes = [0.0f32; 8];
+        for c in (0..whole).step_by(8) {
+            for l in 0..8 {
+                lanes[l] += q[c + l] * k[c + l];
             }
         }
-        let (out, keys) = (&mut out[4 * quads..], &keys[4 * quads * hd..]);
-        for (o, k) in out.iter_mut().zip(keys.chunks_exact(hd)) {
-            // 8 lanes so the reduction vectorizes (one running sum would not).
-            let mut lanes = [0.0f32; 8];
-            let (qc, kc) = (q.chunks_exact(8), k.chunks_exact(8));
-            let tail: f32 = qc.remainder().iter().zip(kc.remainder()).map(|(a, b)| a * b).sum();
-            for (a, b) in qc.zip(kc) {
-                for l in 0..8 {
-                    lanes[l] += a[l] * b[l];
-                }
+        let mut sum = sum8(&lanes);
+        if whole < hd {
+            sum += q[whole..].iter().zip(&k[whole..hd]).map(|(a, b)| a * b).sum::<f32>();
+        }
+        *o = sum * scale;
+    }
+}
+
+/// `out += Σ p[j] · values[j]` (rows of `hd` values), position after position, each element's
+/// product rounded and then added (no fused multiply-add), on every instruction set.
+fn weighted_sum(p: &[f32], values: &[f32], hd: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if hd.is_multiple_of(8) && attention_avx2::available() {
+        // SAFETY: AVX2 and FMA were detected; the kernel reads `hd` values of each position.
+        return unsafe { attention_avx2::weighted_sum(p, values, hd, out) };
+    }
+    weighted_sum_portable(p, values, hd, out)
+}
+
+fn weighted_sum_portable(p: &[f32], values: &[f32], hd: usize, out: &mut [f32]) {
+    for (&w, v) in p.iter().zip(values.chunks_exact(hd)) {
+        if w != 0.0 {
+            for (o, x) in out.iter_mut().zip(v) {
+                *o += w * x;
             }
-            *o = (sum_lanes(&lanes) + tail) * scale;
         }
     }
 }
 
-// `out += Σ p[j] · values[j]`, position after position.
-simd_dispatch! {
-    fn weighted_sum(p: &[f32], values: &[f32], hd: usize, out: &mut [f32]) {
-        for (&w, v) in p.iter().zip(values.chunks_exact(hd)) {
-            if w != 0.0 {
-                for (o, x) in out.iter_mut().zip(v) {
-                    *o += w * x;
+/// Attention's dot products and weighted sums in AVX2 registers, written out because the loop
+/// vectorizer left them in scalar and 2-lane code (`perf annotate`). Same operations per value as
+/// the portable loops, so the same bits (tested).
+#[cfg(target_arch = "x86_64")]
+mod attention_avx2 {
+    use std::arch::x86_64::*;
+
+    pub(super) fn available() -> bool {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+
+    /// [`super::sum8`] of a register's lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn sum8(v: __m256) -> f32 {
+        let a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+        _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)))
+    }
+
+    /// # Safety
+    /// AVX2 and FMA available; `hd.is_multiple_of(8)`, `q.len() >= hd`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_rows(q: &[f32], keys: &[f32], hd: usize, scale: f32, out: &mut [f32]) {
+        debug_assert!(hd.is_multiple_of(8) && q.len() >= hd);
+        // SAFETY: loads of `hd` values from q and from key j < keys.len() / hd.
+        unsafe {
+            let n = out.len().min(keys.len() / hd);
+            let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+            let mut j = 0;
+            // Four keys at a time: four sums in flight, each key's the same operations as alone.
+            while j + 4 <= n {
+                let k = [kp.add(j * hd), kp.add((j + 1) * hd), kp.add((j + 2) * hd), kp.add((j + 3) * hd)];
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for c in (0..hd).step_by(8) {
+                    let qv = _mm256_loadu_ps(qp.add(c));
+                    for (a, k) in acc.iter_mut().zip(k) {
+                        *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, _mm256_loadu_ps(k.add(c))));
+                    }
                 }
+                for (o, a) in out[j..j + 4].iter_mut().zip(acc) {
+                    *o = sum8(a) * scale;
+                }
+                j += 4;
+            }
+            for (o, j) in out[j..n].iter_mut().zip(j..) {
+                let k = kp.add(j * hd);
+                let mut acc = _mm256_setzero_ps();
+                for c in (0..hd).step_by(8) {
+                    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(k.add(c))));
+                }
+                *o = sum8(acc) * scale;
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA available; `hd.is_multiple_of(8)`, `out.len() >= hd`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_sum(p: &[f32], values: &[f32], hd: usize, out: &mut [f32]) {
+        debug_assert!(hd.is_multiple_of(8) && out.len() >= hd);
+        // SAFETY: loads and stores of columns < hd of out and of position j < values.len() / hd.
+        unsafe {
+            let (vp, op) = (values.as_ptr(), out.as_mut_ptr());
+            let positions = p.len().min(values.len() / hd);
+            // 64 output columns (8 registers) held over all positions, then 8 at a time.
+            let mut c = 0;
+            while c + 64 <= hd {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(op.add(c + 8 * i));
+                }
+                for (j, &w) in p[..positions].iter().enumerate() {
+                    if w != 0.0 {
+                        let (wv, v) = (_mm256_set1_ps(w), vp.add(j * hd + c));
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            *a = _mm256_add_ps(*a, _mm256_mul_ps(wv, _mm256_loadu_ps(v.add(8 * i))));
+                        }
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(op.add(c + 8 * i), *a);
+                }
+                c += 64;
+            }
+            while c < hd {
+                let mut acc = _mm256_loadu_ps(op.add(c));
+                for (j, &w) in p[..positions].iter().enumerate() {
+                    if w != 0.0 {
+                        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(w), _mm256_loadu_ps(vp.add(j * hd + c))));
+                    }
+                }
+                _mm256_storeu_ps(op.add(c), acc);
+                c += 8;
             }
         }
     }
@@ -192,7 +298,7 @@ simd_dispatch! {
 const MAX_KV_RUNS: usize = 16;
 
 /// Consecutive runs as one: each head's positions from run after run.
-fn merge_runs(runs: &[KvRun<Flex>]) -> KvRun<Flex> {
+fn merge_runs(runs: &[Arc<KvRun<Flex>>]) -> KvRun<Flex> {
     let merge = |parts: Vec<&Tensor<Flex, 3>>| {
         let [heads, _, hd] = parts[0].dims();
         let hosts: Vec<(FlexTensor, usize)> = parts.iter().map(|p| (host((*p).clone()).0, p.dims()[1])).collect();
@@ -522,7 +628,7 @@ impl LayerOps for Flex {
         // Many query rows go through gemm, which wants the keys in one run.
         let whole;
         let runs = if s >= 8 && kv.runs().len() > 1 {
-            whole = [merge_runs(kv.runs())];
+            whole = [Arc::new(merge_runs(kv.runs()))];
             &whole[..]
         } else {
             kv.runs()
@@ -689,16 +795,20 @@ mod tests {
         }
     }
 
-    /// Scores of keys taken four at a time are the same bits as each key's alone, for head
-    /// sizes with and without a tail past the 8-lane chunks.
+    /// Scores of keys taken four at a time are the same bits as each key's alone and as the
+    /// portable loop's, for head sizes with and without a tail past the 8-lane chunks.
     #[test]
     fn scores_of_four_keys_at_once_are_each_keys_alone() {
-        for hd in [64, 12, 7] {
+        for hd in [64, 16, 12, 7] {
             let q: Vec<f32> = (0..hd).map(|i| ((i * 29 % 53) as f32 - 26.0) / 13.0).collect();
             for t in [1, 4, 7, 11] {
                 let keys: Vec<f32> = (0..t * hd).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
                 let mut together = vec![0.0f32; t];
                 dot_rows(&q, &keys, hd, 0.125, &mut together);
+                let mut portable = vec![0.0f32; t];
+                dot_rows_portable(&q, &keys, hd, 0.125, &mut portable);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&together), bits(&portable), "hd {hd}, t {t}: kernel and portable loop");
                 for (j, got) in together.iter().enumerate() {
                     let mut alone = [0.0f32];
                     dot_rows(&q, &keys[j * hd..(j + 1) * hd], hd, 0.125, &mut alone);
@@ -706,6 +816,30 @@ mod tests {
                     let want: f64 = (0..hd).map(|l| q[l] as f64 * keys[j * hd + l] as f64).sum::<f64>() * 0.125;
                     assert!((*got as f64 - want).abs() < 1e-4, "hd {hd}, key {j}: {got} vs {want}");
                 }
+            }
+        }
+    }
+
+    /// Weighted sums with columns held in registers are the same bits as the plain loop
+    /// (`out += w * v` position after position), for head sizes below, at and past 64 columns.
+    #[test]
+    fn weighted_sums_are_the_plain_loops_bits() {
+        for hd in [7, 64, 80, 128] {
+            for t in [1, 5, 33] {
+                let p: Vec<f32> =
+                    (0..t).map(|j| if j % 4 == 3 { 0.0 } else { ((j * 13 % 17) as f32 + 1.0) / 40.0 }).collect();
+                let values: Vec<f32> = (0..t * hd).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+                let start: Vec<f32> = (0..hd).map(|i| (i % 5) as f32 / 8.0).collect();
+                let mut got = start.clone();
+                weighted_sum(&p, &values, hd, &mut got);
+                let mut want = start;
+                for (j, &w) in p.iter().enumerate() {
+                    for (o, x) in want.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+                        *o += w * x;
+                    }
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "hd {hd}, t {t}");
             }
         }
     }

@@ -74,7 +74,8 @@ impl<B: Backend> RmsNorm<B> {
 /// cache and merges runs now and then ([`LayerOps::extend_cache`]).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    runs: Vec<KvRun<B>>,
+    /// Shared, so a cache extended by a run clones pointers, not tensors.
+    runs: Vec<Arc<KvRun<B>>>,
 }
 
 /// One run of a [`KvCache`]: `k` and `v` `[kv_heads, len, head_dim]`.
@@ -97,19 +98,19 @@ impl<B: Backend> KvRun<B> {
 impl<B: Backend> KvCache<B> {
     /// One run.
     pub fn new(k: Tensor<B, 3>, v: Tensor<B, 3>) -> Self {
-        KvCache { runs: vec![KvRun { k, v }] }
+        KvCache { runs: vec![Arc::new(KvRun { k, v })] }
     }
 
     /// Positions held.
     pub fn len(&self) -> usize {
-        self.runs.iter().map(KvRun::len).sum()
+        self.runs.iter().map(|r| r.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn runs(&self) -> &[KvRun<B>] {
+    pub fn runs(&self) -> &[Arc<KvRun<B>>] {
         &self.runs
     }
 
@@ -122,14 +123,14 @@ impl<B: Backend> KvCache<B> {
     pub fn with_run(&self, run: KvRun<B>) -> Self {
         let mut runs = Vec::with_capacity(self.runs.len() + 1);
         runs.extend(self.runs.iter().cloned());
-        runs.push(run);
+        runs.push(Arc::new(run));
         KvCache { runs }
     }
 
     /// All positions as one run (a copy when there are several).
     pub fn whole(&self) -> KvRun<B> {
         match &self.runs[..] {
-            [one] => one.clone(),
+            [one] => KvRun::clone(one),
             runs => KvRun {
                 k: Tensor::cat(runs.iter().map(|r| r.k.clone()).collect(), 1),
                 v: Tensor::cat(runs.iter().map(|r| r.v.clone()).collect(), 1),
