@@ -151,6 +151,7 @@ fn sum8(l: &[f32; 8]) -> f32 {
 fn dot_rows(q: &[f32], keys: &[f32], hd: usize, scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if hd.is_multiple_of(8) && attention_avx2::available() {
+        assert!(q.len() >= hd, "q holds fewer than {hd} values");
         // SAFETY: AVX2 and FMA were detected; the kernel reads `hd` values of q and of each key.
         return unsafe { attention_avx2::dot_rows(q, keys, hd, scale, out) };
     }
@@ -179,7 +180,9 @@ fn dot_rows_portable(q: &[f32], keys: &[f32], hd: usize, scale: f32, out: &mut [
 fn weighted_sum(p: &[f32], values: &[f32], hd: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if hd.is_multiple_of(8) && attention_avx2::available() {
-        // SAFETY: AVX2 and FMA were detected; the kernel reads `hd` values of each position.
+        assert!(out.len() >= hd, "out holds fewer than {hd} values");
+        // SAFETY: AVX2 and FMA were detected; the kernel reads `hd` values of each position and
+        // writes `hd` of out.
         return unsafe { attention_avx2::weighted_sum(p, values, hd, out) };
     }
     weighted_sum_portable(p, values, hd, out)
