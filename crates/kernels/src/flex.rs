@@ -89,26 +89,6 @@ fn sum_lanes(xs: &[f32]) -> f32 {
     s.iter().chain(rest).sum()
 }
 
-/// Declares `$name` that runs `$body` compiled for AVX2+FMA when the CPU has it, else generic.
-macro_rules! simd_dispatch {
-    (fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn imp($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) { imp($($arg),*) }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the features were just detected on this CPU.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            imp($($arg),*)
-        }
-    };
-}
-
 simd_dispatch! {
     fn swiglu_rows(gu: &[f32], out: &mut [f32], f: usize) {
         for (row, o) in gu.chunks_exact(2 * f).zip(out.chunks_exact_mut(f)) {
@@ -150,7 +130,7 @@ fn sum8(l: &[f32; 8]) -> f32 {
 /// every instruction set and whatever the number of keys.
 fn dot_rows(q: &[f32], keys: &[f32], hd: usize, scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if hd.is_multiple_of(8) && attention_avx2::available() {
+    if hd.is_multiple_of(8) && crate::avx2_fma() {
         assert!(q.len() >= hd, "q holds fewer than {hd} values");
         // SAFETY: AVX2 and FMA were detected; the kernel reads `hd` values of q and of each key.
         return unsafe { attention_avx2::dot_rows(q, keys, hd, scale, out) };
@@ -179,7 +159,7 @@ fn dot_rows_portable(q: &[f32], keys: &[f32], hd: usize, scale: f32, out: &mut [
 /// product rounded and then added (no fused multiply-add), on every instruction set.
 fn weighted_sum(p: &[f32], values: &[f32], hd: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if hd.is_multiple_of(8) && attention_avx2::available() {
+    if hd.is_multiple_of(8) && crate::avx2_fma() {
         assert!(out.len() >= hd, "out holds fewer than {hd} values");
         // SAFETY: AVX2 and FMA were detected; the kernel reads `hd` values of each position and
         // writes `hd` of out.
@@ -204,10 +184,6 @@ fn weighted_sum_portable(p: &[f32], values: &[f32], hd: usize, out: &mut [f32]) 
 #[cfg(target_arch = "x86_64")]
 mod attention_avx2 {
     use std::arch::x86_64::*;
-
-    pub(super) fn available() -> bool {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
 
     /// [`super::sum8`] of a register's lanes.
     #[inline]
@@ -343,7 +319,7 @@ fn pack_panels(w: &[f32], k: usize, n: usize, transposed: bool) -> Vec<f32> {
 #[inline(always)]
 fn panel_tile<const R: usize>(xt: &[f32], panel: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if crate::avx2_fma() {
         // SAFETY: the features were just detected on this CPU.
         return unsafe { panel_tile_avx2::<R>(xt, panel, out) };
     }

@@ -43,11 +43,10 @@ impl QuantizedRows {
     }
 }
 
-/// Per block of 32 values: scale `d = max |x| / 127`, `q = round(x / d)`, `s = Σ q`. Compiled
-/// for AVX2 where the CPU has it (the loops vectorize; the same operations either way).
-fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
-    #[inline(always)]
-    fn imp(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+simd_dispatch! {
+    /// Per block of 32 values: scale `d = max |x| / 127`, `q = round(x / d)`, `s = Σ q` (the
+    /// loops vectorize under AVX2; the same operations either way).
+    fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
         for (((xs, qs), d), s) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(d).zip(s) {
             // `a.max(|v|)` without `max`'s NaN rule, which keeps the loop scalar; the same
             // result (a NaN never wins either way).
@@ -62,18 +61,6 @@ fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
             (*d, *s) = (scale, sum);
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        fn avx2(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
-            imp(x, q, d, s)
-        }
-        if avx2_available() {
-            // SAFETY: AVX2 was detected on this CPU.
-            return unsafe { avx2(x, q, d, s) };
-        }
-    }
-    imp(x, q, d, s)
 }
 
 /// `x.round().clamp(-127.0, 127.0) as i8` (halves away from zero; NaN to 0) for |x| < 2^31,
