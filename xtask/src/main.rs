@@ -92,8 +92,8 @@ pub struct ModelArgs {
     pub backend: BackendKind,
     /// How weights are held: `stored` keeps them as the file stores them (4/8-bit blocks,
     /// 16-bit floats) and computes from them on the CPU, exactly (the f32 path's results up to
-    /// the order of float sums); `stored-int8` also quantizes the activations of decoding and
-    /// lockstep batches per 32 values to 8 bits for integer products with 4/8-bit blocks
+    /// the order of float sums); `stored-int8` also quantizes the activations (prefill, decoding
+    /// and lockstep batches) per 32 values to 8 bits for integer products with 4/8-bit blocks
     /// (approximate, faster, opt-in; needs AVX2 or AVX-512 VNNI; runs record it); `f32` dequantizes
     /// them on load (more memory, for comparison). The GPU backends always dequantize to f32 on
     /// load.

@@ -41,7 +41,7 @@ fn main() {
     for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
         for (n, k) in [(3072, 576), (49152, 576)] {
             let w = StoredMatrix::owned(format, n, k, quantize(format, &values(n * k))).unwrap();
-            for m in [1, 8, 16] {
+            for m in [1, 8, 16, 128] {
                 let x = values(m * k);
                 let mut out = vec![0.0; m * n];
                 let parts = std::slice::from_ref(&w);

@@ -33,8 +33,8 @@ pub enum WeightPrecision {
     /// them ([`LayerOps::STORED_WEIGHTS`], the CPU); dequantized to f32 on the others.
     #[default]
     Stored,
-    /// As stored, and products of few activation rows (decoding, lockstep) with 4/8-bit blocks
-    /// take the activations quantized per 32 values to 8 bits and integer sums
+    /// As stored, and products of activation rows (prefill, decoding, lockstep) with 4/8-bit
+    /// blocks take the activations quantized per 32 values to 8 bits and integer sums
     /// ([`Dot::Int8`]): approximate, faster, opt-in; needs AVX2 or AVX-512 VNNI. Backends that do not
     /// compute from stored weights dequantize to f32 as for `Stored`.
     StoredInt8,

@@ -1,4 +1,4 @@
-//! The approximate, opt-in product of few activation rows with 4/8-bit blocks
+//! The approximate, opt-in product of activation rows with 4/8-bit blocks
 //! ([`Dot::Int8`](super::Dot::Int8)): each activation row is quantized per 32-value block to 8
 //! bits (llama.cpp's Q8_0 for activations) and multiplied with the weights' integers by integer
 //! dot products: AVX-512 VNNI (`vpdpbusd`: 64 multiply-adds an instruction) where the CPU has it,
@@ -142,32 +142,38 @@ fn scales(format: WeightFormat, tile: &[u8]) -> ([f32; TILE_ROWS], [f32; TILE_RO
     (d, o)
 }
 
-/// `sums[a][r] += x_a · (row r of the tile group)` by the int8 product, for one group of 16
-/// stored rows of a block format (its tiles back to back) and `sums.len()` activation rows, by
-/// `kernel` (one of [`Int8Kernel::available`]).
+/// `sums[i][r] += x_{first + i} · (row r of the tile group)` by the int8 product, for one group
+/// of 16 stored rows of a block format (its tiles back to back) and the `sums.len()` activation
+/// rows from `first`, by `kernel` (one of [`Int8Kernel::available`]). Each row's sums take the
+/// same operations whatever rows share the call.
 pub fn tile_rows(
-    kernel: Int8Kernel, format: WeightFormat, group: &[u8], x: &QuantizedRows, sums: &mut [[f32; TILE_ROWS]],
+    kernel: Int8Kernel, format: WeightFormat, group: &[u8], x: &QuantizedRows, first: usize,
+    sums: &mut [[f32; TILE_ROWS]],
 ) {
     assert!(matches!(format, WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0));
+    assert!(group.len() == x.k / BLOCK * tile_bytes(format), "the tile group is not k / 32 tiles");
+    assert!((first + sums.len()) * x.k <= x.q.len(), "activation rows past the quantized ones");
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Int8Kernel::Vnni => {
             assert!(vnni_available(), "the VNNI kernel on a CPU without it");
             // SAFETY: the features `vnni::tile_rows` is compiled for were detected just above.
-            unsafe { vnni::tile_rows(format, group, x, sums) }
+            unsafe { vnni::tile_rows(format, group, x, first, sums) }
         }
         #[cfg(target_arch = "x86_64")]
         Int8Kernel::Avx2 => {
             assert!(avx2_available(), "the AVX2 kernel on a CPU without it");
             // SAFETY: the features `avx2::tile_rows` is compiled for were detected just above.
-            unsafe { avx2::tile_rows(format, group, x, sums) }
+            unsafe { avx2::tile_rows(format, group, x, first, sums) }
         }
-        _ => portable_tile_rows(format, group, x, sums),
+        _ => portable_tile_rows(format, group, x, first, sums),
     }
 }
 
 /// The portable int8 tile kernel: integer sums per (activation row, stored row, block).
-fn portable_tile_rows(format: WeightFormat, group: &[u8], x: &QuantizedRows, sums: &mut [[f32; TILE_ROWS]]) {
+fn portable_tile_rows(
+    format: WeightFormat, group: &[u8], x: &QuantizedRows, first: usize, sums: &mut [[f32; TILE_ROWS]],
+) {
     let (k, blocks) = (x.k, x.k / BLOCK);
     for (b, tile) in group.chunks_exact(tile_bytes(format)).enumerate() {
         let (d, o) = scales(format, tile);
@@ -180,7 +186,7 @@ fn portable_tile_rows(format: WeightFormat, group: &[u8], x: &QuantizedRows, sum
                 _ => (quants[TILE_ROWS * (l - 16) + r] >> 4) as i32,
             })
         });
-        for (a, total) in sums.iter_mut().enumerate() {
+        for (a, total) in (first..).zip(sums.iter_mut()) {
             let qx = &x.q[a * k + b * BLOCK..][..BLOCK];
             let (dx, sx) = (x.d[a * blocks + b], x.s[a * blocks + b]);
             for r in 0..TILE_ROWS {
@@ -208,7 +214,9 @@ mod vnni {
     /// # Safety
     /// The CPU has AVX-512 F, BW, VNNI and VBMI and F16C.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,f16c")]
-    pub unsafe fn tile_rows(format: WeightFormat, group: &[u8], x: &QuantizedRows, sums: &mut [[f32; TILE_ROWS]]) {
+    pub unsafe fn tile_rows(
+        format: WeightFormat, group: &[u8], x: &QuantizedRows, first: usize, sums: &mut [[f32; TILE_ROWS]],
+    ) {
         let (k, blocks) = (x.k, x.k / BLOCK);
         let idx = transpose_indices();
         // SAFETY (whole body): every load reads inside `group` (whole tiles: `tile_bytes`
@@ -246,7 +254,7 @@ mod vnni {
                         }
                     }
                 }
-                for (a, total) in sums.iter_mut().enumerate() {
+                for (a, total) in (first..).zip(sums.iter_mut()) {
                     let qx = x.q.as_ptr().add(a * k + b * BLOCK) as *const i32;
                     let mut acc = _mm512_setzero_si512();
                     for (j, wj) in w.iter().enumerate() {
@@ -306,7 +314,9 @@ mod avx2 {
     /// # Safety
     /// The CPU has AVX2 and F16C.
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn tile_rows(format: WeightFormat, group: &[u8], x: &QuantizedRows, sums: &mut [[f32; TILE_ROWS]]) {
+    pub unsafe fn tile_rows(
+        format: WeightFormat, group: &[u8], x: &QuantizedRows, first: usize, sums: &mut [[f32; TILE_ROWS]],
+    ) {
         let (k, blocks) = (x.k, x.k / BLOCK);
         // SAFETY (whole body): every load reads inside `group` (whole tiles: `tile_bytes`
         // each, headers then `16 * quant bytes`) or inside `x.q` (row a, block b: 32 bytes);
@@ -354,7 +364,7 @@ mod avx2 {
                         }
                     }
                 }
-                for (a, total) in sums.iter_mut().enumerate() {
+                for (a, total) in (first..).zip(sums.iter_mut()) {
                     let qx = x.q.as_ptr().add(a * k + b * BLOCK) as *const i32;
                     let mut acc = [_mm256_setzero_si256(); 2];
                     if format == WeightFormat::Q8_0 {
@@ -450,10 +460,14 @@ mod tests {
             for kernel in Int8Kernel::available() {
                 for g in 0..n.div_ceil(TILE_ROWS) {
                     let mut sums = vec![[0.0f32; TILE_ROWS]; m];
-                    tile_rows(kernel, format, w.tile_group(g), &xq, &mut sums);
+                    tile_rows(kernel, format, w.tile_group(g), &xq, 0, &mut sums);
                     let mut portable = vec![[0.0f32; TILE_ROWS]; m];
-                    tile_rows(Int8Kernel::Portable, format, w.tile_group(g), &xq, &mut portable);
+                    tile_rows(Int8Kernel::Portable, format, w.tile_group(g), &xq, 0, &mut portable);
                     assert_eq!(sums, portable, "{format} {kernel:?}: not the portable kernel's bits");
+                    // Rows 2 and 3 alone (from `first`): the same bits as among all.
+                    let mut two = vec![[0.0f32; TILE_ROWS]; 2];
+                    tile_rows(kernel, format, w.tile_group(g), &xq, 2, &mut two);
+                    assert_eq!(two, sums[2..4], "{format} {kernel:?}: rows from first = 2");
                     for a in 0..m {
                         for r in 0..TILE_ROWS.min(n - g * TILE_ROWS) {
                             let row = g * TILE_ROWS + r;

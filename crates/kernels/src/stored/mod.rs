@@ -247,7 +247,7 @@ pub struct StoredMatrix {
     rows: usize,
     cols: usize,
     bytes: Bytes,
-    /// How products with few rows are computed ([`kernels::Dot`]; exact unless asked).
+    /// How products with block formats are computed ([`kernels::Dot`]; exact unless asked).
     dot: kernels::Dot,
 }
 
@@ -371,7 +371,7 @@ impl StoredMatrix {
         self.format
     }
 
-    /// The same matrix, its products with few rows computed as `dot` says.
+    /// The same matrix, its products computed as `dot` says.
     pub fn with_dot(mut self, dot: kernels::Dot) -> Self {
         self.dot = dot;
         self
@@ -381,7 +381,7 @@ impl StoredMatrix {
         self.dot
     }
 
-    /// Whether its products with few rows take int8 activations: int8 asked and a block format
+    /// Whether its products take int8 activations: int8 asked and a block format
     /// (float formats are always exact).
     pub fn int8_products(&self) -> bool {
         matches!(self.dot, kernels::Dot::Int8 { .. }) && tiled(self.format)
