@@ -707,7 +707,7 @@ impl LayerOps for Flex {
             }
         };
         if s * t * nh >= 4096 {
-            (0..nh).into_par_iter().for_each(work);
+            crate::pool::for_each_task(nh, work);
         } else {
             (0..nh).for_each(work);
         }
@@ -741,7 +741,9 @@ impl LayerOps for Flex {
     }
 
     fn for_segments<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-        (0..n).into_par_iter().map(&f).collect()
+        let slots: Vec<std::sync::Mutex<Option<T>>> = (0..n).map(|_| Default::default()).collect();
+        crate::pool::for_each_task(n, |i| *slots[i].lock().expect("each slot written once") = Some(f(i)));
+        slots.into_iter().map(|s| s.into_inner().expect("no task panicked").expect("every task ran")).collect()
     }
 }
 

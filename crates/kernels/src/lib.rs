@@ -40,6 +40,7 @@ macro_rules! simd_dispatch {
 
 pub mod flex;
 pub mod ops;
+pub mod pool;
 pub mod stored;
 
 pub use ops::{AttnMask, Heads, KvCache, KvRun, LayerOps, Positions, RmsNorm, Rope, with_reference_ops};

@@ -23,8 +23,6 @@
 //! Stored rows are split across threads (block formats at tile boundaries); each writes its own
 //! output columns.
 
-use rayon::prelude::*;
-
 use super::{StoredMatrix, TILE_ROWS, WeightFormat, dequantize_into, dequantize_tile, tile_bytes};
 
 /// Up to this many activation rows use the streaming dot-product kernel; more use gemm.
@@ -232,7 +230,11 @@ pub fn matmul_dot(isa: Isa, dot: Dot, x: &[f32], m: usize, parts: &[StoredMatrix
             }
         }
     };
-    if few && m * n * k < 1 << 15 { tasks.iter().for_each(work) } else { tasks.par_iter().for_each(work) }
+    if few && m * n * k < 1 << 15 {
+        tasks.iter().for_each(work)
+    } else {
+        crate::pool::for_each_task(tasks.len(), |t| work(&tasks[t]))
+    }
 }
 
 /// `dst = scale * lhs · rhs` on the calling thread (the gemm crate), for `(m, n, k)`: `dst`
