@@ -144,8 +144,8 @@ pub fn matmul_dot(isa: Isa, dot: Dot, x: &[f32], m: usize, parts: &[StoredMatrix
         #[allow(clippy::redundant_locals)]
         let shared = shared;
         let w = &parts[p];
-        match (few, w.row_layout()) {
-            (true, Some(bytes)) => {
+        match (few, w.row_layout(), &quantized) {
+            (true, Some(bytes), _) => {
                 let rb = w.row_bytes();
                 let mut sums = [0.0f32; FEW_ROWS];
                 for j in j0..j1 {
@@ -156,11 +156,11 @@ pub fn matmul_dot(isa: Isa, dot: Dot, x: &[f32], m: usize, parts: &[StoredMatrix
                     }
                 }
             }
-            (true, None) => {
+            (true, None, quantized) => {
                 for j in (j0..j1).step_by(TILE_ROWS) {
                     let group = w.tile_group(j / TILE_ROWS);
                     let mut sums = [[0.0f32; TILE_ROWS]; FEW_ROWS];
-                    match &quantized {
+                    match quantized {
                         Some((kernel, xq)) => super::int8::tile_rows(*kernel, w.format(), group, xq, 0, &mut sums[..m]),
                         None => tile_rows(isa, w.format(), group, x, m, k, &mut sums[..m]),
                     }
@@ -172,8 +172,7 @@ pub fn matmul_dot(isa: Isa, dot: Dot, x: &[f32], m: usize, parts: &[StoredMatrix
                     }
                 }
             }
-            (false, None) if quantized.is_some() => {
-                let Some((kernel, xq)) = &quantized else { unreachable!() };
+            (false, None, Some((kernel, xq))) => {
                 // The few-row int8 kernel over chunks of activation rows (each row's sums the
                 // same bits as alone): a chunk's quantized rows and sums stay in cache while
                 // the group's tiles are read once per chunk.
@@ -193,7 +192,7 @@ pub fn matmul_dot(isa: Isa, dot: Dot, x: &[f32], m: usize, parts: &[StoredMatrix
                     }
                 }
             }
-            (false, rows) => {
+            (false, rows, _) => {
                 // The chunk dequantized as the gemm's right-hand side [k, j1 - j0]: from rows,
                 // row after row (column stride k); from tiles, value after value (row stride
                 // `width`, whole tiles).
