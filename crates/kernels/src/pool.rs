@@ -12,9 +12,10 @@
 //! after every call has finished (so `f` may borrow the caller's stack), and re-raises a panic
 //! of any call on the caller.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -26,19 +27,20 @@ struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
     tasks: usize,
     next: AtomicUsize,
-    panicked: AtomicBool,
+    /// The first panic of a task, re-raised on the caller.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 impl Job<'_> {
-    /// Runs tasks until none is left; a panicking task is recorded, not propagated.
+    /// Runs tasks until none is left; a task's panic is kept, not propagated.
     fn work(&self) {
         loop {
             let i = self.next.fetch_add(1, SeqCst);
             if i >= self.tasks {
                 return;
             }
-            if catch_unwind(AssertUnwindSafe(|| (self.f)(i))).is_err() {
-                self.panicked.store(true, SeqCst);
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.f)(i))) {
+                self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
             }
         }
     }
@@ -130,15 +132,15 @@ fn helper(pool: &Pool, h: usize) {
 }
 
 /// Calls `f(i)` for each `i < tasks`, spread over the caller and the spinning helpers (see the
-/// module header), and returns when all calls have finished. A panic in any call is re-raised
-/// here. Few tasks, or a loop already running, run on rayon or the caller as rayon decides.
+/// module header), and returns when all calls have finished. The first panic of a call is
+/// re-raised here, with its own payload. Few tasks, or a loop already running, run on rayon or the caller as rayon decides.
 pub fn for_each_task(tasks: usize, f: impl Fn(usize) + Sync) {
     use rayon::prelude::*;
     let pool = match pool() {
         Some(p) if tasks > 1 && p.busy.compare_exchange(false, true, SeqCst, SeqCst).is_ok() => p,
         _ => return (0..tasks).into_par_iter().for_each(&f),
     };
-    let job = Job { f: &f, tasks, next: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
+    let job = Job { f: &f, tasks, next: AtomicUsize::new(0), panic: Mutex::new(None) };
     /// Unpublishes the job and waits out the helpers, also when the caller's own task panics.
     struct Finish<'p>(&'p Pool);
     impl Drop for Finish<'_> {
@@ -162,8 +164,8 @@ pub fn for_each_task(tasks: usize, f: impl Fn(usize) + Sync) {
     }
     job.work();
     drop(finish);
-    if job.panicked.load(SeqCst) {
-        panic!("a task of a parallel loop panicked");
+    if let Some(payload) = job.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        resume_unwind(payload);
     }
 }
 
@@ -192,8 +194,8 @@ mod tests {
         });
     }
 
-    /// A panicking task is re-raised on the caller after the other tasks have finished, and
-    /// the pool takes loops afterwards.
+    /// A panicking task's panic is re-raised on the caller (its own message) after the other
+    /// tasks have finished, and the pool takes loops afterwards.
     #[test]
     fn a_panicking_task_panics_the_caller() {
         let done = AtomicUsize::new(0);
@@ -205,7 +207,8 @@ mod tests {
                 done.fetch_add(1, SeqCst);
             })
         }));
-        assert!(caught.is_err());
+        let payload = caught.expect_err("the loop did not panic");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"task 5"));
         assert_eq!(done.load(SeqCst), 63);
         let after = AtomicUsize::new(0);
         for_each_task(10, |_| {
