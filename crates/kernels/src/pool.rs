@@ -4,7 +4,7 @@
 //! microseconds each) with serial work between them (norms, attention). Rayon's idle workers go
 //! to sleep within tens of microseconds, so nearly every loop paid a futex wake-up of a
 //! sleeping thread (on a VM, of a halted virtual CPU): `perf` put thread wake-ups and idle
-//! spinning at ~15% of a decoding step. Here helper threads spin (`pause`) for
+//! spinning at ~17% of a decoding step. Here helper threads spin (`pause`) for
 //! [`SPIN`] after their last loop, so the next one starts on them at once, and only then park.
 //! A loop started while another runs (two callers at once) goes to rayon instead.
 //!
@@ -133,7 +133,8 @@ fn helper(pool: &Pool, h: usize) {
 
 /// Calls `f(i)` for each `i < tasks`, spread over the caller and the spinning helpers (see the
 /// module header), and returns when all calls have finished. The first panic of a call is
-/// re-raised here, with its own payload. Few tasks, or a loop already running, run on rayon or the caller as rayon decides.
+/// re-raised here, with its own payload. One task, or a loop started while another runs, goes
+/// to rayon.
 pub fn for_each_task(tasks: usize, f: impl Fn(usize) + Sync) {
     use rayon::prelude::*;
     let pool = match pool() {
@@ -141,19 +142,7 @@ pub fn for_each_task(tasks: usize, f: impl Fn(usize) + Sync) {
         _ => return (0..tasks).into_par_iter().for_each(&f),
     };
     let job = Job { f: &f, tasks, next: AtomicUsize::new(0), panic: Mutex::new(None) };
-    /// Unpublishes the job and waits out the helpers, also when the caller's own task panics.
-    struct Finish<'p>(&'p Pool);
-    impl Drop for Finish<'_> {
-        fn drop(&mut self) {
-            self.0.job.store(std::ptr::null_mut(), SeqCst);
-            while self.0.inside.load(SeqCst) != 0 {
-                std::hint::spin_loop();
-            }
-            self.0.busy.store(false, SeqCst);
-        }
-    }
     pool.job.store(&job as *const Job<'_> as *mut (), SeqCst);
-    let finish = Finish(pool);
     pool.epoch.fetch_add(1, SeqCst);
     if let Some(threads) = pool.threads.get() {
         for (flag, t) in pool.parked.iter().zip(threads) {
@@ -162,8 +151,14 @@ pub fn for_each_task(tasks: usize, f: impl Fn(usize) + Sync) {
             }
         }
     }
+    // Tasks' panics are caught inside `work`, so nothing unwinds before the job is unpublished
+    // and the helpers are out of it.
     job.work();
-    drop(finish);
+    pool.job.store(std::ptr::null_mut(), SeqCst);
+    while pool.inside.load(SeqCst) != 0 {
+        std::hint::spin_loop();
+    }
+    pool.busy.store(false, SeqCst);
     if let Some(payload) = job.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
         resume_unwind(payload);
     }

@@ -31,8 +31,9 @@ pub const FEW_ROWS: usize = 16;
 /// Stored rows per dequantized gemm chunk (a whole number of tiles).
 const ROWS_PER_CHUNK: usize = 64;
 
-/// Activation rows per pass of the int8 kernel over many rows.
+/// Activation rows per pass of the int8 kernel (at least [`FEW_ROWS`], so few rows take one).
 const INT8_ROWS_PER_PASS: usize = 64;
+const _: () = assert!(INT8_ROWS_PER_PASS >= FEW_ROWS);
 
 /// Which instruction set the streaming kernel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,14 +157,10 @@ pub fn matmul_dot(isa: Isa, dot: Dot, x: &[f32], m: usize, parts: &[StoredMatrix
                     }
                 }
             }
-            (true, None, quantized) => {
+            (true, None, None) => {
                 for j in (j0..j1).step_by(TILE_ROWS) {
-                    let group = w.tile_group(j / TILE_ROWS);
                     let mut sums = [[0.0f32; TILE_ROWS]; FEW_ROWS];
-                    match quantized {
-                        Some((kernel, xq)) => super::int8::tile_rows(*kernel, w.format(), group, xq, 0, &mut sums[..m]),
-                        None => tile_rows(isa, w.format(), group, x, m, k, &mut sums[..m]),
-                    }
+                    tile_rows(isa, w.format(), w.tile_group(j / TILE_ROWS), x, m, k, &mut sums[..m]);
                     let width = (j1 - j).min(TILE_ROWS);
                     for (i, s) in sums[..m].iter().enumerate() {
                         // SAFETY: columns col + j.. col + j + width belong to this task alone and
@@ -172,11 +169,11 @@ pub fn matmul_dot(isa: Isa, dot: Dot, x: &[f32], m: usize, parts: &[StoredMatrix
                     }
                 }
             }
-            (false, None, Some((kernel, xq))) => {
-                // The few-row int8 kernel over chunks of activation rows (each row's sums the
-                // same bits as alone): a chunk's quantized rows and sums stay in cache while
-                // the group's tiles are read once per chunk.
-                let mut sums = vec![[0.0f32; TILE_ROWS]; INT8_ROWS_PER_PASS];
+            (_, None, Some((kernel, xq))) => {
+                // In passes of activation rows (one for a few rows; each row's sums the same
+                // bits in any pass): a pass's quantized rows and sums stay in cache while the
+                // group's tiles are read once per pass.
+                let mut sums = [[0.0f32; TILE_ROWS]; INT8_ROWS_PER_PASS];
                 for j in (j0..j1).step_by(TILE_ROWS) {
                     let group = w.tile_group(j / TILE_ROWS);
                     let width = (j1 - j).min(TILE_ROWS);
