@@ -160,6 +160,9 @@ struct HfConfig {
     eos_token_id: Option<TokenIds>,
 }
 
+/// Widest attention head accepted (the supported families use 64-256).
+const MAX_HEAD_DIM: usize = 4096;
+
 fn positive(value: Option<usize>, field: &str) -> Result<usize, ModelError> {
     match value {
         None => Err(bad(field, "missing")),
@@ -202,6 +205,14 @@ impl HfConfig {
         };
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(bad("head_dim", format!("{head_dim} must be even and positive")));
+        }
+        // The RoPE tables are sized by head_dim before any tensor is read, so a lying config
+        // must not get as far as allocating them.
+        if head_dim > MAX_HEAD_DIM {
+            return Err(bad(
+                "head_dim",
+                format!("{head_dim} is larger than {MAX_HEAD_DIM}; no supported model has heads this wide"),
+            ));
         }
         if let Some(act) = self.hidden_act.as_deref()
             && act != "silu"
@@ -448,6 +459,21 @@ mod tests {
     fn unknown_model_type_names_the_field() {
         let e = ModelConfig::from_json_str(&SMOL.replace("llama", "gpt_neox")).unwrap_err();
         assert!(e.to_string().contains("model_type"), "{e}");
+    }
+
+    /// Found by `edited_configs_are_consistent_or_errors`: a huge hidden_size divisible by the
+    /// head count made head_dim huge, and the RoPE table's allocation aborted the process.
+    #[test]
+    fn absurd_head_widths_are_errors_not_allocations() {
+        let huge = 9 * (1u64 << 58);
+        let e = ModelConfig::from_json_str(&SMOL.replace(r#""hidden_size":576"#, &format!(r#""hidden_size":{huge}"#)))
+            .unwrap_err();
+        assert!(e.to_string().contains("head_dim"), "{e}");
+        let e = ModelConfig::from_json_str(&SMOL.replace(r#""hidden_act""#, r#""head_dim":8192,"hidden_act""#))
+            .unwrap_err();
+        assert!(e.to_string().contains("8192"), "{e}");
+        let wide = ModelConfig::from_json_str(&SMOL.replace(r#""hidden_act""#, r#""head_dim":256,"hidden_act""#));
+        assert_eq!(wide.unwrap().head_dim, 256);
     }
 
     #[test]
