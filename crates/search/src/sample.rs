@@ -260,7 +260,8 @@ pub trait ChainSearcher: Send + Sync {
 
     /// Evaluates chains of a `num_layers`-layer model through `evaluate`, at most `budget`
     /// distinct ones, the original chain first; returns every chain evaluated with its
-    /// evaluation, in order. `rng` is the sample's own stream for this searcher.
+    /// evaluation, in order (more chains, or another first, end the run with an error).
+    /// `rng` is the sample's own stream for this searcher.
     #[allow(clippy::type_complexity)]
     fn search(
         &self, evaluate: &mut EvaluateChains<'_>, num_layers: usize, budget: usize, rng: &mut SearchRng,
@@ -268,8 +269,19 @@ pub trait ChainSearcher: Send + Sync {
 }
 
 impl SearcherRecord {
-    /// The record of `searcher`'s `evaluated` chains.
-    fn new(searcher: &str, evaluated: Vec<(Vec<usize>, Evaluation<ItemResult>)>) -> Self {
+    /// The record of `searcher`'s `evaluated` chains; an error if they break
+    /// [`ChainSearcher::search`]'s contract (the original chain first, at most `budget` distinct
+    /// chains), since its figures would then not compare with MCTS's.
+    fn new(
+        searcher: &str, evaluated: Vec<(Vec<usize>, Evaluation<ItemResult>)>, num_layers: usize, budget: usize,
+    ) -> Result<Self, EvalError> {
+        let original: Vec<usize> = (0..num_layers).collect();
+        if evaluated.first().map(|(c, _)| c) != Some(&original) {
+            return Err(EvalError::Invalid(format!(
+                "searcher `{searcher}` must evaluate the original chain 0-{} first",
+                num_layers - 1
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         let chains: Vec<ChainRecord> = evaluated
             .into_iter()
@@ -284,15 +296,21 @@ impl SearcherRecord {
                 simulation: i,
             })
             .collect();
+        if chains.len() > budget {
+            return Err(EvalError::Invalid(format!(
+                "searcher `{searcher}` evaluated {} distinct chains, over its budget of {budget}",
+                chains.len()
+            )));
+        }
         let best = shortest_correct(&chains);
-        SearcherRecord {
+        Ok(SearcherRecord {
             searcher: searcher.to_string(),
             best_correct: best.is_some(),
             best_chain: best.map(|c| c.chain.clone()),
             best_len: best.map(|c| c.length),
             evaluations: chains.len(),
             chains,
-        }
+        })
     }
 }
 
@@ -439,7 +457,7 @@ pub fn search_item<B: LayerOps>(
             .map(|searcher| {
                 let mut rng = sample_rng(seed, &format!("{}/{sample_id}", searcher.name()));
                 let evaluated = searcher.search(&mut |c: &[Vec<usize>]| evaluate(model, c), n, budget, &mut rng)?;
-                Ok(SearcherRecord::new(searcher.name(), evaluated))
+                SearcherRecord::new(searcher.name(), evaluated, n, budget)
             })
             .collect::<Result<Vec<_>, EvalError>>()?;
         Ok::<_, EvalError>((mcts, random, others))
