@@ -193,16 +193,8 @@ fn a_searcher_over_its_budget_or_without_the_original_first_is_an_error() {
     let run = |extra, skip_original, out: &str| {
         let mut req = tiny_search_request(&data, &dir.path().join(out), LAYERS);
         req.other_searchers = vec![Arc::new(Greedy { extra, skip_original })];
-        cola_search::run_search(&req, &model).map(|_| ()).map_err(|e| {
-            // The whole chain of causes, as the CLI prints it.
-            let mut text = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                text += &format!(": {c}");
-                cause = c.source();
-            }
-            text
-        })
+        // The whole chain of causes, as the CLI prints it.
+        cola_search::run_search(&req, &model).map(|_| ()).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
     };
     run(0, false, "within").expect("exactly the budget, with a repeat, is within it");
     let err = run(1, false, "over").unwrap_err();

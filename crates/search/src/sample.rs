@@ -275,11 +275,10 @@ impl SearcherRecord {
     fn new(
         searcher: &str, evaluated: Vec<(Vec<usize>, Evaluation<ItemResult>)>, num_layers: usize, budget: usize,
     ) -> Result<Self, EvalError> {
-        let original: Vec<usize> = (0..num_layers).collect();
-        if evaluated.first().map(|(c, _)| c) != Some(&original) {
+        let original = Chain::identity(num_layers);
+        if evaluated.first().map(|(c, _)| c.as_slice()) != Some(original.layers()) {
             return Err(EvalError::Invalid(format!(
-                "searcher `{searcher}` must evaluate the original chain 0-{} first",
-                num_layers - 1
+                "searcher `{searcher}` must evaluate the original chain {original} first"
             )));
         }
         let mut seen = std::collections::HashSet::new();
